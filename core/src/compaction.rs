@@ -171,7 +171,7 @@ mod tests {
     fn level0_merges_into_overlapping_level1_and_keeps_tombstones_above_data() {
         let levels = vec![
             vec![t(5, "b", "d", 10), t(4, "c", "f", 10)],
-            vec![t(1, "a", "b", 40), t(2, "e", "g", 40), t(3, "h", "k", 40)],
+            vec![t(1, "a", "b", 20), t(2, "e", "g", 20), t(3, "h", "k", 20)],
             vec![t(6, "a", "z", 500)],
             vec![],
         ];

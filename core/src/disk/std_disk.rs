@@ -43,6 +43,8 @@ impl StdDisk {
     }
 }
 
+/// Appends go through the file's cursor (created files start empty and are only appended to)
+/// or `O_APPEND` (reopened files); reads use `pread`, which leaves the cursor alone.
 struct StdFile {
     file: File,
 }
@@ -71,7 +73,7 @@ impl Disk for StdDisk {
             .create(true)
             .truncate(true)
             .read(true)
-            .append(true)
+            .write(true)
             .open(self.root.join(name))?;
         Ok(Arc::new(StdFile { file }))
     }
