@@ -568,10 +568,24 @@ impl Db {
 
     /// Freezes the memtable and waits until every frozen memtable is in a table.
     pub fn flush(&self) -> Result<()> {
-        self.inner.submit(Op::Rotate)?;
         match self.inner.opts.background {
-            Background::Manual => while self.inner.flush_one()? {},
+            Background::Manual => {
+                // Nothing else will make room: do the pending work ourselves first.
+                loop {
+                    match self.inner.submit(Op::Rotate) {
+                        Ok(_) => break,
+                        Err(Error::WriteStall(why)) => {
+                            if !(self.inner.flush_one()? || self.inner.compact_once()?) {
+                                return Err(Error::WriteStall(why));
+                            }
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                while self.inner.flush_one()? {}
+            }
             Background::Threads => {
+                self.inner.submit(Op::Rotate)?;
                 let mut bg = self.inner.bg.lock();
                 loop {
                     if self.inner.sv.load().imms.is_empty() {

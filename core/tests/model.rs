@@ -1,0 +1,233 @@
+//! Model-based test: random operations against the engine and against a `BTreeMap`, compared
+//! after every step, with flushes, compactions, reopens and crashes mixed in.
+//!
+//! After a crash under `SyncMode::Always` the engine must hold exactly the model (every write was
+//! acknowledged, so every write is durable). Under `SyncMode::None` it must hold the state after
+//! some prefix of the writes issued, no shorter than the last point known durable (a flush or a
+//! clean close).
+//!
+//! 1,000 cases by default; `CORECACHE_MODEL_CASES=N` runs more.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use corecache_core::{Background, Db, Error, Options, SimDisk, StallPolicy, SyncMode, WriteBatch};
+use proptest::prelude::*;
+
+type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put(u8, u16, u8),
+    Delete(u8),
+    Batch(Vec<(bool, u8, u16, u8)>),
+    Get(u8),
+    Scan(u8, u8, u8),
+    Prefix(u8),
+    Flush,
+    Compact,
+    Background,
+    Reopen,
+    Crash(u64),
+}
+
+/// Keys from a small space, with some sharing prefixes, so updates and deletes collide.
+fn key(k: u8) -> Vec<u8> {
+    let base = format!("k{:02}", k % 40);
+    if k % 5 == 0 {
+        let mut b = base.into_bytes();
+        b.truncate(2);
+        b
+    } else if k % 7 == 0 {
+        format!("{base}:{}", k % 3).into_bytes()
+    } else {
+        base.into_bytes()
+    }
+}
+
+fn value(len: u16, fill: u8) -> Vec<u8> {
+    (0..len).map(|i| fill.wrapping_add(i as u8)).collect()
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        20 => (any::<u8>(), 0u16..300, any::<u8>()).prop_map(|(k, l, f)| Op::Put(k, l, f)),
+        6 => any::<u8>().prop_map(Op::Delete),
+        3 => prop::collection::vec((any::<bool>(), any::<u8>(), 0u16..120, any::<u8>()), 1..6)
+            .prop_map(Op::Batch),
+        8 => any::<u8>().prop_map(Op::Get),
+        3 => (any::<u8>(), any::<u8>(), 0u8..12).prop_map(|(a, b, l)| Op::Scan(a, b, l)),
+        2 => any::<u8>().prop_map(Op::Prefix),
+        2 => Just(Op::Flush),
+        1 => Just(Op::Compact),
+        4 => Just(Op::Background),
+        1 => Just(Op::Reopen),
+        2 => any::<u64>().prop_map(Op::Crash),
+    ]
+}
+
+fn options(sync: SyncMode) -> Options {
+    Options {
+        sync,
+        background: Background::Manual,
+        stall: StallPolicy::Refuse,
+        ..Options::tiny()
+    }
+}
+
+fn open(disk: &SimDisk, sync: SyncMode) -> Db {
+    Db::open(Arc::new(disk.clone()), options(sync)).expect("reopen after crash must succeed")
+}
+
+/// Writes, running background work when the engine refuses for a stall (as a driver would).
+fn write(db: &Db, batch: &WriteBatch) {
+    for _ in 0..100 {
+        match db.write(batch.clone()) {
+            Ok(_) => return,
+            Err(Error::WriteStall(_)) => {
+                db.do_background_work().expect("background work");
+            }
+            Err(e) => panic!("write failed: {e}"),
+        }
+    }
+    panic!("write still stalled after 100 rounds of background work");
+}
+
+fn contents(db: &Db) -> Model {
+    db.scan(Bound::Unbounded, Bound::Unbounded)
+        .expect("scan")
+        .collect::<Result<Model, _>>()
+        .expect("scan items")
+}
+
+fn run(ops: Vec<Op>, always: bool) -> Result<(), TestCaseError> {
+    let sync = if always { SyncMode::Always } else { SyncMode::None };
+    let disk = SimDisk::new();
+    let mut db = open(&disk, sync);
+    let mut model = Model::new();
+    // States after each write, for the prefix check after a crash without fsync.
+    let mut history: Vec<Model> = vec![Model::new()];
+    let mut durable = 0usize;
+    for (step, op) in ops.into_iter().enumerate() {
+        match op {
+            Op::Put(k, l, f) => {
+                let mut b = WriteBatch::new();
+                b.put(key(k), value(l, f));
+                write(&db, &b);
+                model.insert(key(k), value(l, f));
+                history.push(model.clone());
+            }
+            Op::Delete(k) => {
+                let mut b = WriteBatch::new();
+                b.delete(key(k));
+                write(&db, &b);
+                model.remove(&key(k));
+                history.push(model.clone());
+            }
+            Op::Batch(ops) => {
+                let mut b = WriteBatch::new();
+                for (put, k, l, f) in ops {
+                    if put {
+                        b.put(key(k), value(l, f));
+                        model.insert(key(k), value(l, f));
+                    } else {
+                        b.delete(key(k));
+                        model.remove(&key(k));
+                    }
+                }
+                write(&db, &b);
+                history.push(model.clone());
+            }
+            Op::Get(k) => {
+                prop_assert_eq!(db.get(&key(k)).unwrap(), model.get(&key(k)).cloned(), "step {}", step);
+            }
+            Op::Scan(a, b, limit) => {
+                let (lo, hi) = (key(a).min(key(b)), key(a).max(key(b)));
+                let got: Vec<_> = db
+                    .scan(Bound::Included(&lo), Bound::Excluded(&hi))
+                    .unwrap()
+                    .take(limit as usize)
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                let want: Vec<_> = model
+                    .range::<Vec<u8>, _>((Bound::Included(&lo), Bound::Excluded(&hi)))
+                    .take(limit as usize)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                prop_assert_eq!(got, want, "scan at step {}", step);
+            }
+            Op::Prefix(k) => {
+                let p = key(k)[..2].to_vec();
+                let got: Vec<_> = db.scan_prefix(&p).unwrap().collect::<Result<_, _>>().unwrap();
+                let want: Vec<_> = model
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&p))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                prop_assert_eq!(got, want, "prefix scan at step {}", step);
+            }
+            Op::Flush => {
+                db.flush().unwrap();
+                durable = history.len() - 1;
+            }
+            Op::Compact => {
+                db.compact().unwrap();
+                durable = history.len() - 1;
+            }
+            Op::Background => {
+                db.do_background_work().unwrap();
+            }
+            Op::Reopen => {
+                db.close().unwrap();
+                db = open(&disk, sync);
+                durable = history.len() - 1;
+            }
+            Op::Crash(seed) => {
+                disk.crash(seed);
+                drop(db);
+                db = open(&disk, sync);
+                let got = contents(&db);
+                if always {
+                    prop_assert_eq!(&got, &model, "crash at step {} lost an acknowledged write", step);
+                } else {
+                    let k = (durable..history.len()).rev().find(|k| history[*k] == got);
+                    let Some(k) = k else {
+                        return Err(TestCaseError::fail(format!(
+                            "after the crash at step {step} the state is no prefix of the writes \
+                             from {durable} on: {got:?}"
+                        )));
+                    };
+                    history.truncate(k + 1);
+                    model = got;
+                }
+                durable = history.len() - 1;
+            }
+        }
+        // After every step the whole contents match the model.
+        prop_assert_eq!(contents(&db), model.clone(), "contents after step {}", step);
+    }
+    Ok(())
+}
+
+fn cases() -> u32 {
+    std::env::var("CORECACHE_MODEL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn engine_matches_model(ops in prop::collection::vec(op(), 1..80), always in any::<bool>()) {
+        run(ops, always)?;
+    }
+}
