@@ -59,6 +59,8 @@ impl WriteBatch {
 
 /// A batch decoded from a WAL record: borrowed slices into the record.
 pub(crate) struct DecodedBatch<'a> {
+    /// Where the record starts in its file (filled in by the log reader).
+    pub offset: u64,
     pub first_seq: u64,
     pub ops: Vec<(Kind, &'a [u8], &'a [u8])>,
 }
@@ -89,8 +91,16 @@ pub(crate) fn decode_batch(payload: &[u8]) -> Result<DecodedBatch<'_>, &'static 
     if count == 0 {
         return Err("empty batch");
     }
-    if first_seq == 0 || first_seq.checked_add(count as u64).is_none_or(|e| e > crate::format::MAX_SEQ) {
+    if first_seq == 0
+        || first_seq
+            .checked_add(count as u64)
+            .is_none_or(|e| e > crate::format::MAX_SEQ)
+    {
         return Err("sequence number out of range");
     }
-    Ok(DecodedBatch { first_seq, ops })
+    Ok(DecodedBatch {
+        offset: 0,
+        first_seq,
+        ops,
+    })
 }

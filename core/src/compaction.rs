@@ -70,7 +70,11 @@ pub fn target_bytes(cfg: &LevelConfig, level: usize) -> u64 {
 
 /// Picks the next compaction, or `None` when every level is within its budget.
 /// `pointers[i]` is the largest key of the last table compacted out of level `i`.
-pub fn pick(levels: &[Vec<TableShape>], cfg: &LevelConfig, pointers: &[Vec<u8>]) -> Option<CompactionPlan> {
+pub fn pick(
+    levels: &[Vec<TableShape>],
+    cfg: &LevelConfig,
+    pointers: &[Vec<u8>],
+) -> Option<CompactionPlan> {
     let last = cfg.num_levels.min(levels.len()).saturating_sub(1);
     let mut best: Option<(f64, usize)> = None;
     for (level, tables) in levels.iter().enumerate().take(last) {
@@ -99,7 +103,11 @@ pub fn pick(levels: &[Vec<TableShape>], cfg: &LevelConfig, pointers: &[Vec<u8>])
     plan_for(levels, level, inputs)
 }
 
-fn plan_for(levels: &[Vec<TableShape>], level: usize, inputs: Vec<&TableShape>) -> Option<CompactionPlan> {
+fn plan_for(
+    levels: &[Vec<TableShape>],
+    level: usize,
+    inputs: Vec<&TableShape>,
+) -> Option<CompactionPlan> {
     let (lo, hi) = key_range(inputs.iter().copied())?;
     let out = level + 1;
     let overlapping: Vec<&TableShape> = levels
@@ -163,7 +171,12 @@ mod tests {
 
     #[test]
     fn nothing_to_do_within_budgets() {
-        let levels = vec![vec![t(1, "a", "c", 10)], vec![t(2, "a", "z", 50)], vec![], vec![]];
+        let levels = vec![
+            vec![t(1, "a", "c", 10)],
+            vec![t(2, "a", "z", 50)],
+            vec![],
+            vec![],
+        ];
         assert_eq!(pick(&levels, &CFG, &[]), None);
     }
 
@@ -179,7 +192,10 @@ mod tests {
         assert_eq!(p.level, 0);
         assert_eq!(p.inputs, vec![5, 4]);
         assert_eq!(p.overlapping, vec![1, 2]);
-        assert!(!p.drop_tombstones, "level 2 holds older data under the range");
+        assert!(
+            !p.drop_tombstones,
+            "level 2 holds older data under the range"
+        );
         assert!(!p.trivial_move);
     }
 
@@ -202,7 +218,12 @@ mod tests {
 
     #[test]
     fn full_plan_targets_the_deepest_level() {
-        let levels = vec![vec![t(4, "a", "b", 1)], vec![], vec![t(1, "a", "z", 1)], vec![]];
+        let levels = vec![
+            vec![t(4, "a", "b", 1)],
+            vec![],
+            vec![t(1, "a", "z", 1)],
+            vec![],
+        ];
         assert_eq!(plan_full(&levels), Some((2, vec![4, 1])));
         let only_l0 = vec![vec![t(4, "a", "b", 1)], vec![], vec![], vec![]];
         assert_eq!(plan_full(&only_l0), Some((1, vec![4])));

@@ -282,7 +282,11 @@ impl Db {
             }
             let file = disk.open(&name).map_err(|e| {
                 if e.kind() == io::ErrorKind::NotFound {
-                    Error::corruption(manifest::MANIFEST, 0, format!("names {name}, which is missing"))
+                    Error::corruption(
+                        manifest::MANIFEST,
+                        0,
+                        format!("names {name}, which is missing"),
+                    )
                 } else {
                     Error::io(&name, e)
                 }
@@ -299,7 +303,7 @@ impl Db {
             last_seq = last_seq.max(p.max_seq);
             levels[usize::from(rec.level)].push(Arc::new(t));
         }
-        levels[0].sort_by(|a, b| b.number.cmp(&a.number));
+        levels[0].sort_by_key(|t| std::cmp::Reverse(t.number));
         for (i, level) in levels.iter_mut().enumerate().skip(1) {
             level.sort_by(|a, b| a.props().smallest.cmp(&b.props().smallest));
             if level
@@ -353,8 +357,11 @@ impl Db {
                     if batch.first_seq != exp {
                         return Err(Error::corruption(
                             &name,
-                            0,
-                            format!("log starts at sequence {} where {exp} was expected", batch.first_seq),
+                            batch.offset,
+                            format!(
+                                "log starts at sequence {} where {exp} was expected",
+                                batch.first_seq
+                            ),
                         ));
                     }
                 }
@@ -401,12 +408,8 @@ impl Db {
         disk.sync_dir().map_err(|e| Error::io(".", e))?;
 
         // Everything older is now covered by the manifest; remove leftovers.
-        let live: std::collections::HashSet<u64> = version
-            .levels
-            .iter()
-            .flatten()
-            .map(|t| t.number)
-            .collect();
+        let live: std::collections::HashSet<u64> =
+            version.levels.iter().flatten().map(|t| t.number).collect();
         for f in &files {
             let stale = parse_number(f, ".wal").is_some_and(|n| n < wal_number)
                 || parse_number(f, ".sst").is_some_and(|n| !live.contains(&n));
@@ -659,7 +662,10 @@ impl Db {
         Stats {
             last_seq: i.visible_seq.load(Ordering::Acquire),
             memtable_bytes: sv.mem.approximate_bytes() as u64
-                + sv.imms.iter().map(|m| m.approximate_bytes() as u64).sum::<u64>(),
+                + sv.imms
+                    .iter()
+                    .map(|m| m.approximate_bytes() as u64)
+                    .sum::<u64>(),
             immutable_memtables: sv.imms.len(),
             tables_per_level: sv.version.levels.iter().map(Vec::len).collect(),
             bytes_per_level: sv
@@ -784,7 +790,12 @@ impl Snapshot {
         let sv = &self.sv;
         let mut sources: Vec<Box<dyn Source>> = Vec::new();
         if !empty_range(start, end) {
-            sources.push(Box::new(MemSource::new(sv.mem.clone(), self.seq, start, end)));
+            sources.push(Box::new(MemSource::new(
+                sv.mem.clone(),
+                self.seq,
+                start,
+                end,
+            )));
             for m in &sv.imms {
                 sources.push(Box::new(MemSource::new(m.clone(), self.seq, start, end)));
             }
@@ -812,6 +823,9 @@ impl Snapshot {
     }
 }
 
+/// A key, the sequence number of the write that set it, and its value.
+pub type Versioned = (Vec<u8>, u64, Vec<u8>);
+
 /// Live key-value pairs in key order. Yields an error (and then stops) if a table is damaged.
 pub struct DbIter {
     merge: MergeIter,
@@ -821,7 +835,7 @@ pub struct DbIter {
 
 impl DbIter {
     /// Like `next`, but also gives each pair's sequence number.
-    pub fn next_versioned(&mut self) -> Option<Result<(Vec<u8>, u64, Vec<u8>)>> {
+    pub fn next_versioned(&mut self) -> Option<Result<Versioned>> {
         if self.done {
             return None;
         }
@@ -915,7 +929,9 @@ impl Inner {
     fn commit_group(&self, group: &[(u64, Op)]) -> Vec<Result<u64>> {
         let fail_all = |e: Error| group.iter().map(|_| Err(clone_err(&e))).collect();
         if let Some(p) = self.poisoned.lock().clone() {
-            return fail_all(Error::Background(format!("writes disabled after a log failure: {p}")));
+            return fail_all(Error::Background(format!(
+                "writes disabled after a log failure: {p}"
+            )));
         }
         let rotate = group.iter().any(|(_, op)| matches!(op, Op::Rotate));
         if let Err(e) = self.make_room(rotate) {
@@ -984,7 +1000,8 @@ impl Inner {
             let mut bg = self.bg.lock();
             let sv = self.sv.load_full();
             let full = sv.mem.approximate_bytes() >= self.opts.memtable_bytes;
-            if !full && !(force && !sv.mem.is_empty()) {
+            let forced = force && !sv.mem.is_empty();
+            if !full && !forced {
                 return Ok(());
             }
             let l0 = sv.version.levels[0].len();
@@ -1030,13 +1047,8 @@ impl Inner {
         wal.writer.sync().map_err(poison)?;
         let number = self.next_file.fetch_add(1, Ordering::SeqCst);
         let name = wal_name(number);
-        let file = self
-            .disk
-            .create(&name)
-            .map_err(|e| Error::io(&name, e))?;
-        self.disk
-            .sync_dir()
-            .map_err(|e| Error::io(".", e))?;
+        let file = self.disk.create(&name).map_err(|e| Error::io(&name, e))?;
+        self.disk.sync_dir().map_err(|e| Error::io(".", e))?;
         wal.writer = WalWriter::new(file, number);
         {
             let _g = self.sv_lock.lock();
@@ -1107,7 +1119,13 @@ impl Inner {
             None
         } else {
             let number = self.next_file.fetch_add(1, Ordering::SeqCst);
-            Some(build_table(&*self.disk, &imm, number, self.build_opts(), &self.cache)?)
+            Some(build_table(
+                &*self.disk,
+                &imm,
+                number,
+                self.build_opts(),
+                &self.cache,
+            )?)
         };
         let vs = self.versions.lock();
         let cur = self.sv.load_full();
@@ -1171,7 +1189,12 @@ impl Inner {
         let by_level: Vec<Vec<Arc<Table>>> = version
             .levels
             .iter()
-            .map(|ts| ts.iter().filter(|t| wanted.contains(&t.number)).cloned().collect())
+            .map(|ts| {
+                ts.iter()
+                    .filter(|t| wanted.contains(&t.number))
+                    .cloned()
+                    .collect()
+            })
             .collect();
         let found: usize = by_level.iter().map(Vec::len).sum();
         if found != wanted.len() {
@@ -1189,10 +1212,18 @@ impl Inner {
             for (level, ts) in by_level.iter().enumerate() {
                 if level == 0 {
                     for t in ts {
-                        sources.push(Box::new(TableIter::new(t.clone(), Bound::Unbounded, false)?));
+                        sources.push(Box::new(TableIter::new(
+                            t.clone(),
+                            Bound::Unbounded,
+                            false,
+                        )?));
                     }
                 } else if !ts.is_empty() {
-                    sources.push(Box::new(LevelSource::new(ts.clone(), Bound::Unbounded, false)?));
+                    sources.push(Box::new(LevelSource::new(
+                        ts.clone(),
+                        Bound::Unbounded,
+                        false,
+                    )?));
                 }
             }
             let mut merge = MergeIter::new(sources);

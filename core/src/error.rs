@@ -47,7 +47,11 @@ impl Error {
         }
     }
 
-    pub(crate) fn corruption(file: impl Into<String>, offset: u64, detail: impl fmt::Display) -> Self {
+    pub(crate) fn corruption(
+        file: impl Into<String>,
+        offset: u64,
+        detail: impl fmt::Display,
+    ) -> Self {
         Error::Corruption {
             file: file.into(),
             offset,

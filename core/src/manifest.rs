@@ -115,7 +115,9 @@ impl ManifestState {
 /// Writes the new state so that a crash at any point leaves the old one or the new one.
 pub(crate) fn write(disk: &dyn Disk, state: &ManifestState) -> Result<()> {
     let bytes = state.encode();
-    let f = disk.create(MANIFEST_TMP).map_err(|e| Error::io(MANIFEST_TMP, e))?;
+    let f = disk
+        .create(MANIFEST_TMP)
+        .map_err(|e| Error::io(MANIFEST_TMP, e))?;
     f.append(&bytes).map_err(|e| Error::io(MANIFEST_TMP, e))?;
     f.sync().map_err(|e| Error::io(MANIFEST_TMP, e))?;
     drop(f);
@@ -161,7 +163,10 @@ mod tests {
         for i in 0..b.len() {
             let mut bad = b.clone();
             bad[i] ^= 1;
-            assert!(ManifestState::decode("M", &bad).is_err(), "flip at {i} undetected");
+            assert!(
+                ManifestState::decode("M", &bad).is_err(),
+                "flip at {i} undetected"
+            );
         }
         for cut in 0..b.len() {
             assert!(ManifestState::decode("M", &b[..cut]).is_err());

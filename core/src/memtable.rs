@@ -132,7 +132,10 @@ impl Memtable {
     }
 
     /// Calls `f` on the newest version of every key, in key order (for a flush).
-    pub fn for_each_newest(&self, mut f: impl FnMut(&[u8], u64, Kind, &[u8]) -> crate::Result<()>) -> crate::Result<()> {
+    pub fn for_each_newest(
+        &self,
+        mut f: impl FnMut(&[u8], u64, Kind, &[u8]) -> crate::Result<()>,
+    ) -> crate::Result<()> {
         let map = self.map.read();
         for (k, vs) in map.iter() {
             let v = vs.newest();

@@ -109,10 +109,18 @@ pub(crate) fn replay_bytes(
             ));
         }
         if typ != WAL_TYPE_BATCH {
-            return Err(Error::corruption(name, off, format!("unknown record type {typ}")));
+            return Err(Error::corruption(
+                name,
+                off,
+                format!("unknown record type {typ}"),
+            ));
         }
         if len > MAX_RECORD_BYTES {
-            return Err(Error::corruption(name, off, format!("record length {len} too large")));
+            return Err(Error::corruption(
+                name,
+                off,
+                format!("record length {len} too large"),
+            ));
         }
         let end = WAL_HEADER_LEN + len;
         if end > rest.len() {
@@ -137,7 +145,7 @@ pub(crate) fn replay_bytes(
                 "record payload checksum mismatch with more records after it",
             ));
         }
-        let batch = decode_batch(payload)
+        let mut batch = decode_batch(payload)
             .map_err(|why| Error::corruption(name, off, format!("bad batch: {why}")))?;
         if let Some(exp) = expected_seq {
             if batch.first_seq != exp {
@@ -149,6 +157,7 @@ pub(crate) fn replay_bytes(
             }
         }
         expected_seq = Some(batch.first_seq + batch.ops.len() as u64);
+        batch.offset = off;
         apply(batch)?;
         pos += end;
     }
@@ -160,7 +169,9 @@ mod tests {
     use super::*;
     use crate::batch::WriteBatch;
 
-    fn log(batches: &[(u64, &[(&[u8], &[u8])])]) -> Vec<u8> {
+    type Pairs<'a> = &'a [(&'a [u8], &'a [u8])];
+
+    fn log(batches: &[(u64, Pairs<'_>)]) -> Vec<u8> {
         let mut out = Vec::new();
         for (seq, ops) in batches {
             let mut b = WriteBatch::new();
@@ -185,7 +196,11 @@ mod tests {
 
     #[test]
     fn every_truncation_is_a_torn_tail_with_a_prefix_applied() {
-        let data = log(&[(1, &[(b"a", b"1")]), (2, &[(b"b", b"2"), (b"c", b"3")]), (4, &[(b"d", b"")])]);
+        let data = log(&[
+            (1, &[(b"a", b"1")]),
+            (2, &[(b"b", b"2"), (b"c", b"3")]),
+            (4, &[(b"d", b"")]),
+        ]);
         let (n, end) = count(&data).unwrap();
         assert_eq!((n, end), (4, ReplayEnd::Clean));
         let mut last = 0;
@@ -201,7 +216,11 @@ mod tests {
 
     #[test]
     fn a_flip_in_the_middle_is_corruption_naming_file_and_offset() {
-        let data = log(&[(1, &[(b"a", b"1")]), (2, &[(b"b", b"2")]), (3, &[(b"c", b"3")])]);
+        let data = log(&[
+            (1, &[(b"a", b"1")]),
+            (2, &[(b"b", b"2")]),
+            (3, &[(b"c", b"3")]),
+        ]);
         let first_len = data.len() / 3;
         for i in 0..(2 * first_len) {
             let mut bad = data.clone();

@@ -37,11 +37,11 @@ enum Op {
 /// Keys from a small space, with some sharing prefixes, so updates and deletes collide.
 fn key(k: u8) -> Vec<u8> {
     let base = format!("k{:02}", k % 40);
-    if k % 5 == 0 {
+    if k.is_multiple_of(5) {
         let mut b = base.into_bytes();
         b.truncate(2);
         b
-    } else if k % 7 == 0 {
+    } else if k.is_multiple_of(7) {
         format!("{base}:{}", k % 3).into_bytes()
     } else {
         base.into_bytes()
@@ -104,7 +104,11 @@ fn contents(db: &Db) -> Model {
 }
 
 fn run(ops: Vec<Op>, always: bool) -> Result<(), TestCaseError> {
-    let sync = if always { SyncMode::Always } else { SyncMode::None };
+    let sync = if always {
+        SyncMode::Always
+    } else {
+        SyncMode::None
+    };
     let disk = SimDisk::new();
     let mut db = open(&disk, sync);
     let mut model = Model::new();
@@ -142,7 +146,12 @@ fn run(ops: Vec<Op>, always: bool) -> Result<(), TestCaseError> {
                 history.push(model.clone());
             }
             Op::Get(k) => {
-                prop_assert_eq!(db.get(&key(k)).unwrap(), model.get(&key(k)).cloned(), "step {}", step);
+                prop_assert_eq!(
+                    db.get(&key(k)).unwrap(),
+                    model.get(&key(k)).cloned(),
+                    "step {}",
+                    step
+                );
             }
             Op::Scan(a, b, limit) => {
                 let (lo, hi) = (key(a).min(key(b)), key(a).max(key(b)));
@@ -161,7 +170,11 @@ fn run(ops: Vec<Op>, always: bool) -> Result<(), TestCaseError> {
             }
             Op::Prefix(k) => {
                 let p = key(k)[..2].to_vec();
-                let got: Vec<_> = db.scan_prefix(&p).unwrap().collect::<Result<_, _>>().unwrap();
+                let got: Vec<_> = db
+                    .scan_prefix(&p)
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
                 let want: Vec<_> = model
                     .iter()
                     .filter(|(k, _)| k.starts_with(&p))
@@ -191,7 +204,12 @@ fn run(ops: Vec<Op>, always: bool) -> Result<(), TestCaseError> {
                 db = open(&disk, sync);
                 let got = contents(&db);
                 if always {
-                    prop_assert_eq!(&got, &model, "crash at step {} lost an acknowledged write", step);
+                    prop_assert_eq!(
+                        &got,
+                        &model,
+                        "crash at step {} lost an acknowledged write",
+                        step
+                    );
                 } else {
                     let k = (durable..history.len()).rev().find(|k| history[*k] == got);
                     let Some(k) = k else {

@@ -17,12 +17,24 @@ fn updated_key_never_returns_its_old_value_after_flush_and_compaction() {
     db.put(b"k".to_vec(), b"old".to_vec()).unwrap();
     db.flush().unwrap();
     db.put(b"k".to_vec(), b"new".to_vec()).unwrap();
-    assert_eq!(db.get(b"k").unwrap(), Some(b"new".to_vec()), "memtable over table");
+    assert_eq!(
+        db.get(b"k").unwrap(),
+        Some(b"new".to_vec()),
+        "memtable over table"
+    );
     db.flush().unwrap();
-    assert_eq!(db.get(b"k").unwrap(), Some(b"new".to_vec()), "newer table over older");
+    assert_eq!(
+        db.get(b"k").unwrap(),
+        Some(b"new".to_vec()),
+        "newer table over older"
+    );
     db.do_background_work().unwrap();
     db.compact().unwrap();
-    assert_eq!(db.get(b"k").unwrap(), Some(b"new".to_vec()), "after compaction");
+    assert_eq!(
+        db.get(b"k").unwrap(),
+        Some(b"new".to_vec()),
+        "after compaction"
+    );
     assert_eq!(all(&db), vec![(b"k".to_vec(), b"new".to_vec())]);
     drop(db);
     let db = open_sim(&disk, manual_tiny());
@@ -39,7 +51,11 @@ fn deleted_key_stays_deleted_tombstone_newer_than_value() {
     db.flush().unwrap();
     db.delete(b"k".to_vec()).unwrap();
     db.flush().unwrap();
-    assert_eq!(db.stats().tables_per_level[0], 2, "value and tombstone in two tables");
+    assert_eq!(
+        db.stats().tables_per_level[0],
+        2,
+        "value and tombstone in two tables"
+    );
     assert_eq!(db.get(b"k").unwrap(), None);
     // Partial compaction first (level 0 into level 1), then a full one to the bottom.
     db.do_background_work().unwrap();
@@ -81,8 +97,8 @@ fn tombstone_is_kept_while_older_data_lies_below() {
     let db = open_sim(&disk, opts.clone());
     db.put(b"k".to_vec(), b"v".to_vec()).unwrap();
     db.compact().unwrap(); // value now at the bottom level (1)
-    // Push it one level deeper with a full compaction after filling level 1 above its budget
-    // is awkward; instead check the general property across many flush/compaction rounds.
+                           // Push it one level deeper with a full compaction after filling level 1 above its budget
+                           // is awkward; instead check the general property across many flush/compaction rounds.
     for round in 0..20u32 {
         db.delete(b"k".to_vec()).unwrap();
         for i in 0..30 {
@@ -91,13 +107,25 @@ fn tombstone_is_kept_while_older_data_lies_below() {
         db.flush().unwrap();
         db.do_background_work().unwrap();
         assert_eq!(db.get(b"k").unwrap(), None, "round {round}");
-        db.put(b"k".to_vec(), format!("v{round}").into_bytes()).unwrap();
+        db.put(b"k".to_vec(), format!("v{round}").into_bytes())
+            .unwrap();
         db.flush().unwrap();
         db.do_background_work().unwrap();
-        assert_eq!(db.get(b"k").unwrap(), Some(format!("v{round}").into_bytes()));
+        assert_eq!(
+            db.get(b"k").unwrap(),
+            Some(format!("v{round}").into_bytes())
+        );
     }
-    let levels_used = db.stats().tables_per_level.iter().filter(|n| **n > 0).count();
-    assert!(levels_used >= 2, "the test should have spread data over levels");
+    let levels_used = db
+        .stats()
+        .tables_per_level
+        .iter()
+        .filter(|n| **n > 0)
+        .count();
+    assert!(
+        levels_used >= 2,
+        "the test should have spread data over levels"
+    );
 }
 
 /// The prototype stored "key:value" lines, so a value containing ':' broke. Keys and values
@@ -238,7 +266,12 @@ fn prefix_scan_returns_exactly_the_prefix() {
     let mut want = want;
     want.sort();
     assert_eq!(keys, want);
-    let two: Vec<_> = db.scan_prefix(b"a").unwrap().take(2).map(|r| r.unwrap().0).collect();
+    let two: Vec<_> = db
+        .scan_prefix(b"a")
+        .unwrap()
+        .take(2)
+        .map(|r| r.unwrap().0)
+        .collect();
     assert_eq!(two, vec![b"a".to_vec(), b"ab".to_vec()]);
 }
 
@@ -260,11 +293,18 @@ fn compaction_reclaims_space_of_overwrites_and_deletes() {
     db.compact().unwrap();
     let after = db.stats();
     assert_eq!(all(&db), vec![]);
-    assert_eq!(after.table_bytes_total, 0, "all tombstones dropped at the bottom: {after:?}");
+    assert_eq!(
+        after.table_bytes_total, 0,
+        "all tombstones dropped at the bottom: {after:?}"
+    );
     assert!(before > 10_000);
     // Old files are gone from the disk too.
     drop(db);
-    assert!(disk.total_bytes() < 2_000, "{} bytes still on disk", disk.total_bytes());
+    assert!(
+        disk.total_bytes() < 2_000,
+        "{} bytes still on disk",
+        disk.total_bytes()
+    );
 }
 
 /// Sanity of the real disk: a database on std::fs round-trips through close and reopen.

@@ -10,7 +10,10 @@ fn version_prints_the_crate_version() {
         "{} is missing: build it first with `cargo build -p corecache`",
         bin.display()
     );
-    let out = Command::new(&bin).arg("version").output().expect("run corecache");
+    let out = Command::new(&bin)
+        .arg("version")
+        .output()
+        .expect("run corecache");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("corecache "), "unexpected output: {text}");

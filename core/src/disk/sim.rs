@@ -119,7 +119,10 @@ impl DiskFile for SimFile {
 }
 
 fn eof() -> io::Error {
-    io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the file")
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "read past the end of the file",
+    )
 }
 
 fn not_found(name: &str) -> io::Error {

@@ -39,7 +39,13 @@ pub struct TableProps {
 
 impl TableProps {
     fn encode(&self, out: &mut Vec<u8>) {
-        for v in [self.entries, self.deletes, self.min_seq, self.max_seq, self.data_bytes] {
+        for v in [
+            self.entries,
+            self.deletes,
+            self.min_seq,
+            self.max_seq,
+            self.data_bytes,
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         put_varint(out, self.smallest.len() as u64);
@@ -166,7 +172,8 @@ impl TableBuilder {
         let offset = self.written + self.out.len() as u64;
         put_varint(&mut self.index, self.last_key.len() as u64);
         self.index.extend_from_slice(&self.last_key);
-        self.index.extend_from_slice(&self.last_trailer.to_le_bytes());
+        self.index
+            .extend_from_slice(&self.last_trailer.to_le_bytes());
         put_varint(&mut self.index, offset);
         put_varint(&mut self.index, self.block.len() as u64);
         self.index_count += 1;
@@ -297,7 +304,11 @@ impl Table {
         }
         let stored = le_u32(&footer, 40);
         if crc(&footer[..40]) != stored {
-            return Err(Error::corruption(&name, foot_at, "footer checksum mismatch"));
+            return Err(Error::corruption(
+                &name,
+                foot_at,
+                "footer checksum mismatch",
+            ));
         }
         let mut c = Cursor::new(&footer[..40]);
         let mut handles = [(0u64, 0u32); 3];
@@ -318,7 +329,11 @@ impl Table {
         for (off, len) in handles {
             let end = off.checked_add(u64::from(len) + BLOCK_CRC_LEN as u64);
             if end.is_none_or(|e| e > foot_at) {
-                return Err(Error::corruption(&name, foot_at, "block handle outside the file"));
+                return Err(Error::corruption(
+                    &name,
+                    foot_at,
+                    "block handle outside the file",
+                ));
             }
         }
         let [filter_h, index_h, props_h] = handles;
@@ -331,7 +346,11 @@ impl Table {
         let index = Self::decode_index(&index_b, filter_h.0)
             .map_err(|e| Error::corruption(&name, index_h.0, e))?;
         if index.last().map(|e| &*e.last_key) != Some(props.largest.as_slice()) {
-            return Err(Error::corruption(&name, index_h.0, "index disagrees with properties"));
+            return Err(Error::corruption(
+                &name,
+                index_h.0,
+                "index disagrees with properties",
+            ));
         }
         Ok(Table {
             number,
