@@ -362,3 +362,53 @@ fn a_byte_flip_in_the_middle_of_the_wal_is_reported_with_file_and_offset() {
     }
     assert_eq!(db.get(&key(29)).unwrap(), None);
 }
+
+/// `SyncMode::Interval` syncs the log by itself, without any write asking for it.
+#[test]
+fn interval_mode_syncs_the_log_in_the_background() {
+    let disk = HoldDisk::new(SimDisk::new());
+    let opts = Options {
+        sync: SyncMode::Interval { ms: 5 },
+        ..Options::default()
+    };
+    let db = Db::open(Arc::new(disk.clone()), opts).unwrap();
+    db.put(b"k".to_vec(), b"v".to_vec()).unwrap();
+    let start = disk.syncs.load(Ordering::SeqCst);
+    // Wait (bounded) for the ticker; this checks that it runs, not how fast.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while disk.syncs.load(Ordering::SeqCst) < start + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the interval sync never ran"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    disk.inner.crash_clean();
+    drop(db);
+    let db = Db::open(Arc::new(disk.inner.clone()), Options::default()).unwrap();
+    assert_eq!(db.get(b"k").unwrap(), Some(b"v".to_vec()));
+}
+
+/// A disk that fails every write: the write is refused with an error, and nothing is applied.
+#[test]
+fn a_failing_disk_refuses_writes_and_changes_nothing() {
+    let disk = SimDisk::new();
+    let db = Db::open(Arc::new(disk.clone()), manual()).unwrap();
+    db.put(b"a".to_vec(), b"1".to_vec()).unwrap();
+    disk.set_fail_writes(true);
+    assert!(db.put(b"b".to_vec(), b"2".to_vec()).is_err());
+    assert_eq!(
+        db.get(b"b").unwrap(),
+        None,
+        "a failed write must not be visible"
+    );
+    disk.set_fail_writes(false);
+    // After a log failure the database refuses writes instead of appending after a hole.
+    assert!(db.put(b"c".to_vec(), b"3".to_vec()).is_err());
+    assert_eq!(db.get(b"a").unwrap(), Some(b"1".to_vec()));
+    drop(db);
+    let db = Db::open(Arc::new(disk), manual()).unwrap();
+    assert_eq!(db.get(b"a").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(db.get(b"b").unwrap(), None);
+    db.put(b"c".to_vec(), b"3".to_vec()).unwrap();
+}

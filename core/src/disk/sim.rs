@@ -306,3 +306,86 @@ impl Disk for SimDisk {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crash_keeps_synced_bytes_and_at_most_a_prefix_of_the_rest() {
+        for seed in 0..200 {
+            let d = SimDisk::new();
+            let f = d.create("a").unwrap();
+            d.sync_dir().unwrap();
+            f.append(b"durable").unwrap();
+            f.sync().unwrap();
+            f.append(b"-pending-bytes").unwrap();
+            d.crash(seed);
+            let got = d.read_file("a").unwrap();
+            assert!(got.starts_with(b"durable"), "seed {seed}: {got:?}");
+            assert!(
+                b"durable-pending-bytes".starts_with(&got),
+                "seed {seed}: not a prefix"
+            );
+            // The old handle is dead, as a crashed process's would be.
+            assert!(f.append(b"x").is_err());
+            assert!(f.len().is_err());
+        }
+    }
+
+    #[test]
+    fn a_crash_clean_drops_every_unsynced_byte_and_entry() {
+        let d = SimDisk::new();
+        let f = d.create("kept").unwrap();
+        f.append(b"abc").unwrap();
+        f.sync().unwrap();
+        d.sync_dir().unwrap();
+        f.append(b"def").unwrap();
+        let g = d.create("lost").unwrap();
+        g.append(b"x").unwrap();
+        g.sync().unwrap(); // synced data, but its directory entry never was
+        d.crash_clean();
+        assert_eq!(d.read_file("kept").unwrap(), b"abc");
+        assert_eq!(d.read_file("lost"), None);
+    }
+
+    #[test]
+    fn unsynced_rename_may_or_may_not_survive_but_never_half() {
+        let mut saw_old = false;
+        let mut saw_new = false;
+        for seed in 0..64 {
+            let d = SimDisk::new();
+            for (name, body) in [("M", b"old".as_slice()), ("M.tmp", b"new".as_slice())] {
+                let f = d.create(name).unwrap();
+                f.append(body).unwrap();
+                f.sync().unwrap();
+            }
+            d.remove("M.tmp").unwrap();
+            d.write_file("M.tmp", b"new".to_vec());
+            d.sync_dir().unwrap();
+            d.rename("M.tmp", "M").unwrap();
+            d.crash(seed);
+            match d.read_file("M").as_deref() {
+                Some(b"old") => saw_old = true,
+                Some(b"new") => saw_new = true,
+                other => panic!("seed {seed}: {other:?}"),
+            }
+        }
+        assert!(
+            saw_old && saw_new,
+            "crashes should sometimes keep and sometimes lose the rename"
+        );
+    }
+
+    #[test]
+    fn removed_files_stay_readable_through_open_handles() {
+        let d = SimDisk::new();
+        let f = d.create("t").unwrap();
+        f.append(b"data").unwrap();
+        d.remove("t").unwrap();
+        let mut buf = [0u8; 4];
+        f.read_at(0, &mut buf).unwrap();
+        assert_eq!(&buf, b"data");
+        assert!(d.open("t").is_err());
+    }
+}
