@@ -75,7 +75,7 @@ pub(crate) fn decode_batch(payload: &[u8]) -> Result<DecodedBatch<'_>, &'static 
     if count > c.remaining() / 2 + 1 {
         return Err("op count larger than the record can hold");
     }
-    let mut ops = Vec::with_capacity(count);
+    let mut ops = Vec::with_capacity(count.min(1024));
     for _ in 0..count {
         let kind = Kind::from_u8(c.u8()?).ok_or("unknown op kind")?;
         let key = c.len_prefixed()?;

@@ -119,7 +119,24 @@ struct WalState {
 #[derive(Default)]
 struct BgState {
     shutdown: bool,
-    error: Option<String>,
+    /// The last failure of each background job ("flush", "compaction", "wal sync"), cleared by
+    /// that job's next success.
+    errors: std::collections::BTreeMap<&'static str, String>,
+}
+
+impl BgState {
+    fn error(&self) -> Option<String> {
+        if self.errors.is_empty() {
+            return None;
+        }
+        Some(
+            self.errors
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    }
 }
 
 #[derive(Default)]
@@ -224,7 +241,7 @@ fn parse_number(name: &str, ext: &str) -> Option<u64> {
     if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    stem.parse().ok()
+    stem.parse().ok().filter(|n| *n < manifest::MAX_FILE_NUMBER)
 }
 
 /// The smallest key greater than every key that starts with `prefix`, if any.
@@ -264,7 +281,7 @@ impl Db {
                     next_file: 1,
                     ..ManifestState::default()
                 };
-                manifest::write(&*disk, &s)?;
+                manifest::write(&*disk, &s).map_err(|f| f.error)?;
                 s
             }
         };
@@ -401,7 +418,8 @@ impl Db {
                 log_number: wal_number,
                 tables: version.records(),
             },
-        )?;
+        )
+        .map_err(|f| f.error)?;
         let wal_file = disk
             .create(&wal_name(wal_number))
             .map_err(|e| Error::io(wal_name(wal_number), e))?;
@@ -554,9 +572,15 @@ impl Db {
 
     /// A consistent view at this moment, for several reads or scans.
     pub fn snapshot(&self) -> Snapshot {
-        let sv = self.inner.sv.load_full();
-        let seq = self.inner.visible_seq.load(Ordering::Acquire);
-        Snapshot { sv, seq }
+        // The sequence number must belong to the super version: if a memtable switch slipped in
+        // between the two loads, take both again.
+        loop {
+            let sv = self.inner.sv.load_full();
+            let seq = self.inner.visible_seq.load(Ordering::Acquire);
+            if Arc::ptr_eq(&sv, &self.inner.sv.load()) {
+                return Snapshot { sv, seq };
+            }
+        }
     }
 
     /// Keys in `[start, end)` (per the bounds), in order, from one consistent snapshot.
@@ -594,8 +618,8 @@ impl Db {
                     if self.inner.sv.load().imms.is_empty() {
                         break;
                     }
-                    if let Some(e) = &bg.error {
-                        return Err(Error::Background(e.clone()));
+                    if let Some(e) = bg.errors.get("flush") {
+                        return Err(Error::Background(format!("flush: {e}")));
                     }
                     if bg.shutdown {
                         return Err(Error::Closed);
@@ -690,7 +714,7 @@ impl Db {
             flush_bytes: c.flush_bytes.load(Ordering::Relaxed),
             compaction_bytes_written: c.compaction_bytes_written.load(Ordering::Relaxed),
             background_errors: c.background_errors.load(Ordering::Relaxed),
-            last_background_error: i.bg.lock().error.clone(),
+            last_background_error: i.bg.lock().error(),
             wal_syncs: c.wal_syncs.load(Ordering::Relaxed),
             writes: c.writes.load(Ordering::Relaxed),
         }
@@ -739,7 +763,6 @@ fn lookup(sv: &SuperVersion, key: &[u8], snap: u64) -> Result<Option<(u64, Vec<u
     let h = hash64(key);
     for t in &sv.version.levels[0] {
         if let Some((seq, kind, v)) = t.get(key, h)? {
-            debug_assert!(seq <= snap, "a table holds a write newer than its readers");
             return Ok(found(seq, kind, v));
         }
     }
@@ -747,7 +770,6 @@ fn lookup(sv: &SuperVersion, key: &[u8], snap: u64) -> Result<Option<(u64, Vec<u
         let i = level.partition_point(|t| t.props().largest.as_slice() < key);
         if let Some(t) = level.get(i) {
             if let Some((seq, kind, v)) = t.get(key, h)? {
-                debug_assert!(seq <= snap, "a table holds a write newer than its readers");
                 return Ok(found(seq, kind, v));
             }
         }
@@ -1026,7 +1048,7 @@ impl Inner {
             match self.opts.stall {
                 StallPolicy::Refuse => return Err(Error::WriteStall(why)),
                 StallPolicy::Block => {
-                    if let Some(e) = &bg.error {
+                    if let Some(e) = bg.error() {
                         return Err(Error::Background(format!("{e} (while {why})")));
                     }
                     if bg.shutdown {
@@ -1071,7 +1093,16 @@ impl Inner {
     fn sync_wal(&self) -> Result<()> {
         let wal = self.wal.lock();
         self.counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
-        wal.writer.sync()
+        // After a failed fsync the kernel may have dropped the dirty pages: the log could have a
+        // hole, so no write may follow it.
+        wal.writer.sync().inspect_err(|e| self.poison(e))
+    }
+
+    fn poison(&self, e: &Error) {
+        let mut p = self.poisoned.lock();
+        if p.is_none() {
+            *p = Some(e.to_string());
+        }
     }
 
     fn manifest_state(&self, version: &Version, log_number: u64) -> ManifestState {
@@ -1119,13 +1150,13 @@ impl Inner {
             None
         } else {
             let number = self.next_file.fetch_add(1, Ordering::SeqCst);
-            Some(build_table(
-                &*self.disk,
-                &imm,
-                number,
-                self.build_opts(),
-                &self.cache,
-            )?)
+            match build_table(&*self.disk, &imm, number, self.build_opts(), &self.cache) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    let _ = self.disk.remove(&table_name(number));
+                    return Err(e);
+                }
+            }
         };
         let vs = self.versions.lock();
         let cur = self.sv.load_full();
@@ -1142,11 +1173,18 @@ impl Inner {
             .map(|m| m.wal_number)
             .unwrap_or(cur.mem.wal_number);
         drop(cur);
-        if let Err(e) = manifest::write(&*self.disk, &self.manifest_state(&version, log_number)) {
-            if let Some(t) = &table {
+        if let Err(f) = manifest::write(&*self.disk, &self.manifest_state(&version, log_number)) {
+            if f.renamed {
+                // The directory may already name the new table: keep it, install it, and stop
+                // writing, since the directory's state is unknown.
+                self.swap_version(Arc::new(version), Some(&imm));
+                drop(vs);
+                self.poison(&f.error);
+                self.notify_bg();
+            } else if let Some(t) = &table {
                 let _ = self.disk.remove(t.name());
             }
-            return Err(e);
+            return Err(f.error);
         }
         self.swap_version(Arc::new(version), Some(&imm));
         drop(vs);
@@ -1157,8 +1195,8 @@ impl Inner {
                 .flush_bytes
                 .fetch_add(t.size(), Ordering::Relaxed);
         }
-        let name = wal_name(imm.wal_number);
-        self.disk.remove(&name).map_err(|e| Error::io(&name, e))?;
+        // A failed removal only leaves a file that the next open deletes.
+        let _ = self.disk.remove(&wal_name(imm.wal_number));
         Ok(true)
     }
 
@@ -1228,6 +1266,8 @@ impl Inner {
             }
             let mut merge = MergeIter::new(sources);
             let mut builder: Option<(u64, TableBuilder, Arc<dyn crate::disk::DiskFile>)> = None;
+            // A table taken out of `builder` and not yet in `outputs`.
+            let mut pending: Option<u64> = None;
             let result = (|| -> Result<()> {
                 while let Some(Entry {
                     key,
@@ -1253,13 +1293,17 @@ impl Inner {
                     b.add(&key, seq, kind, &value)?;
                     if b.estimated_size() >= self.opts.table_bytes {
                         let (number, b, file) = builder.take().expect("just used");
+                        pending = Some(number);
                         b.finish()?;
                         outputs.push(Arc::new(Table::open(file, number, self.cache.clone())?));
+                        pending = None;
                     }
                 }
                 if let Some((number, b, file)) = builder.take() {
+                    pending = Some(number);
                     b.finish()?;
                     outputs.push(Arc::new(Table::open(file, number, self.cache.clone())?));
+                    pending = None;
                 }
                 Ok(())
             })();
@@ -1267,7 +1311,7 @@ impl Inner {
                 for t in &outputs {
                     let _ = self.disk.remove(t.name());
                 }
-                if let Some((number, _, _)) = builder {
+                for number in builder.map(|(n, _, _)| n).into_iter().chain(pending) {
                     let _ = self.disk.remove(&table_name(number));
                 }
                 return Err(e);
@@ -1296,13 +1340,20 @@ impl Inner {
             .map(|m| m.wal_number)
             .unwrap_or(cur.mem.wal_number);
         drop(cur);
-        if let Err(e) = manifest::write(&*self.disk, &self.manifest_state(&next, log_number)) {
-            if !plan.trivial_move {
+        if let Err(f) = manifest::write(&*self.disk, &self.manifest_state(&next, log_number)) {
+            if f.renamed {
+                // The directory may name the outputs already: keep every file, install the new
+                // set, and stop writing (the next open deletes what no manifest names).
+                self.swap_version(Arc::new(next), None);
+                drop(vs);
+                self.poison(&f.error);
+                self.notify_bg();
+            } else if !plan.trivial_move {
                 for t in &outputs {
                     let _ = self.disk.remove(t.name());
                 }
             }
-            return Err(e);
+            return Err(f.error);
         }
         self.swap_version(Arc::new(next), None);
         drop(vs);
@@ -1311,28 +1362,51 @@ impl Inner {
         if !plan.trivial_move {
             // The manifest no longer names them; open handles keep reads of older snapshots
             // working until they are dropped.
+            // A failed removal only leaves a file that the next open deletes.
             for t in by_level.iter().flatten() {
-                self.disk
-                    .remove(t.name())
-                    .map_err(|e| Error::io(t.name(), e))?;
+                let _ = self.disk.remove(t.name());
             }
         }
         Ok(())
     }
 
-    fn record_bg_error(&self, what: &str, e: &Error) {
+    fn record_bg_error(&self, what: &'static str, e: &str) {
         self.counters
             .background_errors
             .fetch_add(1, Ordering::Relaxed);
         let mut bg = self.bg.lock();
-        bg.error = Some(format!("{what}: {e}"));
+        bg.errors.insert(what, e.to_string());
         self.bg_cv.notify_all();
     }
 
-    fn clear_bg_error(&self) {
+    /// Runs one background job, turning an error or a panic into a recorded error (cleared by
+    /// the job's next success), so that neither the thread nor writers waiting on it silently die.
+    /// Returns whether the job succeeded.
+    fn run_job(&self, what: &'static str, job: impl FnOnce() -> Result<bool>) -> bool {
+        let err = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)) {
+            Ok(Ok(_)) => {
+                self.bg.lock().errors.remove(what);
+                return true;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                format!("panicked: {msg}")
+            }
+        };
+        self.record_bg_error(what, &err);
+        false
+    }
+
+    /// After a failed job: pause before retrying (unless shutting down).
+    fn back_off(&self, pause: Duration) {
         let mut bg = self.bg.lock();
-        if bg.error.is_some() {
-            bg.error = None;
+        if !bg.shutdown {
+            self.bg_cv.wait_for(&mut bg, pause);
         }
     }
 
@@ -1347,15 +1421,8 @@ impl Inner {
                     return;
                 }
             }
-            match self.flush_one() {
-                Ok(_) => self.clear_bg_error(),
-                Err(e) => {
-                    self.record_bg_error("flush", &e);
-                    let mut bg = self.bg.lock();
-                    if !bg.shutdown {
-                        self.bg_cv.wait_for(&mut bg, Duration::from_millis(100));
-                    }
-                }
+            if !self.run_job("flush", || self.flush_one()) {
+                self.back_off(Duration::from_millis(100));
             }
         }
     }
@@ -1380,16 +1447,9 @@ impl Inner {
                     self.bg_cv.wait(&mut bg);
                 }
             }
-            match self.compact_once() {
-                Ok(_) => {}
-                Err(e) => {
-                    // A failed compaction leaves the old tables in place; flushes go on.
-                    self.record_bg_error("compaction", &e);
-                    let mut bg = self.bg.lock();
-                    if !bg.shutdown {
-                        self.bg_cv.wait_for(&mut bg, Duration::from_millis(500));
-                    }
-                }
+            // A failed compaction leaves the old tables in place; flushes go on.
+            if !self.run_job("compaction", || self.compact_once()) {
+                self.back_off(Duration::from_millis(500));
             }
         }
     }
@@ -1406,9 +1466,7 @@ impl Inner {
                     return;
                 }
             }
-            if let Err(e) = self.sync_wal() {
-                self.record_bg_error("wal sync", &e);
-            }
+            self.run_job("wal sync", || self.sync_wal().map(|()| true));
         }
     }
 }

@@ -7,6 +7,8 @@ use crate::format::{crc, le_u32, put_varint, Cursor, FORMAT_VERSION, MANIFEST_MA
 pub(crate) const MANIFEST: &str = "MANIFEST";
 const MANIFEST_TMP: &str = "MANIFEST.tmp";
 const MAX_MANIFEST_BYTES: u64 = 256 << 20;
+/// File numbers stay far below u64::MAX so that counting up never overflows.
+pub(crate) const MAX_FILE_NUMBER: u64 = 1 << 48;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct TableRecord {
@@ -81,6 +83,9 @@ impl ManifestState {
             log_number: c.u64().map_err(|e| bad(at(&c), e))?,
             tables: Vec::new(),
         };
+        if st.next_file > MAX_FILE_NUMBER {
+            return Err(bad(20, "next file number out of range"));
+        }
         let n = c.u32().map_err(|e| bad(at(&c), e))? as usize;
         if n > c.remaining() / 40 {
             return Err(bad(at(&c), "table count larger than the manifest can hold"));
@@ -103,6 +108,9 @@ impl ManifestState {
             if rec.number >= st.next_file {
                 return Err(bad(at(&c), "table number not below next_file"));
             }
+            if st.tables.iter().any(|t| t.number == rec.number) {
+                return Err(bad(at(&c), "table number listed twice"));
+            }
             st.tables.push(rec);
         }
         if !c.is_empty() {
@@ -112,18 +120,37 @@ impl ManifestState {
     }
 }
 
+/// How a manifest write failed.
+pub(crate) struct WriteFailure {
+    pub error: Error,
+    /// The rename happened: the directory's `MANIFEST` may already be the new state, so files it
+    /// names must not be removed.
+    pub renamed: bool,
+}
+
 /// Writes the new state so that a crash at any point leaves the old one or the new one.
-pub(crate) fn write(disk: &dyn Disk, state: &ManifestState) -> Result<()> {
+pub(crate) fn write(disk: &dyn Disk, state: &ManifestState) -> Result<(), WriteFailure> {
+    let before = |error| WriteFailure {
+        error,
+        renamed: false,
+    };
     let bytes = state.encode();
     let f = disk
         .create(MANIFEST_TMP)
-        .map_err(|e| Error::io(MANIFEST_TMP, e))?;
-    f.append(&bytes).map_err(|e| Error::io(MANIFEST_TMP, e))?;
-    f.sync().map_err(|e| Error::io(MANIFEST_TMP, e))?;
+        .map_err(|e| before(Error::io(MANIFEST_TMP, e)))?;
+    f.append(&bytes)
+        .map_err(|e| before(Error::io(MANIFEST_TMP, e)))?;
+    f.sync().map_err(|e| before(Error::io(MANIFEST_TMP, e)))?;
     drop(f);
+    // Make the new tables' directory entries durable before the manifest can name them: POSIX
+    // does not order directory changes between two syncs.
+    disk.sync_dir().map_err(|e| before(Error::io(".", e)))?;
     disk.rename(MANIFEST_TMP, MANIFEST)
-        .map_err(|e| Error::io(MANIFEST, e))?;
-    disk.sync_dir().map_err(|e| Error::io(".", e))
+        .map_err(|e| before(Error::io(MANIFEST, e)))?;
+    disk.sync_dir().map_err(|e| WriteFailure {
+        error: Error::io(".", e),
+        renamed: true,
+    })
 }
 
 /// Reads the manifest, or `None` for a directory that has none yet.
@@ -171,5 +198,31 @@ mod tests {
         for cut in 0..b.len() {
             assert!(ManifestState::decode("M", &b[..cut]).is_err());
         }
+    }
+
+    #[test]
+    fn duplicate_tables_and_huge_file_numbers_are_refused() {
+        let rec = TableRecord {
+            level: 0,
+            number: 3,
+            size: 1,
+            entries: 1,
+            min_seq: 1,
+            max_seq: 1,
+            smallest: b"a".to_vec(),
+            largest: b"a".to_vec(),
+        };
+        let dup = ManifestState {
+            next_file: 9,
+            last_seq: 1,
+            log_number: 1,
+            tables: vec![rec.clone(), rec],
+        };
+        assert!(ManifestState::decode("M", &dup.encode()).is_err());
+        let huge = ManifestState {
+            next_file: u64::MAX,
+            ..ManifestState::default()
+        };
+        assert!(ManifestState::decode("M", &huge.encode()).is_err());
     }
 }

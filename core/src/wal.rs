@@ -102,6 +102,13 @@ pub(crate) fn replay_bytes(
         let hcrc = le_u32(rest, 5);
         let pcrc = le_u32(rest, 9);
         if crc(&rest[..5]) != hcrc {
+            if rest[WAL_HEADER_LEN..].iter().all(|b| *b == 0) {
+                // A header torn by the crash, with only zero fill after it.
+                return Ok(ReplayEnd::TornTail {
+                    offset: off,
+                    why: "torn record header at the end of the file",
+                });
+            }
             return Err(Error::corruption(
                 name,
                 off,
@@ -212,6 +219,18 @@ mod tests {
                 assert!(matches!(end, ReplayEnd::TornTail { .. } | ReplayEnd::Clean));
             }
         }
+    }
+
+    #[test]
+    fn a_torn_header_followed_by_zero_fill_is_a_torn_tail() {
+        let mut data = log(&[(1, &[(b"a", b"1")]), (2, &[(b"b", b"2")])]);
+        let second = data.len() / 2;
+        data[second + 6] ^= 0xff; // damage the second header's checksum
+        data.truncate(second + WAL_HEADER_LEN);
+        data.extend_from_slice(&[0u8; 100]);
+        let (n, end) = count(&data).unwrap();
+        assert_eq!(n, 1);
+        assert!(matches!(end, ReplayEnd::TornTail { .. }));
     }
 
     #[test]

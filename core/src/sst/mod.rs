@@ -130,10 +130,14 @@ impl TableBuilder {
 
     /// Adds an entry; keys must come in strictly increasing order.
     pub fn add(&mut self, key: &[u8], seq: u64, kind: Kind, value: &[u8]) -> Result<()> {
-        assert!(
-            self.props.entries == 0 || key > self.last_key.as_slice(),
-            "table keys must be strictly increasing"
-        );
+        if self.props.entries > 0 && key <= self.last_key.as_slice() {
+            // Only damaged input (a table whose keys are out of order) can get here.
+            return Err(Error::corruption(
+                &self.name,
+                self.estimated_size(),
+                "keys out of order while writing a table (an input table is damaged)",
+            ));
+        }
         if self.props.entries == 0 {
             self.props.smallest = key.to_vec();
         }
