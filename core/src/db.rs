@@ -384,7 +384,7 @@ impl Db {
                 }
                 let mut seq = batch.first_seq;
                 for (kind, k, v) in &batch.ops {
-                    mem.insert(k, seq, *kind, v);
+                    mem.insert(k.to_vec(), seq, *kind, v.to_vec());
                     seq += 1;
                 }
                 expected = Some(seq);
@@ -919,6 +919,19 @@ impl Inner {
         let mut q = self.queue.lock();
         let id = q.next_id;
         q.next_id += 1;
+        if !q.leader && q.pending.is_empty() {
+            // Uncontended: lead a group of one without going through the queue.
+            q.leader = true;
+            drop(q);
+            let mut one = [(id, op)];
+            let result = self.commit_group(&mut one).pop();
+            let mut q = self.queue.lock();
+            q.leader = false;
+            // Writers that queued meanwhile wait for a leader.
+            self.queue_cv.notify_all();
+            drop(q);
+            return result.expect("one result for a group of one");
+        }
         q.pending.push_back((id, op));
         loop {
             if let Some(r) = q.done.remove(&id) {
@@ -930,9 +943,9 @@ impl Inner {
             self.queue_cv.wait(&mut q);
         }
         q.leader = true;
-        let group: Vec<(u64, Op)> = q.pending.drain(..).collect();
+        let mut group: Vec<(u64, Op)> = q.pending.drain(..).collect();
         drop(q);
-        let results = self.commit_group(&group);
+        let results = self.commit_group(&mut group);
         let mut q = self.queue.lock();
         let mut mine = None;
         for ((gid, _), r) in group.iter().zip(results) {
@@ -948,7 +961,8 @@ impl Inner {
         mine.expect("the leader's own request is in its group")
     }
 
-    fn commit_group(&self, group: &[(u64, Op)]) -> Vec<Result<u64>> {
+    /// Logs and applies a group. The batches' keys and values move into the memtable.
+    fn commit_group(&self, group: &mut [(u64, Op)]) -> Vec<Result<u64>> {
         let fail_all = |e: Error| group.iter().map(|_| Err(clone_err(&e))).collect();
         if let Some(p) = self.poisoned.lock().clone() {
             return fail_all(Error::Background(format!(
@@ -965,7 +979,7 @@ impl Inner {
         let mut seq = first_seq;
         let mut results = Vec::with_capacity(group.len());
         wal.buf.clear();
-        for (_, op) in group {
+        for (_, op) in group.iter() {
             match op {
                 Op::Write(b) => {
                     wal.payload.clear();
@@ -998,10 +1012,10 @@ impl Inner {
         let sv = self.sv.load();
         debug_assert!(sv.mem.max_seq() < first_seq);
         let mut s = first_seq;
-        for (_, op) in group {
+        for (_, op) in group.iter_mut() {
             if let Op::Write(b) = op {
-                for (kind, k, v) in &b.ops {
-                    sv.mem.insert(k, s, *kind, v);
+                for (kind, k, v) in std::mem::take(&mut b.ops) {
+                    sv.mem.insert(k, s, kind, v);
                     s += 1;
                 }
             }
@@ -1017,6 +1031,9 @@ impl Inner {
     /// Freezes the memtable when it is full (or `force`d and non-empty), stalling first if too
     /// much background work is pending.
     fn make_room(&self, force: bool) -> Result<()> {
+        if !force && self.sv.load().mem.approximate_bytes() < self.opts.memtable_bytes {
+            return Ok(());
+        }
         let mut counted = false;
         loop {
             let mut bg = self.bg.lock();

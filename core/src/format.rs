@@ -51,10 +51,10 @@
 //! `(offset: u64, len: u32)` and names the block bytes without their crc.
 //!
 //! Data block (target size `block_bytes`, default 4 KiB): entries, then an offset array for
-//! binary search:
+//! binary search (a search step decodes only the key):
 //!
 //! ```text
-//! n × ( key_len: varint | val_len: varint | key | trailer: u64 | value )
+//! n × ( key_len: varint | key | trailer: u64 | val_len: varint | value )
 //! n × entry_offset: u32 | n: u32
 //! ```
 //!

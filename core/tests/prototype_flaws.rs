@@ -287,6 +287,7 @@ fn compaction_reclaims_space_of_overwrites_and_deletes() {
         db.flush().unwrap();
     }
     let before = db.stats().table_bytes_total;
+    db.do_background_work().unwrap();
     for i in 0..100u32 {
         db.delete(key(i)).unwrap();
     }

@@ -5,7 +5,7 @@ use crate::format::{le_u32, unpack_trailer, Cursor, Kind};
 
 /// A decoded (checksum-verified) data block.
 pub(crate) struct Block {
-    data: Box<[u8]>,
+    data: Vec<u8>,
     n: usize,
     offsets_at: usize,
 }
@@ -18,7 +18,7 @@ pub(crate) struct BlockEntry<'a> {
 }
 
 impl Block {
-    pub fn decode(data: Box<[u8]>) -> Result<Block, &'static str> {
+    pub fn decode(data: Vec<u8>) -> Result<Block, &'static str> {
         if data.len() < 4 {
             return Err("data block shorter than its entry count");
         }
@@ -46,22 +46,29 @@ impl Block {
     }
 
     fn entry_at(&self, i: usize) -> Result<BlockEntry<'_>, &'static str> {
-        let off = le_u32(&self.data, self.offsets_at + 4 * i) as usize;
-        if off >= self.offsets_at {
-            return Err("entry offset outside the block");
-        }
-        let mut c = Cursor::new(&self.data[off..self.offsets_at]);
-        let klen = usize::try_from(c.varint()?).map_err(|_| "key length overflows")?;
-        let vlen = usize::try_from(c.varint()?).map_err(|_| "value length overflows")?;
-        let key = c.bytes(klen)?;
+        let mut c = self.cursor_at(i)?;
+        let key = c.len_prefixed()?;
         let (seq, kind) = unpack_trailer(c.u64()?).ok_or("unknown entry kind")?;
-        let value = c.bytes(vlen)?;
+        let value = c.len_prefixed()?;
         Ok(BlockEntry {
             key,
             seq,
             kind,
             value,
         })
+    }
+
+    fn cursor_at(&self, i: usize) -> Result<Cursor<'_>, &'static str> {
+        let off = le_u32(&self.data, self.offsets_at + 4 * i) as usize;
+        if off >= self.offsets_at {
+            return Err("entry offset outside the block");
+        }
+        Ok(Cursor::new(&self.data[off..self.offsets_at]))
+    }
+
+    /// Only the key of entry `i` (what a binary search needs).
+    fn key_at(&self, i: usize) -> Result<&[u8], &'static str> {
+        self.cursor_at(i)?.len_prefixed()
     }
 
     pub fn entry(&self, i: usize) -> Result<BlockEntry<'_>, &'static str> {
@@ -76,7 +83,7 @@ impl Block {
         let (mut lo, mut hi) = (0, self.n);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            if self.entry_at(mid)?.key < key {
+            if self.key_at(mid)? < key {
                 lo = mid + 1;
             } else {
                 hi = mid;

@@ -143,10 +143,10 @@ impl TableBuilder {
         }
         self.block_offsets.push(self.block.len() as u32);
         put_varint(&mut self.block, key.len() as u64);
-        put_varint(&mut self.block, value.len() as u64);
         self.block.extend_from_slice(key);
         let trailer = pack_trailer(seq, kind);
         self.block.extend_from_slice(&trailer.to_le_bytes());
+        put_varint(&mut self.block, value.len() as u64);
         self.block.extend_from_slice(value);
         self.bloom.add(key);
         self.last_key.clear();
@@ -269,7 +269,9 @@ impl std::fmt::Debug for Table {
     }
 }
 
-fn read_block(file: &dyn DiskFile, name: &str, offset: u64, len: u32) -> Result<Box<[u8]>> {
+/// Reads one block and checks its crc. The returned vector holds exactly the block bytes (its
+/// capacity keeps the 4 crc bytes, which saves a reallocation and copy per block read).
+fn read_block(file: &dyn DiskFile, name: &str, offset: u64, len: u32) -> Result<Vec<u8>> {
     let total = len as usize + BLOCK_CRC_LEN;
     let mut buf = vec![0u8; total];
     file.read_at(offset, &mut buf)
@@ -284,7 +286,7 @@ fn read_block(file: &dyn DiskFile, name: &str, offset: u64, len: u32) -> Result<
             format!("block checksum mismatch: stored {stored:#010x}, computed {actual:#010x}"),
         ));
     }
-    Ok(buf.into_boxed_slice())
+    Ok(buf)
 }
 
 impl Table {
