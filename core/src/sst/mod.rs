@@ -241,8 +241,26 @@ impl TableBuilder {
     }
 }
 
+/// The decoded index: every block's last key in one contiguous buffer (a binary search then
+/// walks one allocation instead of chasing a pointer per probe), plus block handles.
+struct Index {
+    keys: Vec<u8>,
+    entries: Vec<IndexEntry>,
+}
+
+impl Index {
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+    fn key(&self, i: usize) -> &[u8] {
+        let e = &self.entries[i];
+        &self.keys[e.key_at as usize..(e.key_at + e.key_len) as usize]
+    }
+}
+
 struct IndexEntry {
-    last_key: Box<[u8]>,
+    key_at: u32,
+    key_len: u32,
     offset: u64,
     len: u32,
 }
@@ -252,7 +270,7 @@ pub struct Table {
     pub number: u64,
     name: String,
     file: Arc<dyn DiskFile>,
-    index: Vec<IndexEntry>,
+    index: Index,
     bloom: Bloom,
     props: TableProps,
     size: u64,
@@ -351,7 +369,7 @@ impl Table {
         let index_b = read_block(&*file, &name, index_h.0, index_h.1)?;
         let index = Self::decode_index(&index_b, filter_h.0)
             .map_err(|e| Error::corruption(&name, index_h.0, e))?;
-        if index.last().map(|e| &*e.last_key) != Some(props.largest.as_slice()) {
+        if index.key(index.len() - 1) != props.largest.as_slice() {
             return Err(Error::corruption(
                 &name,
                 index_h.0,
@@ -370,16 +388,19 @@ impl Table {
         })
     }
 
-    fn decode_index(b: &[u8], data_end: u64) -> Result<Vec<IndexEntry>, &'static str> {
+    fn decode_index(b: &[u8], data_end: u64) -> Result<Index, &'static str> {
         let mut c = Cursor::new(b);
         let n = c.u32()? as usize;
         if n == 0 || n > b.len() / 4 {
             return Err("index entry count out of range");
         }
-        let mut out = Vec::with_capacity(n);
+        let mut index = Index {
+            keys: Vec::with_capacity(b.len()),
+            entries: Vec::with_capacity(n),
+        };
         let mut next_off = 0u64;
-        for _ in 0..n {
-            let key: Box<[u8]> = c.len_prefixed()?.into();
+        for i in 0..n {
+            let key = c.len_prefixed()?;
             let _trailer = c.u64()?;
             let offset = c.varint()?;
             let len = u32::try_from(c.varint()?).map_err(|_| "block length too large")?;
@@ -390,11 +411,15 @@ impl Table {
             if next_off > data_end {
                 return Err("index points past the data");
             }
-            if out.last().is_some_and(|p: &IndexEntry| p.last_key >= key) {
+            if i > 0 && index.key(i - 1) >= key {
                 return Err("index keys out of order");
             }
-            out.push(IndexEntry {
-                last_key: key,
+            // Fits: the keys buffer never exceeds the index block, which is under 4 GiB.
+            let key_at = index.keys.len() as u32;
+            index.keys.extend_from_slice(key);
+            index.entries.push(IndexEntry {
+                key_at,
+                key_len: key.len() as u32,
                 offset,
                 len,
             });
@@ -402,7 +427,7 @@ impl Table {
         if !c.is_empty() {
             return Err("trailing bytes in index");
         }
-        Ok(out)
+        Ok(index)
     }
 
     pub fn props(&self) -> &TableProps {
@@ -420,15 +445,12 @@ impl Table {
     /// Bytes this table keeps in memory for its whole life (index and filter).
     pub fn pinned_bytes(&self) -> usize {
         self.bloom.bytes()
-            + self
-                .index
-                .iter()
-                .map(|e| e.last_key.len() + 32)
-                .sum::<usize>()
+            + self.index.keys.len()
+            + self.index.entries.len() * std::mem::size_of::<IndexEntry>()
     }
 
     fn block(&self, i: usize, fill_cache: bool) -> Result<Arc<Block>> {
-        let h = &self.index[i];
+        let h = &self.index.entries[i];
         if let Some(b) = self.cache.get(self.number, h.offset) {
             return Ok(b);
         }
@@ -443,7 +465,16 @@ impl Table {
 
     /// Index of the first block whose last key is `>= key`.
     fn block_for(&self, key: &[u8]) -> usize {
-        self.index.partition_point(|e| &*e.last_key < key)
+        let (mut lo, mut hi) = (0, self.index.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.index.key(mid) < key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
     }
 
     /// Point lookup with the key's precomputed hash. Reads at most one data block, and none when
@@ -460,7 +491,7 @@ impl Table {
             return Ok(None);
         }
         let block = self.block(bi, true)?;
-        let off = self.index[bi].offset;
+        let off = self.index.entries[bi].offset;
         let i = block
             .seek(key)
             .map_err(|e| Error::corruption(&self.name, off, e))?;
@@ -510,7 +541,7 @@ impl TableIter {
         };
         if it.block_idx < it.table.index.len() {
             let block = it.table.block(it.block_idx, fill_cache)?;
-            let off = it.table.index[it.block_idx].offset;
+            let off = it.table.index.entries[it.block_idx].offset;
             it.pos = match start {
                 Bound::Unbounded => Ok(0),
                 Bound::Included(k) => block.seek(k),
@@ -536,7 +567,7 @@ impl TableIter {
                 return Ok(());
             };
             if self.pos < block.len() {
-                let off = self.table.index[self.block_idx].offset;
+                let off = self.table.index.entries[self.block_idx].offset;
                 let e = block
                     .entry(self.pos)
                     .map_err(|e| Error::corruption(&self.table.name, off, e))?;
