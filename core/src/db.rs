@@ -97,7 +97,9 @@ struct SuperVersion {
 }
 
 enum Op {
-    Write(WriteBatch),
+    /// A batch; `deferred` batches are not fsynced (nor, under `SyncMode::Always`, made visible)
+    /// until [`Db::persist`].
+    Write(WriteBatch, bool),
     /// Freeze the active memtable (an explicit flush).
     Rotate,
 }
@@ -532,6 +534,51 @@ impl Db {
     /// Applies `batch` atomically and returns the sequence number of its last operation. Under
     /// `SyncMode::Always` it returns only once the batch is on disk.
     pub fn write(&self, batch: WriteBatch) -> Result<u64> {
+        self.check_batch(&batch)?;
+        self.inner.submit(Op::Write(batch, false))
+    }
+
+    /// Applies `batch` to the log and the memtable without waiting for an fsync. Under
+    /// `SyncMode::Always` the batch becomes visible to readers — and durable — only when a later
+    /// [`persist`](Self::persist) covers its sequence number; under the other modes it is visible
+    /// at once. Conditions that must see it meanwhile use [`get_latest`](Self::get_latest).
+    ///
+    /// This is how a driver keeps fsyncs off its event loop: apply writes as they come, run one
+    /// `persist` at a time on a blocking thread, and answer each write once a `persist` returned
+    /// a number at least as large as the write's.
+    pub fn write_deferred(&self, batch: WriteBatch) -> Result<u64> {
+        self.check_batch(&batch)?;
+        self.inner.submit(Op::Write(batch, true))
+    }
+
+    /// Makes every write applied so far durable and visible. Returns the sequence number it
+    /// covers.
+    pub fn persist(&self) -> Result<u64> {
+        let i = &self.inner;
+        if let Some(p) = i.poisoned.lock().clone() {
+            return Err(Error::Background(format!(
+                "writes disabled after a log failure: {p}"
+            )));
+        }
+        let wal = i.wal.lock();
+        let last = wal.last_seq;
+        if i.opts.sync != SyncMode::None {
+            i.counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
+            wal.writer.sync().inspect_err(|e| i.poison(e))?;
+        }
+        drop(wal);
+        i.visible_seq.fetch_max(last, Ordering::AcqRel);
+        Ok(last)
+    }
+
+    /// The newest applied value of `key`, including deferred writes not yet persisted. For
+    /// checking a condition in the same order the writes are applied; never for answering reads.
+    pub fn get_latest(&self, key: &[u8]) -> Result<Option<(u64, Vec<u8>)>> {
+        let sv = self.inner.sv.load();
+        lookup(&sv, key, MAX_SEQ)
+    }
+
+    fn check_batch(&self, batch: &WriteBatch) -> Result<()> {
         let o = &self.inner.opts;
         if batch.is_empty() {
             return Err(Error::InvalidArgument("empty batch".into()));
@@ -555,7 +602,7 @@ impl Db {
         if batch.approximate_bytes() > wal::MAX_RECORD_BYTES / 2 {
             return Err(Error::InvalidArgument("batch too large".into()));
         }
-        self.inner.submit(Op::Write(batch))
+        Ok(())
     }
 
     /// The value of `key`, if it has one.
@@ -981,7 +1028,7 @@ impl Inner {
         wal.buf.clear();
         for (_, op) in group.iter() {
             match op {
-                Op::Write(b) => {
+                Op::Write(b, _) => {
                     wal.payload.clear();
                     b.encode(seq, &mut wal.payload);
                     frame_record(&mut wal.buf, WAL_TYPE_BATCH, &wal.payload);
@@ -997,8 +1044,13 @@ impl Inner {
         if seq > MAX_SEQ {
             return fail_all(Error::InvalidArgument("sequence numbers exhausted".into()));
         }
+        // Deferred writes wait for `persist`; one ordinary durable write syncs the whole group.
+        let sync_now = self.opts.sync == SyncMode::Always
+            && group
+                .iter()
+                .any(|(_, op)| matches!(op, Op::Write(_, false)));
         let written = wal.writer.write(&wal.buf).and_then(|()| {
-            if self.opts.sync == SyncMode::Always {
+            if sync_now {
                 self.counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
                 wal.writer.sync()
             } else {
@@ -1013,7 +1065,7 @@ impl Inner {
         debug_assert!(sv.mem.max_seq() < first_seq);
         let mut s = first_seq;
         for (_, op) in group.iter_mut() {
-            if let Op::Write(b) = op {
+            if let Op::Write(b, _) = op {
                 for (kind, k, v) in std::mem::take(&mut b.ops) {
                     sv.mem.insert(k, s, kind, v);
                     s += 1;
@@ -1024,7 +1076,9 @@ impl Inner {
         self.counters
             .writes
             .fetch_add(group.len() as u64, Ordering::Relaxed);
-        self.visible_seq.store(seq - 1, Ordering::Release);
+        if sync_now || self.opts.sync != SyncMode::Always {
+            self.visible_seq.fetch_max(seq - 1, Ordering::AcqRel);
+        }
         results
     }
 
@@ -1084,6 +1138,9 @@ impl Inner {
             e
         };
         wal.writer.sync().map_err(poison)?;
+        // Everything in the memtable being frozen is now durable: publish it, so that the table
+        // it becomes never holds a write its readers may not see.
+        self.visible_seq.fetch_max(wal.last_seq, Ordering::AcqRel);
         let number = self.next_file.fetch_add(1, Ordering::SeqCst);
         let name = wal_name(number);
         let file = self.disk.create(&name).map_err(|e| Error::io(&name, e))?;

@@ -414,3 +414,47 @@ fn a_failing_disk_refuses_writes_and_changes_nothing() {
     assert_eq!(db.get(b"b").unwrap(), None);
     db.put(b"c".to_vec(), b"3".to_vec()).unwrap();
 }
+
+/// Deferred writes: applied at once, visible and durable only after `persist`.
+#[test]
+fn deferred_writes_become_visible_and_durable_at_persist() {
+    let disk = SimDisk::new();
+    let db = Db::open(Arc::new(disk.clone()), manual()).unwrap();
+    db.put(b"k".to_vec(), b"old".to_vec()).unwrap();
+    let seq = db
+        .write_deferred({
+            let mut b = corecache_core::WriteBatch::new();
+            b.put(b"k".to_vec(), b"new".to_vec());
+            b
+        })
+        .unwrap();
+    assert_eq!(
+        db.get(b"k").unwrap(),
+        Some(b"old".to_vec()),
+        "not visible before persist"
+    );
+    assert_eq!(db.get_latest(b"k").unwrap(), Some((seq, b"new".to_vec())));
+    // A crash now loses it: it was never acknowledged.
+    let lost = disk.clone();
+    lost.crash_clean();
+    drop(db);
+    let db = Db::open(Arc::new(disk.clone()), manual()).unwrap();
+    assert_eq!(db.get(b"k").unwrap(), Some(b"old".to_vec()));
+    let seq = db
+        .write_deferred({
+            let mut b = corecache_core::WriteBatch::new();
+            b.put(b"k".to_vec(), b"newer".to_vec());
+            b
+        })
+        .unwrap();
+    assert!(db.persist().unwrap() >= seq);
+    assert_eq!(db.get(b"k").unwrap(), Some(b"newer".to_vec()));
+    disk.crash_clean();
+    drop(db);
+    let db = Db::open(Arc::new(disk), manual()).unwrap();
+    assert_eq!(
+        db.get(b"k").unwrap(),
+        Some(b"newer".to_vec()),
+        "persisted write survives"
+    );
+}
