@@ -31,6 +31,7 @@ pub mod format;
 pub(crate) mod iter;
 pub(crate) mod manifest;
 pub(crate) mod memtable;
+pub mod node;
 pub mod options;
 pub mod sst;
 pub mod wal;
