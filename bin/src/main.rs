@@ -1,35 +1,372 @@
-//! `corecache`: the one binary.
+//! `corecache`: the one binary. `serve` runs a node; `get`, `put`, `delete`, `scan` and
+//! `status` talk to one over HTTP. Client exit codes: 0 found / done, 1 not found, 2 error.
 
+mod client;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: corecache <command>
+use base64::Engine as _;
+use clap::{Args, Parser, Subcommand};
+use corecache_net::Config;
 
-commands:
-  serve      run a node (coming with the node issue; the storage engine is ready)
-  version    print the version
-";
+#[derive(Parser)]
+#[command(
+    name = "corecache",
+    version,
+    about = "CoreCache: a distributed key-value store"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node. With no ZooKeeper configured: a one-node cluster, data in ./corecache-data,
+    /// HTTP on 127.0.0.1:7070.
+    Serve(ServeArgs),
+    /// Print a key's value (exit 1 if it has none).
+    Get {
+        key: String,
+        #[command(flatten)]
+        ep: Endpoint,
+    },
+    /// Set a key; the value comes from the argument or, without one, from stdin.
+    Put {
+        key: String,
+        value: Option<String>,
+        #[command(flatten)]
+        ep: Endpoint,
+    },
+    /// Delete a key (exit 1 if it did not exist).
+    Delete {
+        key: String,
+        #[command(flatten)]
+        ep: Endpoint,
+    },
+    /// List keys in order, one per line (`--values` adds a tab and the value).
+    Scan {
+        #[arg(long)]
+        prefix: Option<String>,
+        #[arg(long)]
+        start: Option<String>,
+        #[arg(long)]
+        end: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[arg(long)]
+        values: bool,
+        #[command(flatten)]
+        ep: Endpoint,
+    },
+    /// Print the node's status JSON.
+    Status {
+        #[command(flatten)]
+        ep: Endpoint,
+    },
+}
+
+#[derive(Args)]
+struct Endpoint {
+    /// The node to talk to.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:7070",
+        env = "CORECACHE_ENDPOINT"
+    )]
+    endpoint: String,
+}
+
+/// Flags override the config file and the environment (see `corecache_net::config`).
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML file with settings (keys as in the flags, with `_` for `-`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    listen: Option<String>,
+    #[arg(long)]
+    data_dir: Option<String>,
+    /// always | interval | none
+    #[arg(long)]
+    sync: Option<String>,
+    #[arg(long)]
+    sync_interval_ms: Option<String>,
+    #[arg(long)]
+    node_id: Option<String>,
+    /// HOST:PORT[,...]: join a cluster through ZooKeeper (the cluster stage).
+    #[arg(long)]
+    zookeeper: Option<String>,
+    #[arg(long)]
+    cluster: Option<String>,
+    #[arg(long)]
+    partitions: Option<String>,
+    #[arg(long)]
+    memtable_mb: Option<String>,
+    #[arg(long)]
+    block_cache_mb: Option<String>,
+    #[arg(long)]
+    max_key_bytes: Option<String>,
+    #[arg(long)]
+    max_value_bytes: Option<String>,
+    #[arg(long)]
+    max_body_bytes: Option<String>,
+    /// human | json
+    #[arg(long)]
+    log_format: Option<String>,
+}
+
+fn load_config(a: &ServeArgs) -> Result<Config, String> {
+    let mut cfg = Config::default();
+    if let Some(path) = &a.config {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        cfg.merge_toml(&text, &path.display().to_string())?;
+    }
+    cfg.merge_env(std::env::vars())?;
+    let flags = [
+        ("listen", &a.listen),
+        ("data_dir", &a.data_dir),
+        ("sync", &a.sync),
+        ("sync_interval_ms", &a.sync_interval_ms),
+        ("node_id", &a.node_id),
+        ("zookeeper", &a.zookeeper),
+        ("cluster", &a.cluster),
+        ("partitions", &a.partitions),
+        ("memtable_mb", &a.memtable_mb),
+        ("block_cache_mb", &a.block_cache_mb),
+        ("max_key_bytes", &a.max_key_bytes),
+        ("max_value_bytes", &a.max_value_bytes),
+        ("max_body_bytes", &a.max_body_bytes),
+        ("log_format", &a.log_format),
+    ];
+    for (name, value) in flags {
+        if let Some(v) = value {
+            cfg.set(name, v)
+                .map_err(|e| format!("flag --{}: {e}", name.replace('_', "-")))?;
+        }
+    }
+    Ok(cfg)
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CORECACHE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let cfg = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("corecache serve: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&cfg.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("corecache serve: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    rt.block_on(async move {
+        let data_dir = cfg.data_dir.clone();
+        let sync = cfg.sync.clone();
+        let running = corecache_net::serve(cfg, |addr| {
+            // The first line on stdout: scripts and tests read the address from it.
+            println!("listening on http://{addr}");
+            let _ = std::io::stdout().flush();
+        })
+        .await;
+        let running = match running {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("corecache serve: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        tracing::info!(data_dir = %data_dir.display(), sync = %sync, "serving");
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests, syncing the log");
+        match running.stop().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("corecache serve: {e}");
+                ExitCode::from(2)
+            }
+        }
+    })
+}
+
+/// Runs a client command: Ok(true) found/done, Ok(false) not found.
+fn client_cmd(cmd: Command) -> Result<bool, String> {
+    let fail = |r: &client::Reply| {
+        format!(
+            "HTTP {}: {}",
+            r.status,
+            String::from_utf8_lossy(&r.body).trim()
+        )
+    };
+    match cmd {
+        Command::Get { key, ep } => {
+            let r = client::request(
+                &ep.endpoint,
+                "GET",
+                &format!("/v1/kv/{}", client::encode(key.as_bytes())),
+                b"",
+            )?;
+            match r.status {
+                200 => {
+                    std::io::stdout()
+                        .write_all(&r.body)
+                        .map_err(|e| e.to_string())?;
+                    Ok(true)
+                }
+                404 => Ok(false),
+                _ => Err(fail(&r)),
+            }
+        }
+        Command::Put { key, value, ep } => {
+            let value = match value {
+                Some(v) => v.into_bytes(),
+                None => {
+                    let mut v = Vec::new();
+                    std::io::stdin()
+                        .read_to_end(&mut v)
+                        .map_err(|e| format!("reading the value from stdin: {e}"))?;
+                    v
+                }
+            };
+            let r = client::request(
+                &ep.endpoint,
+                "PUT",
+                &format!("/v1/kv/{}", client::encode(key.as_bytes())),
+                &value,
+            )?;
+            match r.status {
+                200 => Ok(true),
+                _ => Err(fail(&r)),
+            }
+        }
+        Command::Delete { key, ep } => {
+            let r = client::request(
+                &ep.endpoint,
+                "DELETE",
+                &format!("/v1/kv/{}", client::encode(key.as_bytes())),
+                b"",
+            )?;
+            match r.status {
+                200 | 204 => Ok(true),
+                404 => Ok(false),
+                _ => Err(fail(&r)),
+            }
+        }
+        Command::Scan {
+            prefix,
+            start,
+            end,
+            limit,
+            values,
+            ep,
+        } => {
+            let mut query = format!("limit={}", limit.clamp(1, 1000));
+            for (name, v) in [("prefix", &prefix), ("start", &start), ("end", &end)] {
+                if let Some(v) = v {
+                    query.push_str(&format!("&{name}={}", client::encode(v.as_bytes())));
+                }
+            }
+            let mut printed = 0usize;
+            let mut continuation: Option<String> = None;
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let mut out = std::io::stdout().lock();
+            loop {
+                let mut q = query.clone();
+                if let Some(c) = &continuation {
+                    q.push_str(&format!("&continuation={c}"));
+                }
+                let r = client::request(&ep.endpoint, "GET", &format!("/v1/kv?{q}"), b"")?;
+                if r.status != 200 {
+                    return Err(fail(&r));
+                }
+                let page: serde_json::Value =
+                    serde_json::from_slice(&r.body).map_err(|e| format!("bad scan reply: {e}"))?;
+                for item in page["items"].as_array().into_iter().flatten() {
+                    let key = b64
+                        .decode(item["key"].as_str().unwrap_or(""))
+                        .map_err(|e| format!("bad key in reply: {e}"))?;
+                    let _ = out.write_all(&key);
+                    if values {
+                        let v = b64
+                            .decode(item["value"].as_str().unwrap_or(""))
+                            .map_err(|e| format!("bad value in reply: {e}"))?;
+                        let _ = out.write_all(b"\t");
+                        let _ = out.write_all(&v);
+                    }
+                    let _ = out.write_all(b"\n");
+                    printed += 1;
+                }
+                match page["continuation"].as_str() {
+                    Some(c) if printed < limit => continuation = Some(c.to_string()),
+                    _ => break,
+                }
+            }
+            Ok(true)
+        }
+        Command::Status { ep } => {
+            let r = client::request(&ep.endpoint, "GET", "/v1/status", b"")?;
+            if r.status != 200 {
+                return Err(fail(&r));
+            }
+            std::io::stdout()
+                .write_all(&r.body)
+                .and_then(|()| std::io::stdout().write_all(b"\n"))
+                .map_err(|e| e.to_string())?;
+            Ok(true)
+        }
+        Command::Serve(_) => unreachable!("handled in main"),
+    }
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("version") | Some("--version") | Some("-V") => {
-            println!("corecache {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        Some("serve") => {
-            eprintln!(
-                "corecache serve: the HTTP node is not built yet (see the node issue); \
-                 the storage engine is in corecache-core"
-            );
-            ExitCode::from(2)
-        }
-        Some("help") | Some("--help") | Some("-h") => {
-            print!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        _ => {
-            eprint!("{USAGE}");
-            ExitCode::from(2)
-        }
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        cmd => match client_cmd(cmd) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("corecache: {e}");
+                ExitCode::from(2)
+            }
+        },
     }
 }

@@ -61,6 +61,8 @@ pub enum Condition {
     IfMatch(u64),
     /// The key must not exist.
     IfAbsent,
+    /// The key must exist (`If-Match: *`).
+    IfExists,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -409,6 +411,7 @@ impl Node {
             Condition::None => true,
             Condition::IfMatch(v) => current == Some(*v),
             Condition::IfAbsent => current.is_none(),
+            Condition::IfExists => current.is_some(),
         };
         if ok {
             Ok(())

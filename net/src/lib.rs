@@ -1,7 +1,186 @@
 //! # corecache-net
 //!
-//! The real runtime around `corecache-core`: the tokio driver, the HTTP API, the peer transport
-//! and the ZooKeeper coordinator. Empty until the node issue lands; the storage engine it will
-//! drive is `corecache_core::Db`.
+//! The real runtime around `corecache-core`: the tokio driver of the sans-IO node, the HTTP API
+//! (axum), metrics, and configuration. [`serve`] runs one node: it listens at once (answering
+//! 503 on `/readyz` while the log replays), opens the engine, then serves until shutdown.
+//! The ZooKeeper coordinator and the peer transport come with the cluster stage.
 
-pub use corecache_core as core;
+pub mod config;
+pub mod driver;
+pub mod http;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use corecache_core::node::{Node, NodeConfig};
+use corecache_core::{Db, Options, StdDisk};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::Config;
+
+/// Reads the node id kept in the data directory, or stores `wanted` (or a new one) there.
+/// A node keeps its id across restarts; asking for a different id than the stored one is an
+/// error, not a silent rename.
+pub fn node_id(data_dir: &Path, wanted: Option<&str>) -> Result<String, String> {
+    let path = data_dir.join("NODE_ID");
+    match std::fs::read_to_string(&path) {
+        Ok(stored) => {
+            let stored = stored.trim().to_string();
+            if let Some(w) = wanted {
+                if w != stored {
+                    return Err(format!(
+                        "{} belongs to node `{stored}`, not `{w}`",
+                        data_dir.display()
+                    ));
+                }
+            }
+            Ok(stored)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = match wanted {
+                Some(w) => w.to_string(),
+                None => {
+                    // Not security-relevant: a unique-enough name for a fresh node.
+                    let t = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos())
+                        .unwrap_or(0);
+                    format!(
+                        "node-{:08x}",
+                        (t as u64 ^ u64::from(std::process::id())) as u32
+                    )
+                }
+            };
+            let tmp = data_dir.join("NODE_ID.tmp");
+            std::fs::write(&tmp, format!("{id}\n"))
+                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .and_then(|()| std::fs::File::open(data_dir)?.sync_all())
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            Ok(id)
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// A running node: where it listens, and how to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    node_stop: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    db: Arc<OnceLock<Arc<Db>>>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish, then syncs the log.
+    pub async fn stop(self) -> Result<(), String> {
+        let _ = self.shutdown.send(true);
+        match self.server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("server error: {e}")),
+            Err(e) => return Err(format!("server task failed: {e}")),
+        }
+        // Only now, with every request answered, stop the node task.
+        let _ = self.node_stop.send(true);
+        if let Some(db) = self.db.get() {
+            let db = db.clone();
+            tokio::task::spawn_blocking(move || db.sync_wal())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("final log sync failed: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Resolves when the server ends by itself (it should not).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.server).await;
+    }
+}
+
+/// Binds the listener, calls `announce` with its address, starts serving (503 until ready),
+/// opens the engine, and returns once the node is ready.
+pub async fn serve(cfg: Config, announce: impl FnOnce(SocketAddr)) -> Result<Running, String> {
+    if cfg.zookeeper.is_some() {
+        return Err(
+            "setting `zookeeper`: joining a ZooKeeper cluster is not available yet \
+             (the cluster stage); leave it empty to run the embedded one-node cluster"
+                .into(),
+        );
+    }
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", cfg.data_dir.display()))?;
+    let id = node_id(&cfg.data_dir, cfg.node_id.as_deref())?;
+    let listener = TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    announce(addr);
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (node_stop, node_stop_rx) = watch::channel(false);
+    let metrics = Arc::new(metrics::Metrics::default());
+    let node_cell: Arc<OnceLock<driver::NodeHandle>> = Arc::new(OnceLock::new());
+    let db_cell: Arc<OnceLock<Arc<Db>>> = Arc::new(OnceLock::new());
+    let state = http::AppState {
+        node: node_cell.clone(),
+        metrics: metrics.clone(),
+        max_key_bytes: cfg.max_key_bytes,
+        max_body_bytes: cfg.max_body_bytes,
+    };
+    let app = http::router(state);
+    let mut stop_rx = shutdown_rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            })
+            .await
+    });
+
+    // Open the engine (WAL replay) off the event loop; /readyz says 503 until it is done.
+    let opts = Options {
+        sync: cfg.sync_mode(),
+        memtable_bytes: (cfg.memtable_mb as usize) << 20,
+        block_cache_bytes: cfg.block_cache_mb << 20,
+        max_key_bytes: cfg.max_key_bytes + 2,
+        max_value_bytes: cfg.max_value_bytes + 64,
+        ..Options::default()
+    };
+    let db_dir = cfg.data_dir.join("db");
+    let db = tokio::task::spawn_blocking(move || -> Result<Db, String> {
+        let disk = StdDisk::open(&db_dir).map_err(|e| format!("{}: {e}", db_dir.display()))?;
+        Db::open(Arc::new(disk), opts).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    let db = Arc::new(db);
+    if let Some(t) = &db.recovery().torn_tail {
+        tracing::warn!(file = %t.0, offset = t.1, "dropped a torn write at the end of the log");
+    }
+    let _ = db_cell.set(db.clone());
+    let node = Node::new(
+        db,
+        NodeConfig {
+            node_id: id.clone(),
+            partitions: cfg.partitions,
+            max_key_bytes: cfg.max_key_bytes,
+            max_value_bytes: cfg.max_value_bytes,
+            ..NodeConfig::default()
+        },
+    );
+    let handle = driver::spawn(node, metrics, node_stop_rx);
+    let _ = node_cell.set(handle);
+    tracing::info!(node_id = %id, %addr, "ready");
+    Ok(Running {
+        addr,
+        shutdown,
+        node_stop,
+        server,
+        db: db_cell,
+    })
+}

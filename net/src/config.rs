@@ -1,0 +1,273 @@
+//! Node settings: defaults < TOML file < `CORECACHE_*` environment < command-line flags.
+//!
+//! Every setting goes through [`Config::set`], which parses and checks it and names it in any
+//! error, so a bad value is refused at start the same way wherever it came from.
+
+use std::path::PathBuf;
+
+/// All settings of `corecache serve`. Names are the TOML keys; the environment variable is
+/// `CORECACHE_` + the name in upper case; the flag is `--` + the name with `-` for `_`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    pub listen: String,
+    /// Directory for the node's data (created if missing).
+    pub data_dir: PathBuf,
+    /// `always` (a reply means the write is on disk), `interval` or `none`.
+    pub sync: String,
+    /// With `sync = interval`: how often the log is fsynced.
+    pub sync_interval_ms: u64,
+    /// Stable node id; by default generated once and kept in the data directory.
+    pub node_id: Option<String>,
+    /// ZooKeeper servers (`HOST:PORT[,...]`); empty runs the embedded one-node cluster.
+    pub zookeeper: Option<String>,
+    /// Cluster name (the root znode's child) when joining through ZooKeeper.
+    pub cluster: String,
+    /// Hash partitions, fixed when the data directory is created.
+    pub partitions: u16,
+    pub memtable_mb: u64,
+    pub block_cache_mb: u64,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    pub max_body_bytes: usize,
+    /// `human` or `json`.
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7070".into(),
+            data_dir: PathBuf::from("./corecache-data"),
+            sync: "always".into(),
+            sync_interval_ms: 100,
+            node_id: None,
+            zookeeper: None,
+            cluster: "default".into(),
+            partitions: 64,
+            memtable_mb: 64,
+            block_cache_mb: 64,
+            max_key_bytes: 8 << 10,
+            max_value_bytes: 1 << 20,
+            max_body_bytes: 3 << 19,
+            log_format: "human".into(),
+        }
+    }
+}
+
+/// The names `set` accepts, for help texts and error messages.
+pub const SETTINGS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "sync",
+    "sync_interval_ms",
+    "node_id",
+    "zookeeper",
+    "cluster",
+    "partitions",
+    "memtable_mb",
+    "block_cache_mb",
+    "max_key_bytes",
+    "max_value_bytes",
+    "max_body_bytes",
+    "log_format",
+];
+
+fn num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
+    v.trim()
+        .parse()
+        .map_err(|_| format!("setting `{name}`: `{v}` is not a valid number"))
+}
+
+impl Config {
+    /// Sets one setting from its text form, checking it.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
+        match name {
+            "listen" => {
+                value
+                    .parse::<std::net::SocketAddr>()
+                    .map_err(|_| format!("setting `listen`: `{value}` is not HOST:PORT"))?;
+                self.listen = value.into();
+            }
+            "data_dir" => {
+                if value.is_empty() {
+                    return Err("setting `data_dir` is empty".into());
+                }
+                self.data_dir = PathBuf::from(value);
+            }
+            "sync" => match value {
+                "always" | "interval" | "none" => self.sync = value.into(),
+                _ => {
+                    return Err(format!(
+                        "setting `sync`: `{value}` is not one of always, interval, none"
+                    ))
+                }
+            },
+            "sync_interval_ms" => {
+                let v: u64 = num(name, value)?;
+                if v == 0 {
+                    return Err("setting `sync_interval_ms` must be at least 1".into());
+                }
+                self.sync_interval_ms = v;
+            }
+            "node_id" => {
+                if value.is_empty()
+                    || value.len() > 64
+                    || !value
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    return Err(format!(
+                        "setting `node_id`: `{value}` must be 1-64 characters of [A-Za-z0-9_-]"
+                    ));
+                }
+                self.node_id = Some(value.into());
+            }
+            "zookeeper" => {
+                self.zookeeper = (!value.is_empty()).then(|| value.to_string());
+            }
+            "cluster" => {
+                if value.is_empty() || value.contains('/') {
+                    return Err(format!("setting `cluster`: `{value}` is not a valid name"));
+                }
+                self.cluster = value.into();
+            }
+            "partitions" => {
+                let v: u16 = num(name, value)?;
+                if v == 0 || v > 4096 {
+                    return Err("setting `partitions` must be between 1 and 4096".into());
+                }
+                self.partitions = v;
+            }
+            "memtable_mb" => {
+                let v: u64 = num(name, value)?;
+                if !(1..=4096).contains(&v) {
+                    return Err("setting `memtable_mb` must be between 1 and 4096".into());
+                }
+                self.memtable_mb = v;
+            }
+            "block_cache_mb" => {
+                let v: u64 = num(name, value)?;
+                if v > 1 << 20 {
+                    return Err("setting `block_cache_mb` is too large".into());
+                }
+                self.block_cache_mb = v;
+            }
+            "max_key_bytes" => {
+                let v: usize = num(name, value)?;
+                if !(1..=(64 << 10)).contains(&v) {
+                    return Err("setting `max_key_bytes` must be between 1 and 65536".into());
+                }
+                self.max_key_bytes = v;
+            }
+            "max_value_bytes" => {
+                let v: usize = num(name, value)?;
+                if v > (64 << 20) {
+                    return Err("setting `max_value_bytes` must be at most 64 MiB".into());
+                }
+                self.max_value_bytes = v;
+            }
+            "max_body_bytes" => {
+                let v: usize = num(name, value)?;
+                if !(1024..=(128 << 20)).contains(&v) {
+                    return Err("setting `max_body_bytes` must be between 1 KiB and 128 MiB".into());
+                }
+                self.max_body_bytes = v;
+            }
+            "log_format" => match value {
+                "human" | "json" => self.log_format = value.into(),
+                _ => {
+                    return Err(format!(
+                        "setting `log_format`: `{value}` is not one of human, json"
+                    ))
+                }
+            },
+            other => {
+                return Err(format!(
+                    "unknown setting `{other}` (known: {})",
+                    SETTINGS.join(", ")
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a TOML file's settings.
+    pub fn merge_toml(&mut self, text: &str, origin: &str) -> Result<(), String> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e| format!("{origin}: not valid TOML: {e}"))?;
+        for (name, value) in table {
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(format!(
+                        "{origin}: setting `{name}` has an unsupported type ({})",
+                        other.type_str()
+                    ))
+                }
+            };
+            self.set(&name, &text)
+                .map_err(|e| format!("{origin}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Applies every `CORECACHE_*` variable from `vars`. Unknown names are errors.
+    pub fn merge_env(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), String> {
+        for (k, v) in vars {
+            let Some(name) = k.strip_prefix("CORECACHE_") else {
+                continue;
+            };
+            let name = name.to_ascii_lowercase();
+            // Variables the test harness and tools use, not settings.
+            if matches!(name.as_str(), "model_cases" | "seed" | "seeds" | "bin") {
+                continue;
+            }
+            self.set(&name, &v)
+                .map_err(|e| format!("environment variable {k}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    pub fn sync_mode(&self) -> corecache_core::SyncMode {
+        match self.sync.as_str() {
+            "none" => corecache_core::SyncMode::None,
+            "interval" => corecache_core::SyncMode::Interval {
+                ms: self.sync_interval_ms,
+            },
+            _ => corecache_core::SyncMode::Always,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precedence_and_errors_name_the_setting() {
+        let mut c = Config::default();
+        c.merge_toml("sync = \"none\"\nmemtable_mb = 8\n", "f.toml")
+            .unwrap();
+        assert_eq!((c.sync.as_str(), c.memtable_mb), ("none", 8));
+        c.merge_env([("CORECACHE_SYNC".to_string(), "interval".to_string())])
+            .unwrap();
+        assert_eq!(c.sync, "interval");
+        c.set("sync", "always").unwrap();
+        assert_eq!(c.sync, "always");
+        let e = c.merge_toml("bogus_setting = 1", "f.toml").unwrap_err();
+        assert!(e.contains("bogus_setting"), "{e}");
+        let e = c
+            .merge_env([("CORECACHE_SYNC".to_string(), "sometimes".to_string())])
+            .unwrap_err();
+        assert!(e.contains("CORECACHE_SYNC") && e.contains("sync"), "{e}");
+        assert!(c.set("listen", "nope").unwrap_err().contains("listen"));
+        assert!(c.set("partitions", "0").is_err());
+    }
+}

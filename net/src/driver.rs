@@ -1,0 +1,146 @@
+//! The tokio driver of the sans-IO node: one task owns the `Node`, feeds it requests and
+//! persist completions, and carries out its outputs. The fsync (`Db::persist`) runs on a blocking
+//! thread, one at a time, never on the event loop; replies to durable writes leave when it
+//! returns.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use corecache_core::node::{ErrorKind, Input, Node, NodeStats, Output, Request, Response};
+use corecache_core::Db;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::metrics::Metrics;
+
+enum Msg {
+    Client {
+        request: Request,
+        reply: oneshot::Sender<Response>,
+    },
+    Persisted(Result<u64, String>),
+    Stats(oneshot::Sender<NodeStats>),
+}
+
+/// A cheap, cloneable way to talk to the node task.
+#[derive(Clone)]
+pub struct NodeHandle {
+    tx: mpsc::Sender<Msg>,
+    db: Arc<Db>,
+    node_id: String,
+    partitions: u16,
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl NodeHandle {
+    /// Sends a request and waits for its reply.
+    pub async fn call(&self, request: Request) -> Response {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Client { request, reply }).await.is_err() {
+            return stopped();
+        }
+        rx.await.unwrap_or_else(|_| stopped())
+    }
+
+    pub async fn stats(&self) -> NodeStats {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Stats(tx)).await.is_err() {
+            return NodeStats::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    pub fn db(&self) -> &Arc<Db> {
+        &self.db
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn partitions(&self) -> u16 {
+        self.partitions
+    }
+}
+
+fn stopped() -> Response {
+    Response::Error {
+        kind: ErrorKind::Unavailable,
+        message: "the node is shutting down".into(),
+    }
+}
+
+/// Starts the node task. It ends when `shutdown` turns true and every in-flight persist is done.
+pub fn spawn(node: Node, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) -> NodeHandle {
+    let (tx, mut rx) = mpsc::channel::<Msg>(8192);
+    let handle = NodeHandle {
+        tx: tx.clone(),
+        db: node.db().clone(),
+        node_id: node.config().node_id.clone(),
+        partitions: node.config().partitions,
+    };
+    tokio::spawn(async move {
+        let mut node = node;
+        let mut next_id: u64 = 0;
+        let mut replies: HashMap<u64, oneshot::Sender<Response>> = HashMap::new();
+        let mut out = Vec::new();
+        loop {
+            let msg = tokio::select! {
+                m = rx.recv() => m,
+                _ = shutdown.changed() => None,
+            };
+            let Some(msg) = msg else { break };
+            match msg {
+                Msg::Client { request, reply } => {
+                    let id = next_id;
+                    next_id += 1;
+                    replies.insert(id, reply);
+                    let input = Input::Client {
+                        id,
+                        wall_ms: wall_ms(),
+                        request,
+                    };
+                    node.handle(input, &mut out);
+                }
+                Msg::Persisted(Ok(upto)) => node.handle(Input::Persisted { upto }, &mut out),
+                Msg::Persisted(Err(message)) => {
+                    node.handle(Input::PersistFailed { message }, &mut out)
+                }
+                Msg::Stats(tx) => {
+                    let _ = tx.send(node.stats());
+                }
+            }
+            for o in out.drain(..) {
+                match o {
+                    Output::Reply { id, response } => {
+                        if let Some(r) = replies.remove(&id) {
+                            let _ = r.send(response);
+                        }
+                    }
+                    Output::Persist => {
+                        let db = node.db().clone();
+                        let tx = tx.clone();
+                        let metrics = metrics.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let start = Instant::now();
+                            let r = db.persist().map_err(|e| e.to_string());
+                            metrics.observe_fsync(start.elapsed());
+                            let _ = tx.blocking_send(Msg::Persisted(r));
+                        });
+                    }
+                }
+            }
+        }
+        // Answer whatever is still waiting rather than leaving clients hanging.
+        for (_, r) in replies.drain() {
+            let _ = r.send(stopped());
+        }
+    });
+    handle
+}

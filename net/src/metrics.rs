@@ -1,0 +1,225 @@
+//! Prometheus metrics, hand-written: counters and fixed-bucket histograms in atomics, rendered
+//! as text on scrape together with the engine's figures.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use corecache_core::Stats;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {}",
+                self.buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// The routes we count separately (a fixed set, so a hostile client cannot grow the label set).
+pub const ROUTES: [&str; 10] = [
+    "kv_get",
+    "kv_put",
+    "kv_delete",
+    "kv_scan",
+    "batch",
+    "seed_add",
+    "seed_get",
+    "seed_delete",
+    "admin",
+    "other",
+];
+const CODES: [u16; 12] = [200, 204, 400, 404, 405, 412, 413, 414, 500, 503, 0, 1];
+
+#[derive(Default)]
+struct RouteMetrics {
+    /// Indexed like `CODES`; the last two slots count any other code.
+    by_code: [AtomicU64; CODES.len()],
+    latency: Histogram,
+}
+
+pub struct Metrics {
+    routes: Vec<RouteMetrics>,
+    fsync: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            routes: ROUTES.iter().map(|_| RouteMetrics::default()).collect(),
+            fsync: Histogram::default(),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn observe_request(&self, route: &str, code: u16, d: Duration) {
+        let r = ROUTES
+            .iter()
+            .position(|x| *x == route)
+            .unwrap_or(ROUTES.len() - 1);
+        let c = CODES
+            .iter()
+            .position(|x| *x == code)
+            .unwrap_or(CODES.len() - 1);
+        self.routes[r].by_code[c].fetch_add(1, Ordering::Relaxed);
+        self.routes[r].latency.observe(d);
+    }
+
+    pub fn observe_fsync(&self, d: Duration) {
+        self.fsync.observe(d);
+    }
+
+    pub fn render(&self, engine: &Stats, waiting_for_persist: usize) -> String {
+        let mut out = String::with_capacity(16 << 10);
+        out.push_str(
+            "# HELP corecache_http_requests_total HTTP requests by route and status code.\n",
+        );
+        out.push_str("# TYPE corecache_http_requests_total counter\n");
+        for (ri, route) in ROUTES.iter().enumerate() {
+            for (ci, code) in CODES.iter().enumerate() {
+                let n = self.routes[ri].by_code[ci].load(Ordering::Relaxed);
+                if n == 0 {
+                    continue;
+                }
+                let code = if *code < 100 {
+                    "other".to_string()
+                } else {
+                    code.to_string()
+                };
+                let _ = writeln!(
+                    out,
+                    "corecache_http_requests_total{{route=\"{route}\",code=\"{code}\"}} {n}"
+                );
+            }
+        }
+        out.push_str(
+            "# HELP corecache_http_request_duration_seconds Time from request to response.\n",
+        );
+        out.push_str("# TYPE corecache_http_request_duration_seconds histogram\n");
+        for (ri, route) in ROUTES.iter().enumerate() {
+            self.routes[ri].latency.render(
+                &mut out,
+                "corecache_http_request_duration_seconds",
+                &format!("route=\"{route}\""),
+            );
+        }
+        out.push_str(
+            "# HELP corecache_wal_fsync_duration_seconds Time of one group-commit fsync.\n",
+        );
+        out.push_str("# TYPE corecache_wal_fsync_duration_seconds histogram\n");
+        self.fsync
+            .render(&mut out, "corecache_wal_fsync_duration_seconds", "");
+        let gauges: [(&str, &str, u64); 4] = [
+            (
+                "corecache_memtable_bytes",
+                "Bytes in memtables (active and frozen).",
+                engine.memtable_bytes,
+            ),
+            (
+                "corecache_immutable_memtables",
+                "Frozen memtables waiting for flush.",
+                engine.immutable_memtables as u64,
+            ),
+            (
+                "corecache_disk_table_bytes",
+                "Bytes in live SSTables.",
+                engine.table_bytes_total,
+            ),
+            (
+                "corecache_writes_waiting_for_fsync",
+                "Durable writes applied, not yet acknowledged.",
+                waiting_for_persist as u64,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        let counters: [(&str, &str, u64); 7] = [
+            (
+                "corecache_flushes_total",
+                "Memtable flushes.",
+                engine.flushes,
+            ),
+            (
+                "corecache_compactions_total",
+                "Compactions.",
+                engine.compactions,
+            ),
+            (
+                "corecache_write_stalls_total",
+                "Writes that stalled on background work.",
+                engine.write_stalls,
+            ),
+            ("corecache_wal_syncs_total", "WAL fsyncs.", engine.wal_syncs),
+            (
+                "corecache_flush_bytes_total",
+                "Bytes written by flushes.",
+                engine.flush_bytes,
+            ),
+            (
+                "corecache_compaction_bytes_written_total",
+                "Bytes written by compactions.",
+                engine.compaction_bytes_written,
+            ),
+            (
+                "corecache_background_errors_total",
+                "Failed flushes, compactions and syncs.",
+                engine.background_errors,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        }
+        out.push_str("# HELP corecache_tables Tables per level.\n# TYPE corecache_tables gauge\n");
+        for (level, n) in engine.tables_per_level.iter().enumerate() {
+            let _ = writeln!(out, "corecache_tables{{level=\"{level}\"}} {n}");
+        }
+        out.push_str(
+            "# HELP corecache_level_bytes Bytes per level.\n# TYPE corecache_level_bytes gauge\n",
+        );
+        for (level, n) in engine.bytes_per_level.iter().enumerate() {
+            let _ = writeln!(out, "corecache_level_bytes{{level=\"{level}\"}} {n}");
+        }
+        out
+    }
+}
