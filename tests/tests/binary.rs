@@ -11,7 +11,7 @@ fn version_prints_the_crate_version() {
         bin.display()
     );
     let out = Command::new(&bin)
-        .arg("version")
+        .arg("--version")
         .output()
         .expect("run corecache");
     assert!(out.status.success());
