@@ -181,6 +181,35 @@ pub enum Output {
     Persist,
 }
 
+/// The node's view of the cluster. A node without a coordinator is a cluster of one: leader of
+/// epoch 1, owner of every partition. The cluster stage feeds coordinator events that change it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterView {
+    pub role: Role,
+    pub leader: Option<String>,
+    pub epoch: u64,
+    pub members: Vec<String>,
+    /// Owner of each partition, indexed by partition number.
+    pub owners: Vec<String>,
+    /// Version of the partition map.
+    pub map_version: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Follower,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+        }
+    }
+}
+
 /// Counters a driver exports as metrics.
 #[derive(Clone, Debug, Default)]
 pub struct NodeStats {
@@ -196,6 +225,7 @@ pub struct Node {
     persist_running: bool,
     persists: u64,
     durable: bool,
+    cluster: ClusterView,
 }
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> Response {
@@ -253,7 +283,16 @@ fn decode_value(mut raw: Vec<u8>) -> Result<Stored, Response> {
 impl Node {
     pub fn new(db: Arc<Db>, cfg: NodeConfig) -> Node {
         let durable = db.options().sync == SyncMode::Always;
+        let cluster = ClusterView {
+            role: Role::Leader,
+            leader: Some(cfg.node_id.clone()),
+            epoch: 1,
+            members: vec![cfg.node_id.clone()],
+            owners: vec![cfg.node_id.clone(); usize::from(cfg.partitions)],
+            map_version: 1,
+        };
         Node {
+            cluster,
             db,
             cfg,
             waiting: VecDeque::new(),
@@ -269,6 +308,10 @@ impl Node {
 
     pub fn db(&self) -> &Arc<Db> {
         &self.db
+    }
+
+    pub fn cluster(&self) -> &ClusterView {
+        &self.cluster
     }
 
     pub fn stats(&self) -> NodeStats {

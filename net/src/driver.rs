@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use corecache_core::node::{ErrorKind, Input, Node, NodeStats, Output, Request, Response};
+use corecache_core::node::{
+    ClusterView, ErrorKind, Input, Node, NodeStats, Output, Request, Response,
+};
 use corecache_core::Db;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -20,6 +22,7 @@ enum Msg {
     },
     Persisted(Result<u64, String>),
     Stats(oneshot::Sender<NodeStats>),
+    Cluster(oneshot::Sender<ClusterView>),
 }
 
 /// A cheap, cloneable way to talk to the node task.
@@ -54,6 +57,13 @@ impl NodeHandle {
             return NodeStats::default();
         }
         rx.await.unwrap_or_default()
+    }
+
+    /// The node's cluster view (`None` if the node task has stopped).
+    pub async fn cluster(&self) -> Option<ClusterView> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Msg::Cluster(tx)).await.ok()?;
+        rx.await.ok()
     }
 
     pub fn db(&self) -> &Arc<Db> {
@@ -114,6 +124,9 @@ pub fn spawn(node: Node, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bo
                 }
                 Msg::Stats(tx) => {
                     let _ = tx.send(node.stats());
+                }
+                Msg::Cluster(tx) => {
+                    let _ = tx.send(node.cluster().clone());
                 }
             }
             for o in out.drain(..) {

@@ -507,17 +507,23 @@ async fn status(State(state): State<AppState>) -> HttpResponse {
         return not_ready();
     };
     let s = n.db().stats();
-    let id = n.node_id();
-    let partitions: serde_json::Map<String, serde_json::Value> = (0..n.partitions())
-        .map(|p| (p.to_string(), json!(id)))
+    let Some(c) = n.cluster().await else {
+        return not_ready();
+    };
+    let partitions: serde_json::Map<String, serde_json::Value> = c
+        .owners
+        .iter()
+        .enumerate()
+        .map(|(p, owner)| (p.to_string(), json!(owner)))
         .collect();
     axum::Json(json!({
-        "node_id": id,
-        "role": "leader",
-        "leader": id,
-        "epoch": 1,
-        "members": [id],
-        "partition_count": n.partitions(),
+        "node_id": n.node_id(),
+        "role": c.role.as_str(),
+        "leader": c.leader,
+        "epoch": c.epoch,
+        "members": c.members,
+        "partition_count": c.owners.len(),
+        "partition_map_version": c.map_version,
         "partitions": partitions,
         "engine": {
             "last_seq": s.last_seq,
