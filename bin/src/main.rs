@@ -26,7 +26,7 @@ struct Cli {
 enum Command {
     /// Run a node. With no ZooKeeper configured: a one-node cluster, data in ./corecache-data,
     /// HTTP on 127.0.0.1:7070.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print a key's value (exit 1 if it has none).
     Get {
         key: String,
@@ -359,7 +359,7 @@ fn client_cmd(cmd: Command) -> Result<bool, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         cmd => match client_cmd(cmd) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),
