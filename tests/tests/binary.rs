@@ -26,5 +26,7 @@ fn unknown_command_exits_2_with_usage() {
         .output()
         .expect("run corecache");
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).to_lowercase().contains("usage"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .to_lowercase()
+        .contains("usage"));
 }
