@@ -391,7 +391,18 @@ async fn batch(State(state): State<AppState>, req: HttpRequest) -> HttpResponse 
                 (other, _) => return Err(bad(format!("op {i}: unknown op `{other}`"))),
             }
         }
-        Ok(to_http(node(&st)?.call(Request::Batch { ops }).await))
+        let n = ops.len() as u64;
+        match node(&st)?.call(Request::Batch { ops }).await {
+            // The ops take consecutive versions, in order; `version` is the last one.
+            Response::Written { version } => {
+                let versions: Vec<u64> = (version + 1 - n..=version).collect();
+                let mut resp =
+                    axum::Json(json!({ "version": version, "versions": versions })).into_response();
+                resp.headers_mut().insert(header::ETAG, etag(version));
+                Ok(resp)
+            }
+            other => Ok(to_http(other)),
+        }
     })
     .await
 }

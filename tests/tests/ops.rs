@@ -1,0 +1,132 @@
+//! `/livez`, `/readyz`, `/metrics`, `/v1/status`.
+
+use corecache_e2e::{Response, Server};
+
+#[test]
+fn livez_and_readyz_are_200() {
+    let s = Server::start();
+    s.get("/livez").expect(200);
+    s.get("/readyz").expect(200);
+}
+
+/// The sum of all samples of `name` (with or without labels).
+fn metric_sum(r: &Response, name: &str) -> Option<f64> {
+    let text = r.text();
+    let mut found = None;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
+        }
+        let value_part = match rest.rfind('}') {
+            Some(i) => &rest[i + 1..],
+            None => rest,
+        };
+        let Some(v) = value_part
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        else {
+            panic!("unparsable sample line {line:?}: {r:?}")
+        };
+        *found.get_or_insert(0.0) += v;
+    }
+    found
+}
+
+#[test]
+fn metrics_are_prometheus_text_with_request_and_memtable_counters() {
+    let s = Server::start();
+    for i in 0..20 {
+        s.put_kv(format!("m{i}").as_bytes(), &[b'x'; 1000]);
+    }
+    s.get("/v1/kv/m1").expect(200);
+    let r = s.get("/metrics");
+    r.expect(200);
+    let ct = r.header("content-type").unwrap_or_default().to_string();
+    assert!(ct.starts_with("text/plain"), "content type {ct:?}: {r:?}");
+    let requests = metric_sum(&r, "corecache_http_requests_total");
+    assert!(
+        requests.is_some_and(|n| n >= 21.0),
+        "corecache_http_requests_total missing or below the 21 requests made (got {requests:?}): {r:?}"
+    );
+    let mem = metric_sum(&r, "corecache_memtable_bytes");
+    assert!(
+        mem.is_some_and(|n| n >= 20_000.0),
+        "corecache_memtable_bytes missing or below the 20 KB just written (got {mem:?}): {r:?}"
+    );
+    // The counter counts.
+    s.get("/v1/kv/m2").expect(200);
+    s.get("/v1/kv/missing").expect(404);
+    let again = s.get("/metrics");
+    let later = metric_sum(&again, "corecache_http_requests_total");
+    assert!(
+        later.zip(requests).is_some_and(|(l, r)| l >= r + 2.0),
+        "corecache_http_requests_total did not count 2 more requests ({requests:?} -> {later:?}): \
+         {again:?}"
+    );
+}
+
+#[test]
+fn status_reports_a_single_leader_node() {
+    let s = Server::start_with(&["--node-id", "e2e-node-7"]);
+    let r = s.get("/v1/status");
+    r.expect(200);
+    let j = r.json();
+    assert_eq!(j["node_id"].as_str(), Some("e2e-node-7"), "{r:?}");
+    assert_eq!(j["role"].as_str(), Some("leader"), "{r:?}");
+    assert!(
+        j.get("leader").is_some_and(|l| !l.is_null()),
+        "a single node has a leader: {r:?}"
+    );
+    assert!(
+        j.get("epoch").is_some_and(|e| e.is_u64()),
+        "epoch must be a non-negative integer: {r:?}"
+    );
+    let parts = &j["partitions"];
+    let n = parts
+        .as_object()
+        .map(|o| o.len())
+        .or_else(|| parts.as_array().map(|a| a.len()));
+    assert!(
+        n.is_some_and(|n| n > 0),
+        "partitions must be a non-empty object or array: {r:?}"
+    );
+    assert!(j["engine"].is_object(), "engine must be an object: {r:?}");
+}
+
+#[test]
+fn status_without_node_id_still_names_the_node() {
+    let s = Server::start();
+    let r = s.get("/v1/status");
+    r.expect(200);
+    let j = r.json();
+    assert!(
+        j["node_id"].as_str().is_some_and(|id| !id.is_empty()),
+        "{r:?}"
+    );
+    assert_eq!(j["role"].as_str(), Some("leader"), "{r:?}");
+}
+
+#[test]
+fn generated_node_id_survives_a_restart() {
+    let mut s = Server::start();
+    let id = |s: &Server| {
+        let r = s.get("/v1/status");
+        r.expect(200);
+        r.json()["node_id"].as_str().map(str::to_string)
+    };
+    let before = id(&s);
+    assert!(before.is_some(), "no node_id");
+    s.restart();
+    assert_eq!(
+        id(&s),
+        before,
+        "the node id changed across a restart on the same data dir"
+    );
+}
