@@ -1216,6 +1216,21 @@ impl Inner {
 
     /// Flushes the oldest frozen memtable into a level-0 table. Returns false if there was none.
     fn flush_one(&self) -> Result<bool> {
+        let Some(l) = self.opts.listener.0.clone() else {
+            return self.flush_one_inner();
+        };
+        if self.sv.load().imms.is_empty() {
+            return Ok(false);
+        }
+        let before = self.counters.flush_bytes.load(Ordering::Relaxed);
+        l.flush_begin();
+        let r = self.flush_one_inner();
+        let bytes = self.counters.flush_bytes.load(Ordering::Relaxed) - before;
+        l.flush_end(bytes, r.is_ok());
+        r
+    }
+
+    fn flush_one_inner(&self) -> Result<bool> {
         let _f = self.flush_lock.lock();
         let Some(imm) = self.sv.load().imms.last().cloned() else {
             return Ok(false);
@@ -1283,7 +1298,24 @@ impl Inner {
             compaction::pick(&version.shapes(), &self.level_config(), &pointers)
         };
         let Some(plan) = plan else { return Ok(false) };
-        self.run_compaction(&plan, plan.level + 1)?;
+        let listener = self.opts.listener.0.clone();
+        let before = self
+            .counters
+            .compaction_bytes_written
+            .load(Ordering::Relaxed);
+        if let Some(l) = &listener {
+            l.compaction_begin();
+        }
+        let r = self.run_compaction(&plan, plan.level + 1);
+        if let Some(l) = &listener {
+            let bytes = self
+                .counters
+                .compaction_bytes_written
+                .load(Ordering::Relaxed)
+                - before;
+            l.compaction_end(bytes, r.is_ok());
+        }
+        r?;
         self.versions.lock()[plan.level] = plan.largest.clone();
         Ok(true)
     }

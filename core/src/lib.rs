@@ -40,4 +40,4 @@ pub use batch::WriteBatch;
 pub use db::{prefix_end, Db, DbIter, Recovery, Snapshot, Stats};
 pub use disk::{Disk, DiskFile, SimDisk, StdDisk};
 pub use error::{Error, Result};
-pub use options::{Background, Options, StallPolicy, SyncMode};
+pub use options::{Background, EventListener, Listener, Options, StallPolicy, SyncMode};

@@ -35,6 +35,31 @@ pub enum StallPolicy {
     Refuse,
 }
 
+/// Hooks the engine calls around its background work, so a driver that owns a clock can time
+/// flushes and compactions (the engine reads none). Called on the background thread; keep them
+/// cheap.
+pub trait EventListener: Send + Sync {
+    fn flush_begin(&self) {}
+    /// `bytes` written (0 when it failed).
+    fn flush_end(&self, _bytes: u64, _ok: bool) {}
+    fn compaction_begin(&self) {}
+    fn compaction_end(&self, _bytes: u64, _ok: bool) {}
+}
+
+/// An optional listener, in a form `Options` can derive `Clone` and `Debug` with.
+#[derive(Clone, Default)]
+pub struct Listener(pub Option<std::sync::Arc<dyn EventListener>>);
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Listener(set)"
+        } else {
+            "Listener(none)"
+        })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Options {
     pub sync: SyncMode,
@@ -58,6 +83,7 @@ pub struct Options {
     pub stall: StallPolicy,
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
+    pub listener: Listener,
 }
 
 impl Default for Options {
@@ -79,6 +105,7 @@ impl Default for Options {
             stall: StallPolicy::Block,
             max_key_bytes: 64 << 10,
             max_value_bytes: 64 << 20,
+            listener: Listener::default(),
         }
     }
 }

@@ -149,6 +149,7 @@ pub async fn serve(cfg: Config, announce: impl FnOnce(SocketAddr)) -> Result<Run
         block_cache_bytes: cfg.block_cache_mb << 20,
         max_key_bytes: cfg.max_key_bytes + 2,
         max_value_bytes: cfg.max_value_bytes + 64,
+        listener: corecache_core::Listener(Some(metrics.clone())),
         ..Options::default()
     };
     let db_dir = cfg.data_dir.join("db");

@@ -77,6 +77,11 @@ struct RouteMetrics {
 pub struct Metrics {
     routes: Vec<RouteMetrics>,
     fsync: Histogram,
+    flush: Histogram,
+    compaction: Histogram,
+    /// Start of the running flush / compaction (the engine runs at most one of each at a time).
+    flush_started: std::sync::Mutex<Option<std::time::Instant>>,
+    compaction_started: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Default for Metrics {
@@ -84,6 +89,34 @@ impl Default for Metrics {
         Metrics {
             routes: ROUTES.iter().map(|_| RouteMetrics::default()).collect(),
             fsync: Histogram::default(),
+            flush: Histogram::default(),
+            compaction: Histogram::default(),
+            flush_started: Default::default(),
+            compaction_started: Default::default(),
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Times the engine's flushes and compactions (the engine itself reads no clock).
+impl corecache_core::EventListener for Metrics {
+    fn flush_begin(&self) {
+        *lock(&self.flush_started) = Some(std::time::Instant::now());
+    }
+    fn flush_end(&self, _bytes: u64, _ok: bool) {
+        if let Some(t) = lock(&self.flush_started).take() {
+            self.flush.observe(t.elapsed());
+        }
+    }
+    fn compaction_begin(&self) {
+        *lock(&self.compaction_started) = Some(std::time::Instant::now());
+    }
+    fn compaction_end(&self, _bytes: u64, _ok: bool) {
+        if let Some(t) = lock(&self.compaction_started).take() {
+            self.compaction.observe(t.elapsed());
         }
     }
 }
@@ -146,6 +179,14 @@ impl Metrics {
         out.push_str("# TYPE corecache_wal_fsync_duration_seconds histogram\n");
         self.fsync
             .render(&mut out, "corecache_wal_fsync_duration_seconds", "");
+        out.push_str("# HELP corecache_flush_duration_seconds Time of one memtable flush.\n");
+        out.push_str("# TYPE corecache_flush_duration_seconds histogram\n");
+        self.flush
+            .render(&mut out, "corecache_flush_duration_seconds", "");
+        out.push_str("# HELP corecache_compaction_duration_seconds Time of one compaction.\n");
+        out.push_str("# TYPE corecache_compaction_duration_seconds histogram\n");
+        self.compaction
+            .render(&mut out, "corecache_compaction_duration_seconds", "");
         let gauges: [(&str, &str, u64); 4] = [
             (
                 "corecache_memtable_bytes",

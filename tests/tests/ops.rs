@@ -130,3 +130,33 @@ fn generated_node_id_survives_a_restart() {
         "the node id changed across a restart on the same data dir"
     );
 }
+
+/// Flushes are timed into a histogram, and the engine gauges follow the data: with a 1 MiB
+/// memtable, 2.4 MB of writes must flush at least once.
+#[test]
+fn metrics_time_flushes_and_count_tables() {
+    let s = Server::start_with(&["--memtable-mb", "1"]);
+    let value = vec![b'v'; 8 << 10];
+    for i in 0..300u32 {
+        s.put_kv(format!("key{i:04}").as_bytes(), &value);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = s.get("/metrics");
+        r.expect(200);
+        let flushes = metric_sum(&r, "corecache_flush_duration_seconds_count").unwrap_or(0.0);
+        let tables = metric_sum(&r, "corecache_tables").unwrap_or(0.0);
+        if flushes >= 1.0 && tables >= 1.0 {
+            assert!(
+                metric_sum(&r, "corecache_disk_table_bytes").unwrap_or(0.0) > 1e6,
+                "{r:?}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no flush was timed after 2.4 MB into a 1 MiB memtable: {r:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
