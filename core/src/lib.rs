@@ -25,6 +25,7 @@ pub mod batch;
 pub mod cache;
 pub mod compaction;
 pub mod db;
+pub mod decode;
 pub mod disk;
 pub mod error;
 pub mod format;
