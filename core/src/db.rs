@@ -560,13 +560,22 @@ impl Db {
                 "writes disabled after a log failure: {p}"
             )));
         }
-        let wal = i.wal.lock();
-        let last = wal.last_seq;
+        // Sync outside the log's lock, so writers keep appending during the fsync. Every write
+        // up to `last` is in this file or in an older one, which was synced when it was retired.
+        let (last, file, name) = {
+            let wal = i.wal.lock();
+            (
+                wal.last_seq,
+                wal.writer.file.clone(),
+                wal.writer.name.clone(),
+            )
+        };
         if i.opts.sync != SyncMode::None {
             i.counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
-            wal.writer.sync().inspect_err(|e| i.poison(e))?;
+            file.sync()
+                .map_err(|e| Error::io(name, e))
+                .inspect_err(|e| i.poison(e))?;
         }
-        drop(wal);
         i.visible_seq.fetch_max(last, Ordering::AcqRel);
         Ok(last)
     }
@@ -1165,11 +1174,17 @@ impl Inner {
     }
 
     fn sync_wal(&self) -> Result<()> {
-        let wal = self.wal.lock();
+        // Outside the log's lock, so writers are not held up by the fsync.
+        let (file, name) = {
+            let wal = self.wal.lock();
+            (wal.writer.file.clone(), wal.writer.name.clone())
+        };
         self.counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
         // After a failed fsync the kernel may have dropped the dirty pages: the log could have a
         // hole, so no write may follow it.
-        wal.writer.sync().inspect_err(|e| self.poison(e))
+        file.sync()
+            .map_err(|e| Error::io(name, e))
+            .inspect_err(|e| self.poison(e))
     }
 
     fn poison(&self, e: &Error) {

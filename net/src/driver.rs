@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use corecache_core::node::{
-    ClusterView, ErrorKind, Input, Node, NodeStats, Output, Request, Response,
+    ClusterView, ErrorKind, Input, Node, NodeStats, Output, Reader, Request, Response,
 };
 use corecache_core::Db;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -29,6 +29,7 @@ enum Msg {
 #[derive(Clone)]
 pub struct NodeHandle {
     tx: mpsc::Sender<Msg>,
+    reader: Reader,
     db: Arc<Db>,
     node_id: String,
     partitions: u16,
@@ -42,8 +43,13 @@ fn wall_ms() -> u64 {
 }
 
 impl NodeHandle {
-    /// Sends a request and waits for its reply.
+    /// Sends a request and waits for its reply. Reads are answered right here, on the calling
+    /// task (they need no ordering with other requests: they see persisted writes only); writes
+    /// go through the node task.
     pub async fn call(&self, request: Request) -> Response {
+        if matches!(request, Request::Get { .. } | Request::Scan { .. }) {
+            return self.reader.read(request);
+        }
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Msg::Client { request, reply }).await.is_err() {
             return stopped();
@@ -91,6 +97,7 @@ pub fn spawn(node: Node, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bo
     let (tx, mut rx) = mpsc::channel::<Msg>(8192);
     let handle = NodeHandle {
         tx: tx.clone(),
+        reader: node.reader(),
         db: node.db().clone(),
         node_id: node.config().node_id.clone(),
         partitions: node.config().partitions,
