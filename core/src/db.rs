@@ -113,6 +113,9 @@ struct Queue {
 
 struct WalState {
     writer: WalWriter,
+    /// Logs retired by a memtable switch whose tails may not be synced yet. Every sync of the
+    /// log syncs these first, so "synced up to N" holds across files.
+    retired: Vec<(Arc<dyn crate::disk::DiskFile>, String)>,
     last_seq: u64,
     buf: Vec<u8>,
     payload: Vec<u8>,
@@ -161,6 +164,8 @@ struct Inner {
     sv: ArcSwap<SuperVersion>,
     sv_lock: Mutex<()>,
     visible_seq: AtomicU64,
+    /// Every write up to this number is in tables (what the manifest records as `last_seq`).
+    flushed_seq: AtomicU64,
     next_file: AtomicU64,
     queue: Mutex<Queue>,
     queue_cv: Condvar,
@@ -207,6 +212,8 @@ pub struct Recovery {
     pub batches: u64,
     /// Where a torn tail was dropped, if one was.
     pub torn_tail: Option<(String, u64)>,
+    /// Later logs ignored because an earlier one ended in a torn tail.
+    pub dropped_logs: Vec<String>,
 }
 
 /// An embedded LSM key-value store. Cheap to share: wrap it in an `Arc`.
@@ -356,45 +363,45 @@ impl Db {
             wal_files: wals.len(),
             ..Recovery::default()
         };
-        let mut expected: Option<u64> = None;
+        // Every write up to the manifest's `last_seq` is in tables; the logs continue from the
+        // next number. A gap means an earlier log lost its unsynced tail (or all of it): the
+        // durable log ends there, as at a torn tail.
+        let mut expected = state.last_seq + 1;
+        let mut gap: Option<u64> = None;
         for n in &wals {
             let name = wal_name(*n);
             let file = disk.open(&name).map_err(|e| Error::io(&name, e))?;
-            if let Some((torn_file, off)) = &recovery.torn_tail {
+            if recovery.torn_tail.is_some() {
+                // A log retired by a memtable switch is synced lazily, so a crash can tear it
+                // while a later log kept some bytes. Nothing after a torn tail was acknowledged
+                // (an acknowledged write's sync covers every earlier log): the log ends there.
                 let len = file.len().map_err(|e| Error::io(&name, e))?;
                 if len > 0 {
-                    return Err(Error::corruption(
-                        torn_file.clone(),
-                        *off,
-                        format!("log ends early but the later log {name} holds {len} bytes"),
-                    ));
+                    recovery.dropped_logs.push(name.clone());
                 }
                 continue;
             }
             let end = wal::replay(&name, &*file, |batch| {
-                if let Some(exp) = expected {
-                    if batch.first_seq != exp {
-                        return Err(Error::corruption(
-                            &name,
-                            batch.offset,
-                            format!(
-                                "log starts at sequence {} where {exp} was expected",
-                                batch.first_seq
-                            ),
-                        ));
-                    }
+                if gap.is_some() {
+                    return Ok(());
+                }
+                if batch.first_seq != expected {
+                    gap = Some(batch.offset);
+                    return Ok(());
                 }
                 let mut seq = batch.first_seq;
                 for (kind, k, v) in &batch.ops {
                     mem.insert(k.to_vec(), seq, *kind, v.to_vec());
                     seq += 1;
                 }
-                expected = Some(seq);
+                expected = seq;
                 last_seq = last_seq.max(seq - 1);
                 recovery.batches += 1;
                 Ok(())
             })?;
-            if let ReplayEnd::TornTail { offset, .. } = end {
+            if let Some(offset) = gap.take() {
+                recovery.torn_tail = Some((name.clone(), offset));
+            } else if let ReplayEnd::TornTail { offset, .. } = end {
                 recovery.torn_tail = Some((name.clone(), offset));
             }
         }
@@ -449,6 +456,7 @@ impl Db {
             sv: ArcSwap::from_pointee(sv),
             sv_lock: Mutex::new(()),
             visible_seq: AtomicU64::new(last_seq),
+            flushed_seq: AtomicU64::new(last_seq),
             next_file: AtomicU64::new(next_file),
             queue: Mutex::new(Queue {
                 next_id: 0,
@@ -459,6 +467,7 @@ impl Db {
             queue_cv: Condvar::new(),
             wal: Mutex::new(WalState {
                 writer: WalWriter::new(wal_file, wal_number),
+                retired: Vec::new(),
                 last_seq,
                 buf: Vec::new(),
                 payload: Vec::new(),
@@ -551,8 +560,8 @@ impl Db {
         self.inner.submit(Op::Write(batch, true))
     }
 
-    /// Makes every write applied so far durable and visible. Returns the sequence number it
-    /// covers.
+    /// Makes every write applied so far durable and visible (under `SyncMode::None` it only
+    /// makes them visible, syncing nothing). Returns the sequence number it covers.
     pub fn persist(&self) -> Result<u64> {
         let i = &self.inner;
         if let Some(p) = i.poisoned.lock().clone() {
@@ -560,22 +569,11 @@ impl Db {
                 "writes disabled after a log failure: {p}"
             )));
         }
-        // Sync outside the log's lock, so writers keep appending during the fsync. Every write
-        // up to `last` is in this file or in an older one, which was synced when it was retired.
-        let (last, file, name) = {
-            let wal = i.wal.lock();
-            (
-                wal.last_seq,
-                wal.writer.file.clone(),
-                wal.writer.name.clone(),
-            )
+        let last = if i.opts.sync == SyncMode::None {
+            i.wal.lock().last_seq
+        } else {
+            i.sync_logs()?
         };
-        if i.opts.sync != SyncMode::None {
-            i.counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
-            file.sync()
-                .map_err(|e| Error::io(name, e))
-                .inspect_err(|e| i.poison(e))?;
-        }
         i.visible_seq.fetch_max(last, Ordering::AcqRel);
         Ok(last)
     }
@@ -1060,6 +1058,9 @@ impl Inner {
                 .any(|(_, op)| matches!(op, Op::Write(_, false)));
         let written = wal.writer.write(&wal.buf).and_then(|()| {
             if sync_now {
+                for (file, name) in wal.retired.drain(..) {
+                    file.sync().map_err(|e| Error::io(name, e))?;
+                }
                 self.counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
                 wal.writer.sync()
             } else {
@@ -1142,19 +1143,14 @@ impl Inner {
 
     fn rotate(&self) -> Result<()> {
         let mut wal = self.wal.lock();
-        let poison = |e: Error| {
-            *self.poisoned.lock() = Some(e.to_string());
-            e
-        };
-        wal.writer.sync().map_err(poison)?;
-        // Everything in the memtable being frozen is now durable: publish it, so that the table
-        // it becomes never holds a write its readers may not see.
-        self.visible_seq.fetch_max(wal.last_seq, Ordering::AcqRel);
+        // The retired log is synced later, off the write path (by the next persist or sync, or
+        // by the flush of its memtable), never here: an fsync here would stall every writer.
         let number = self.next_file.fetch_add(1, Ordering::SeqCst);
         let name = wal_name(number);
         let file = self.disk.create(&name).map_err(|e| Error::io(&name, e))?;
         self.disk.sync_dir().map_err(|e| Error::io(".", e))?;
-        wal.writer = WalWriter::new(file, number);
+        let old = std::mem::replace(&mut wal.writer, WalWriter::new(file, number));
+        wal.retired.push((old.file, old.name));
         {
             let _g = self.sv_lock.lock();
             let cur = self.sv.load_full();
@@ -1174,17 +1170,33 @@ impl Inner {
     }
 
     fn sync_wal(&self) -> Result<()> {
-        // Outside the log's lock, so writers are not held up by the fsync.
-        let (file, name) = {
+        self.sync_logs().map(|_| ())
+    }
+
+    /// Syncs the retired logs and the current one, outside the log's lock (writers keep
+    /// appending meanwhile). Returns the sequence number now durable: every write up to it is in
+    /// one of the files synced. A failure poisons writes: after a failed fsync the kernel may have
+    /// dropped the dirty pages, so the log could have a hole.
+    fn sync_logs(&self) -> Result<u64> {
+        let (last, mut files) = {
             let wal = self.wal.lock();
-            (wal.writer.file.clone(), wal.writer.name.clone())
+            let mut files = wal.retired.clone();
+            files.push((wal.writer.file.clone(), wal.writer.name.clone()));
+            (wal.last_seq, files)
         };
-        self.counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
-        // After a failed fsync the kernel may have dropped the dirty pages: the log could have a
-        // hole, so no write may follow it.
-        file.sync()
-            .map_err(|e| Error::io(name, e))
-            .inspect_err(|e| self.poison(e))
+        for (file, name) in &files {
+            self.counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
+            file.sync()
+                .map_err(|e| Error::io(name.clone(), e))
+                .inspect_err(|e| self.poison(e))?;
+        }
+        files.pop();
+        if !files.is_empty() {
+            let mut wal = self.wal.lock();
+            wal.retired
+                .retain(|(_, n)| !files.iter().any(|(_, m)| m == n));
+        }
+        Ok(last)
     }
 
     fn poison(&self, e: &Error) {
@@ -1194,10 +1206,10 @@ impl Inner {
         }
     }
 
-    fn manifest_state(&self, version: &Version, log_number: u64) -> ManifestState {
+    fn manifest_state(&self, version: &Version, log_number: u64, flushed: u64) -> ManifestState {
         ManifestState {
             next_file: self.next_file.load(Ordering::SeqCst),
-            last_seq: self.visible_seq.load(Ordering::Acquire),
+            last_seq: flushed,
             log_number,
             tables: version.records(),
         }
@@ -1250,6 +1262,12 @@ impl Inner {
         let Some(imm) = self.sv.load().imms.last().cloned() else {
             return Ok(false);
         };
+        if self.opts.sync == SyncMode::Always {
+            // The table must hold only writes its readers may see: make the frozen memtable's
+            // writes durable (syncing its retired log) and publish them first.
+            self.sync_logs()?;
+            self.visible_seq.fetch_max(imm.max_seq(), Ordering::AcqRel);
+        }
         let table = if imm.is_empty() {
             None
         } else {
@@ -1277,10 +1295,13 @@ impl Inner {
             .map(|m| m.wal_number)
             .unwrap_or(cur.mem.wal_number);
         drop(cur);
-        if let Err(f) = manifest::write(&*self.disk, &self.manifest_state(&version, log_number)) {
+        let flushed = self.flushed_seq.load(Ordering::Acquire).max(imm.max_seq());
+        let state = self.manifest_state(&version, log_number, flushed);
+        if let Err(f) = manifest::write(&*self.disk, &state) {
             if f.renamed {
                 // The directory may already name the new table: keep it, install it, and stop
                 // writing, since the directory's state is unknown.
+                self.flushed_seq.fetch_max(flushed, Ordering::AcqRel);
                 self.swap_version(Arc::new(version), Some(&imm));
                 drop(vs);
                 self.poison(&f.error);
@@ -1290,6 +1311,7 @@ impl Inner {
             }
             return Err(f.error);
         }
+        self.flushed_seq.fetch_max(flushed, Ordering::AcqRel);
         self.swap_version(Arc::new(version), Some(&imm));
         drop(vs);
         self.notify_bg();
@@ -1461,7 +1483,9 @@ impl Inner {
             .map(|m| m.wal_number)
             .unwrap_or(cur.mem.wal_number);
         drop(cur);
-        if let Err(f) = manifest::write(&*self.disk, &self.manifest_state(&next, log_number)) {
+        let state =
+            self.manifest_state(&next, log_number, self.flushed_seq.load(Ordering::Acquire));
+        if let Err(f) = manifest::write(&*self.disk, &state) {
             if f.renamed {
                 // The directory may name the outputs already: keep every file, install the new
                 // set, and stop writing (the next open deletes what no manifest names).
