@@ -291,13 +291,11 @@ async fn kv_key(State(state): State<AppState>, req: HttpRequest) -> HttpResponse
                 ),
             ));
         }
-        let method = req.method().clone();
-        let headers = req.headers().clone();
         let node = node(&st)?;
-        let request = match method {
+        let request = match *req.method() {
             Method::GET | Method::HEAD => Request::Get { key },
             Method::PUT => {
-                let cond = condition(&headers)?;
+                let cond = condition(req.headers())?;
                 let value = read_body(req.into_body(), st.max_body_bytes).await?;
                 Request::Put {
                     key,
@@ -307,7 +305,7 @@ async fn kv_key(State(state): State<AppState>, req: HttpRequest) -> HttpResponse
             }
             Method::DELETE => Request::Delete {
                 key,
-                cond: condition(&headers)?,
+                cond: condition(req.headers())?,
             },
             _ => return Err(method_not_allowed().await),
         };
