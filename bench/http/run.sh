@@ -127,6 +127,10 @@ prefill() {
 # server_errors NAME PID: did the server die or log errors?
 check_server() {
     local name=$1 pid=$2
+    if [[ -r /proc/$pid/status ]]; then
+        # Memory after the prefill and all three load runs: peak and current resident set.
+        echo "$name memory: $(grep -E '^(VmHWM|VmRSS)' "/proc/$pid/status" | tr -s ' \t' ' ' | tr '\n' ' ')" >>"$NOTES"
+    fi
     if ! kill -0 "$pid" 2>/dev/null; then
         echo "$name DIED during the run; its stderr:" >>"$NOTES"
         tail -20 "$WORK/$name.err" >>"$NOTES"
