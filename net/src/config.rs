@@ -226,7 +226,11 @@ impl Config {
             };
             let name = name.to_ascii_lowercase();
             // Variables the test harness and tools use, not settings.
-            if matches!(name.as_str(), "model_cases" | "seed" | "seeds" | "bin") {
+            if matches!(
+                name.as_str(),
+                "model_cases" | "seed" | "seeds" | "bin" | "endpoint" | "log"
+            ) || name.starts_with("failpoint_")
+            {
                 continue;
             }
             self.set(&name, &v)

@@ -143,6 +143,13 @@ pub async fn serve(cfg: Config, announce: impl FnOnce(SocketAddr)) -> Result<Run
     });
 
     // Open the engine (WAL replay) off the event loop; /readyz says 503 until it is done.
+    // Test-only failpoint: a long replay, made deterministic, so tests can watch the node start.
+    if let Some(ms) = std::env::var("CORECACHE_FAILPOINT_OPEN_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
+    }
     let opts = Options {
         sync: cfg.sync_mode(),
         memtable_bytes: (cfg.memtable_mb as usize) << 20,

@@ -160,3 +160,57 @@ fn metrics_time_flushes_and_count_tables() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// While the engine opens (replaying its log), the node listens but is not ready: `/readyz`
+/// and data routes answer 503 with `Retry-After`, `/livez` 200; then it becomes ready. The
+/// replay is made long and deterministic with a test-only failpoint.
+#[test]
+fn not_ready_while_the_log_replays() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(corecache_e2e::require_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("CORECACHE_FAILPOINT_OPEN_DELAY_MS", "3000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start corecache");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("listening line");
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    let call = |method: &str, path: &str| {
+        corecache_e2e::http(addr, method, path, &[], b"").expect("HTTP request")
+    };
+    let ready = call("GET", "/readyz");
+    let get = call("GET", "/v1/kv/k");
+    let live = call("GET", "/livez");
+    let result = std::panic::catch_unwind(|| {
+        assert_eq!(ready.status, 503, "{ready:?}");
+        assert!(ready.header("retry-after").is_some(), "{ready:?}");
+        assert_eq!(get.status, 503, "{get:?}");
+        assert_eq!(live.status, 200, "{live:?}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if call("GET", "/readyz").status == 200 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never became ready");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert_eq!(call("GET", "/v1/kv/k").status, 404);
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
