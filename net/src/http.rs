@@ -393,7 +393,8 @@ async fn batch(State(state): State<AppState>, req: HttpRequest) -> HttpResponse 
         match node(&st)?.call(Request::Batch { ops }).await {
             // The ops take consecutive versions, in order; `version` is the last one.
             Response::Written { version } => {
-                let versions: Vec<u64> = (version + 1 - n..=version).collect();
+                let versions: Vec<u64> =
+                    (version.saturating_add(1).saturating_sub(n)..=version).collect();
                 let mut resp =
                     axum::Json(json!({ "version": version, "versions": versions })).into_response();
                 resp.headers_mut().insert(header::ETAG, etag(version));
