@@ -1,0 +1,128 @@
+//! Writes small valid seed files for the `sstable`, `wal` and `manifest` fuzz targets into
+//! `corpus/<target>/` (relative to the current directory, or the directory given as the first
+//! argument). Each file comes from a real `Db` on a `SimDisk`, so the seeds are exactly what the
+//! engine writes.
+//!
+//!     cargo run --example make_seeds -- corpus
+
+use std::path::{Path, PathBuf};
+
+use corecache_core::{Disk, Options, SimDisk, SyncMode, WriteBatch};
+use corecache_fuzz::{manual_options, open, write};
+
+/// One scenario: its writes, whether to flush at the end, and its option tweaks.
+struct Scenario {
+    name: &'static str,
+    opts: Options,
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    flush: bool,
+}
+
+fn kv(n: usize, vlen: usize) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    (0..n)
+        .map(|i| {
+            (
+                format!("key{i:03}").into_bytes(),
+                Some((0..vlen).map(|j| (i + j) as u8).collect()),
+            )
+        })
+        .collect()
+}
+
+fn scenarios() -> Vec<Scenario> {
+    let base = manual_options(SyncMode::Always);
+    let mut with_deletes = kv(12, 5);
+    for i in (0..12).step_by(3) {
+        with_deletes.push((format!("key{i:03}").into_bytes(), None));
+    }
+    let mut big_blocks = base.clone();
+    big_blocks.block_bytes = 1024;
+    let mut few_bloom = base.clone();
+    few_bloom.bloom_bits_per_key = 1;
+    vec![
+        Scenario { name: "one", opts: base.clone(), writes: kv(1, 3), flush: true },
+        Scenario { name: "small", opts: base.clone(), writes: kv(8, 4), flush: true },
+        Scenario { name: "deletes", opts: base.clone(), writes: with_deletes, flush: true },
+        Scenario { name: "bigblocks", opts: big_blocks, writes: kv(20, 16), flush: true },
+        Scenario { name: "bloom1", opts: few_bloom, writes: kv(10, 2), flush: true },
+        Scenario {
+            name: "odd",
+            opts: base.clone(),
+            writes: vec![
+                (Vec::new(), Some(b"empty key".to_vec())),
+                (vec![0xff; 9], Some(Vec::new())),
+                (b"\0\x01".to_vec(), None),
+            ],
+            flush: true,
+        },
+        // Left in the WAL (no flush): the WAL seeds.
+        Scenario { name: "unflushed", opts: base.clone(), writes: kv(6, 8), flush: false },
+        Scenario { name: "unflushed_dels", opts: base, writes: kv(3, 1).into_iter().chain([(b"key001".to_vec(), None)]).collect(), flush: false },
+    ]
+}
+
+fn sorted(disk: &SimDisk) -> Vec<String> {
+    let mut names = disk.list().unwrap();
+    names.sort();
+    names
+}
+
+fn save(dir: &Path, name: &str, bytes: &[u8]) {
+    // Rewriting the checksums of a valid file must change nothing (tests `fixcrc`).
+    let mut fixed = bytes.to_vec();
+    match dir.file_name().and_then(|n| n.to_str()) {
+        Some("sstable") => corecache_fuzz::fixcrc::sstable(&mut fixed),
+        Some("wal") => corecache_fuzz::fixcrc::wal(&mut fixed),
+        Some("manifest") => corecache_fuzz::fixcrc::manifest(&mut fixed),
+        _ => unreachable!(),
+    }
+    assert!(fixed == bytes, "fixcrc changed the valid file {name}");
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    println!("{} ({} bytes)", path.display(), bytes.len());
+}
+
+fn main() {
+    let root: PathBuf = std::env::args().nth(1).unwrap_or_else(|| "corpus".into()).into();
+    for s in scenarios() {
+        let disk = SimDisk::new();
+        let db = open(&disk, &s.opts);
+        for chunk in s.writes.chunks(3) {
+            let mut b = WriteBatch::new();
+            for (k, v) in chunk {
+                match v {
+                    Some(v) => b.put(k.clone(), v.clone()),
+                    None => b.delete(k.clone()),
+                };
+            }
+            write(&db, &b);
+        }
+        // The logs before the flush (which retires them), while the Db is open.
+        let mut wal_n = 0;
+        for name in sorted(&disk) {
+            let bytes = disk.read_file(&name).unwrap();
+            if name.ends_with(".wal") && !bytes.is_empty() && wal_n < 2 {
+                wal_n += 1;
+                assert!(corecache_core::decode::wal(&bytes).unwrap() > 0);
+                save(&root.join("wal"), &format!("{}-{name}", s.name), &bytes);
+            }
+        }
+        if s.flush {
+            db.flush().unwrap();
+        }
+        let mut sst_n = 0;
+        for name in sorted(&disk) {
+            let bytes = disk.read_file(&name).unwrap();
+            if name.ends_with(".sst") && sst_n < 2 && bytes.len() <= 4096 {
+                sst_n += 1;
+                corecache_core::decode::sstable(&bytes).unwrap();
+                save(&root.join("sstable"), &format!("{}-{name}", s.name), &bytes);
+            } else if name == "MANIFEST" && s.flush {
+                corecache_core::decode::manifest(&bytes).unwrap();
+                save(&root.join("manifest"), &format!("{}-{name}", s.name), &bytes);
+            }
+        }
+        drop(db);
+    }
+}

@@ -1,0 +1,10 @@
+#![no_main]
+//! Like `sstable`, but with the checksums rewritten to match first (`fixcrc::sstable`), so mutations
+//! reach the decoding behind the checks instead of stopping at a checksum mismatch.
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let mut bytes = data.to_vec();
+    corecache_fuzz::fixcrc::sstable(&mut bytes);
+    let _ = corecache_core::decode::sstable(&bytes);
+});
