@@ -88,10 +88,11 @@ fn open(disk: &SimDisk, sync: SyncMode) -> Db {
     Db::open(Arc::new(disk.clone()), options(sync)).expect("reopen after crash must succeed")
 }
 
-/// Writes, running background work when the engine refuses for a stall (as a driver would).
-fn write(db: &Db, batch: &WriteBatch) {
+/// Runs `op` (a write), running background work when the engine refuses it for a stall, as a
+/// driver would.
+fn until_not_stalled(db: &Db, op: impl Fn() -> corecache_core::Result<u64>) {
     for _ in 0..100 {
-        match db.write(batch.clone()) {
+        match op() {
             Ok(_) => return,
             Err(Error::WriteStall(_)) => {
                 db.do_background_work().expect("background work");
@@ -102,17 +103,12 @@ fn write(db: &Db, batch: &WriteBatch) {
     panic!("write still stalled after 100 rounds of background work");
 }
 
+fn write(db: &Db, batch: &WriteBatch) {
+    until_not_stalled(db, || db.write(batch.clone()));
+}
+
 fn write_deferred(db: &Db, batch: &WriteBatch) {
-    for _ in 0..100 {
-        match db.write_deferred(batch.clone()) {
-            Ok(_) => return,
-            Err(Error::WriteStall(_)) => {
-                db.do_background_work().expect("background work");
-            }
-            Err(e) => panic!("deferred write failed: {e}"),
-        }
-    }
-    panic!("deferred write still stalled after 100 rounds of background work");
+    until_not_stalled(db, || db.write_deferred(batch.clone()));
 }
 
 fn contents(db: &Db) -> Model {
