@@ -718,6 +718,19 @@ impl Db {
         Ok(n)
     }
 
+    /// Whether a flush or a compaction is due. A driver that runs background work itself
+    /// (`Background::Manual`) asks this to decide when to call
+    /// [`do_background_work`](Self::do_background_work).
+    pub fn background_pending(&self) -> bool {
+        let i = &self.inner;
+        if !i.sv.load().imms.is_empty() {
+            return true;
+        }
+        let pointers = i.versions.lock();
+        let version = i.sv.load().version.clone();
+        compaction::pick(&version.shapes(), &i.level_config(), &pointers).is_some()
+    }
+
     /// Runs at most one flush (the oldest frozen memtable). Returns whether it did.
     pub fn flush_step(&self) -> Result<bool> {
         self.inner.flush_one()

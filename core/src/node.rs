@@ -7,8 +7,16 @@
 //! sequence number at least as large. Writes that arrive while a persist runs ride on the next
 //! one (group commit at the node level). Reads see only persisted writes.
 //!
-//! Time comes in with each request (`wall_ms`, for `Last-Modified` and creation times); the
-//! node reads no clock.
+//! Time is an input: every call to [`Node::handle`] carries `now` (milliseconds since the Unix
+//! epoch, read by the driver; it stamps `Last-Modified` and creation times), and
+//! [`Node::next_deadline`] says when the driver must call again with [`Input::Timeout`] even if
+//! nothing else happens. The node reads no clock and draws no random numbers.
+//!
+//! Work the node cannot do on its event loop leaves as outputs: [`Output::Persist`] (an fsync)
+//! and, when the engine's background work is driven by its owner (`Background::Manual`, as in
+//! the simulation), [`Output::Background`] (flushes and compactions). With `SyncMode::Interval`
+//! and a manually driven engine, the node's timer asks for the periodic persist; an engine with
+//! its own threads syncs by itself.
 //!
 //! # Keys and values in the engine
 //! A user key `k` is stored as `partition(k): u16 BE ‖ k`, where `partition(k) = hash64(k) %
@@ -23,7 +31,7 @@ use std::sync::Arc;
 use crate::db::{prefix_end, Db};
 use crate::error::Error;
 use crate::format::hash64;
-use crate::options::SyncMode;
+use crate::options::{Background, SyncMode};
 use crate::WriteBatch;
 
 const ENVELOPE_VERSION: u8 = 1;
@@ -164,23 +172,39 @@ pub enum Response {
 pub enum Input {
     Client {
         id: u64,
-        wall_ms: u64,
         request: Request,
     },
     /// A `persist` finished: everything up to `upto` is durable and visible.
-    Persisted { upto: u64 },
+    Persisted {
+        upto: u64,
+    },
     /// A `persist` failed: writes waiting for it cannot be acknowledged.
-    PersistFailed { message: String },
+    PersistFailed {
+        message: String,
+    },
+    /// `next_deadline` passed (or the driver merely woke up; a timeout is never harmful).
+    Timeout,
+    /// The `Background` work finished (`Err` carries the engine's message; the engine has
+    /// already recorded the failure and will retry).
+    BackgroundDone {
+        result: Result<usize, String>,
+    },
 }
 
+/// What the node asks of its driver. Outputs pushed by one `handle` call are in the order the
+/// driver must act on them.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Output {
     Reply {
         id: u64,
         response: Response,
     },
-    /// Run `Db::persist` (one at a time) and report `Persisted` or `PersistFailed`.
+    /// Run `Db::persist` off the event loop (at most `MAX_PERSISTS` at once) and report
+    /// `Persisted` or `PersistFailed`.
     Persist,
+    /// Run `Db::do_background_work` off the event loop (one at a time) and report
+    /// `BackgroundDone`. Only emitted for an engine opened with `Background::Manual`.
+    Background,
 }
 
 /// The node's view of the cluster. A node without a coordinator is a cluster of one: leader of
@@ -217,6 +241,8 @@ impl Role {
 pub struct NodeStats {
     pub waiting_for_persist: usize,
     pub persists: u64,
+    /// Background work units finished (only when the node drives them).
+    pub backgrounds: u64,
 }
 
 /// The read side of the node: stateless over the engine, so a driver may run reads on any
@@ -386,6 +412,16 @@ pub struct Node {
     persists: u64,
     durable: bool,
     cluster: ClusterView,
+    /// The node drives flushes and compactions (the engine has no threads of its own).
+    drive_background: bool,
+    background_running: bool,
+    backgrounds: u64,
+    /// With `SyncMode::Interval` and no engine threads: the sync period, and when the oldest
+    /// write not yet covered by a persist was applied.
+    persist_every_ms: Option<u64>,
+    unpersisted_since: Option<u64>,
+    /// Sequence number of the newest write this node applied.
+    last_written: u64,
 }
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> Response {
@@ -443,6 +479,11 @@ fn decode_value(mut raw: Vec<u8>) -> Result<Stored, Response> {
 impl Node {
     pub fn new(db: Arc<Db>, cfg: NodeConfig) -> Node {
         let durable = db.options().sync == SyncMode::Always;
+        let drive_background = db.options().background == Background::Manual;
+        let persist_every_ms = match db.options().sync {
+            SyncMode::Interval { ms } if drive_background => Some(ms.max(1)),
+            _ => None,
+        };
         let cluster = ClusterView {
             role: Role::Leader,
             leader: Some(cfg.node_id.clone()),
@@ -464,6 +505,12 @@ impl Node {
             persist_requested: 0,
             persists: 0,
             durable,
+            drive_background,
+            background_running: false,
+            backgrounds: 0,
+            persist_every_ms,
+            unpersisted_since: None,
+            last_written: 0,
         }
     }
 
@@ -493,17 +540,28 @@ impl Node {
         NodeStats {
             waiting_for_persist: self.waiting.len(),
             persists: self.persists,
+            backgrounds: self.backgrounds,
         }
     }
 
-    /// The one door.
-    pub fn handle(&mut self, input: Input, out: &mut Vec<Output>) {
+    /// When the driver must call [`handle`](Self::handle) with [`Input::Timeout`] at the
+    /// latest (milliseconds since the Unix epoch), if nothing else arrives first.
+    pub fn next_deadline(&self) -> Option<u64> {
+        match (self.persist_every_ms, self.unpersisted_since) {
+            (Some(every), Some(since)) => Some(since.saturating_add(every)),
+            _ => None,
+        }
+    }
+
+    /// The one door. `now` is the driver's wall clock in milliseconds since the Unix epoch.
+    pub fn handle(&mut self, now: u64, input: Input, out: &mut Vec<Output>) {
         match input {
-            Input::Client {
-                id,
-                wall_ms,
-                request,
-            } => self.handle_request(id, wall_ms, request, out),
+            Input::Client { id, request } => self.handle_request(id, now, request, out),
+            Input::Timeout => {}
+            Input::BackgroundDone { result: _ } => {
+                self.background_running = false;
+                self.backgrounds += 1;
+            }
             Input::Persisted { upto } => {
                 self.persists_running = self.persists_running.saturating_sub(1);
                 self.persists += 1;
@@ -525,6 +583,34 @@ impl Node {
                     });
                 }
             }
+        }
+        self.tick(now, out);
+    }
+
+    /// Work that depends on time or on the engine's state rather than on one input: the
+    /// interval persist, and background work for an engine without threads.
+    fn tick(&mut self, now: u64, out: &mut Vec<Output>) {
+        if let Some(every) = self.persist_every_ms {
+            match self.unpersisted_since {
+                Some(since) if now >= since.saturating_add(every) => {
+                    if self.persists_running < MAX_PERSISTS {
+                        self.persists_running += 1;
+                        self.persist_requested = self.last_written;
+                        self.unpersisted_since = None;
+                        out.push(Output::Persist);
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    if self.last_written > self.persist_requested {
+                        self.unpersisted_since = Some(now);
+                    }
+                }
+            }
+        }
+        if self.drive_background && !self.background_running && self.db.background_pending() {
+            self.background_running = true;
+            out.push(Output::Background);
         }
     }
 
@@ -573,6 +659,9 @@ impl Node {
             Request::Batch { ops } => self.batch(ops, wall_ms),
         };
         let (response, seq) = result.unwrap_or_else(|r| (r, None));
+        if let Some(seq) = seq {
+            self.last_written = self.last_written.max(seq);
+        }
         match seq {
             Some(seq) if self.durable => {
                 self.waiting.push_back((seq, id, response));
@@ -703,20 +792,17 @@ mod tests {
     /// Sends one request; runs persists as a driver would; returns the reply.
     fn call(n: &mut Node, wall_ms: u64, request: Request) -> Response {
         let mut out = Vec::new();
-        n.handle(
-            Input::Client {
-                id: 7,
-                wall_ms,
-                request,
-            },
-            &mut out,
-        );
+        n.handle(wall_ms, Input::Client { id: 7, request }, &mut out);
         loop {
             match out.pop() {
                 Some(Output::Reply { response, .. }) => return response,
                 Some(Output::Persist) => {
                     let upto = n.db().persist().unwrap();
-                    n.handle(Input::Persisted { upto }, &mut out);
+                    n.handle(wall_ms, Input::Persisted { upto }, &mut out);
+                }
+                Some(Output::Background) => {
+                    let result = n.db().do_background_work().map_err(|e| e.to_string());
+                    n.handle(wall_ms, Input::BackgroundDone { result }, &mut out);
                 }
                 None => panic!("no reply"),
             }
@@ -736,9 +822,9 @@ mod tests {
         let mut n = node();
         let mut out = Vec::new();
         n.handle(
+            5,
             Input::Client {
                 id: 1,
-                wall_ms: 5,
                 request: put("k", "v"),
             },
             &mut out,
@@ -747,18 +833,18 @@ mod tests {
         // A second write while the first persist runs starts a second one; a third, with two
         // running, rides on whichever comes next.
         n.handle(
+            6,
             Input::Client {
                 id: 2,
-                wall_ms: 6,
                 request: put("k2", "v"),
             },
             &mut out,
         );
         assert_eq!(out, vec![Output::Persist, Output::Persist]);
         n.handle(
+            6,
             Input::Client {
                 id: 4,
-                wall_ms: 6,
                 request: put("k3", "v"),
             },
             &mut out,
@@ -767,9 +853,9 @@ mod tests {
         // Not visible to readers yet.
         let mut r = Vec::new();
         n.handle(
+            6,
             Input::Client {
                 id: 3,
-                wall_ms: 6,
                 request: Request::Get { key: b"k".to_vec() },
             },
             &mut r,
@@ -783,7 +869,7 @@ mod tests {
         );
         let upto = n.db().persist().unwrap();
         out.clear();
-        n.handle(Input::Persisted { upto }, &mut out);
+        n.handle(0, Input::Persisted { upto }, &mut out);
         assert!(matches!(out[0], Output::Reply { id: 1, .. }));
         assert!(matches!(out[1], Output::Reply { id: 2, .. }));
         assert!(matches!(out[2], Output::Reply { id: 4, .. }));
@@ -794,8 +880,118 @@ mod tests {
         );
         // The other persist finishing releases nothing more and asks for nothing.
         out.clear();
-        n.handle(Input::Persisted { upto }, &mut out);
+        n.handle(0, Input::Persisted { upto }, &mut out);
         assert!(out.is_empty());
+    }
+
+    fn node_with(opts: Options) -> Node {
+        let db = Arc::new(Db::open(Arc::new(SimDisk::new()), opts).unwrap());
+        Node::new(
+            db,
+            NodeConfig {
+                partitions: 4,
+                ..NodeConfig::default()
+            },
+        )
+    }
+
+    #[test]
+    fn interval_mode_persists_on_the_nodes_timer() {
+        let mut n = node_with(Options {
+            background: Background::Manual,
+            stall: StallPolicy::Refuse,
+            sync: SyncMode::Interval { ms: 100 },
+            ..Options::default()
+        });
+        assert_eq!(n.next_deadline(), None, "nothing written, nothing to sync");
+        let mut out = Vec::new();
+        n.handle(
+            1_000,
+            Input::Client {
+                id: 1,
+                request: put("k", "v"),
+            },
+            &mut out,
+        );
+        assert!(
+            matches!(out.as_slice(), [Output::Reply { id: 1, .. }]),
+            "interval mode answers at once: {out:?}"
+        );
+        assert_eq!(n.next_deadline(), Some(1_100));
+        out.clear();
+        n.handle(1_099, Input::Timeout, &mut out);
+        assert!(out.is_empty(), "too early: {out:?}");
+        n.handle(1_100, Input::Timeout, &mut out);
+        assert_eq!(out, vec![Output::Persist]);
+        assert_eq!(n.next_deadline(), None, "the persist covers every write");
+        let upto = n.db().persist().unwrap();
+        out.clear();
+        n.handle(1_150, Input::Persisted { upto }, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(n.next_deadline(), None);
+        // A later write starts a new period from its own time.
+        n.handle(
+            2_000,
+            Input::Client {
+                id: 2,
+                request: put("k", "w"),
+            },
+            &mut out,
+        );
+        assert_eq!(n.next_deadline(), Some(2_100));
+    }
+
+    #[test]
+    fn an_engine_without_threads_gets_its_background_work_from_the_node() {
+        let mut n = node_with(Options {
+            background: Background::Manual,
+            stall: StallPolicy::Refuse,
+            sync: SyncMode::None,
+            ..Options::tiny()
+        });
+        let mut out = Vec::new();
+        let mut id = 0;
+        while !out.contains(&Output::Background) {
+            id += 1;
+            assert!(id < 1_000, "no background work was ever asked for");
+            let request = put(&format!("key{id:04}"), "some value bytes");
+            n.handle(5, Input::Client { id, request }, &mut out);
+        }
+        // One at a time: more writes while it runs ask for nothing more.
+        out.clear();
+        for extra in 0..50 {
+            let request = put(&format!("more{extra:04}"), "some value bytes");
+            n.handle(
+                6,
+                Input::Client {
+                    id: 5_000 + extra,
+                    request,
+                },
+                &mut out,
+            );
+        }
+        assert!(!out.contains(&Output::Background), "{out:?}");
+        let result = n.db().do_background_work().map_err(|e| e.to_string());
+        assert!(matches!(result, Ok(units) if units > 0));
+        out.clear();
+        n.handle(7, Input::BackgroundDone { result }, &mut out);
+        assert_eq!(n.stats().backgrounds, 1);
+        assert!(n.db().stats().flushes > 0, "the flush ran");
+        assert_eq!(
+            call(
+                &mut n,
+                8,
+                Request::Get {
+                    key: b"key0001".to_vec()
+                }
+            ),
+            Response::Value {
+                value: b"some value bytes".to_vec(),
+                version: 1,
+                created_ms: 5,
+                modified_ms: 5
+            }
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use corecache_core::node::{
     ClusterView, ErrorKind, Input, Node, NodeStats, Output, Reader, Request, Response,
@@ -21,6 +21,7 @@ enum Msg {
         reply: oneshot::Sender<Response>,
     },
     Persisted(Result<u64, String>),
+    BackgroundDone(Result<usize, String>),
     Stats(oneshot::Sender<NodeStats>),
     Cluster(oneshot::Sender<ClusterView>),
 }
@@ -92,6 +93,13 @@ fn stopped() -> Response {
     }
 }
 
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Starts the node task. It ends when `shutdown` turns true and every in-flight persist is done.
 pub fn spawn(node: Node, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) -> NodeHandle {
     let (tx, mut rx) = mpsc::channel::<Msg>(8192);
@@ -108,31 +116,41 @@ pub fn spawn(node: Node, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bo
         let mut replies: HashMap<u64, oneshot::Sender<Response>> = HashMap::new();
         let mut out = Vec::new();
         loop {
+            // The node's own deadline, as a sleep on tokio's clock.
+            let deadline = node.next_deadline().map(|at| {
+                let wait = at.saturating_sub(wall_ms());
+                tokio::time::Instant::now() + Duration::from_millis(wait)
+            });
             let msg = tokio::select! {
-                m = rx.recv() => m,
-                _ = shutdown.changed() => None,
+                m = rx.recv() => match m {
+                    Some(m) => Some(m),
+                    None => break,
+                },
+                _ = shutdown.changed() => break,
+                _ = sleep_until(deadline) => None,
             };
-            let Some(msg) = msg else { break };
+            let now = wall_ms();
             match msg {
-                Msg::Client { request, reply } => {
+                None => node.handle(now, Input::Timeout, &mut out),
+                Some(Msg::Client { request, reply }) => {
                     let id = next_id;
                     next_id += 1;
                     replies.insert(id, reply);
-                    let input = Input::Client {
-                        id,
-                        wall_ms: wall_ms(),
-                        request,
-                    };
-                    node.handle(input, &mut out);
+                    node.handle(now, Input::Client { id, request }, &mut out);
                 }
-                Msg::Persisted(Ok(upto)) => node.handle(Input::Persisted { upto }, &mut out),
-                Msg::Persisted(Err(message)) => {
-                    node.handle(Input::PersistFailed { message }, &mut out)
+                Some(Msg::Persisted(Ok(upto))) => {
+                    node.handle(now, Input::Persisted { upto }, &mut out)
                 }
-                Msg::Stats(tx) => {
+                Some(Msg::Persisted(Err(message))) => {
+                    node.handle(now, Input::PersistFailed { message }, &mut out)
+                }
+                Some(Msg::BackgroundDone(result)) => {
+                    node.handle(now, Input::BackgroundDone { result }, &mut out)
+                }
+                Some(Msg::Stats(tx)) => {
                     let _ = tx.send(node.stats());
                 }
-                Msg::Cluster(tx) => {
+                Some(Msg::Cluster(tx)) => {
                     let _ = tx.send(node.cluster().clone());
                 }
             }
@@ -152,6 +170,14 @@ pub fn spawn(node: Node, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bo
                             let r = db.persist().map_err(|e| e.to_string());
                             metrics.observe_fsync(start.elapsed());
                             let _ = tx.blocking_send(Msg::Persisted(r));
+                        });
+                    }
+                    Output::Background => {
+                        let db = node.db().clone();
+                        let tx = tx.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let r = db.do_background_work().map_err(|e| e.to_string());
+                            let _ = tx.blocking_send(Msg::BackgroundDone(r));
                         });
                     }
                 }
