@@ -23,6 +23,7 @@
 
 pub mod batch;
 pub mod cache;
+pub mod cluster;
 pub mod compaction;
 pub mod db;
 pub mod decode;
@@ -34,6 +35,7 @@ pub(crate) mod manifest;
 pub(crate) mod memtable;
 pub mod node;
 pub mod options;
+pub mod peer;
 pub mod sst;
 pub mod wal;
 

@@ -24,9 +24,14 @@
 //! between nodes). A stored value is `1: u8 ‖ created_ms: u64 LE ‖ modified_ms: u64 LE ‖ value`.
 //! A key's version is the engine sequence number of the write that set it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::cluster::{ClusterState, CoordCommand, CoordEvent, Member};
+use crate::peer::PeerMessage;
 
 use crate::db::{prefix_end, Db};
 use crate::error::Error;
@@ -37,6 +42,11 @@ use crate::WriteBatch;
 const ENVELOPE_VERSION: u8 = 1;
 /// Persists (fsyncs) in flight at once.
 const MAX_PERSISTS: usize = 2;
+/// How long a forwarded request may wait for its owner's answer.
+const FORWARD_TIMEOUT_MS: u64 = 10_000;
+/// How long a request waits for a newer partition map after `NotOwner`, and how often it retries.
+const PARK_TIMEOUT_MS: u64 = 5_000;
+const PARK_RETRY_MS: u64 = 50;
 const ENVELOPE_LEN: usize = 17;
 
 /// Limits and identity.
@@ -174,6 +184,12 @@ pub enum Input {
         id: u64,
         request: Request,
     },
+    /// A message from another node.
+    Peer { from: String, message: PeerMessage },
+    /// The connection to `peer` failed: requests forwarded to it have an unknown outcome.
+    PeerDown { peer: String },
+    /// Something the coordinator observed.
+    Coordinator(CoordEvent),
     /// A `persist` finished: everything up to `upto` is durable and visible.
     Persisted {
         upto: u64,
@@ -199,6 +215,10 @@ pub enum Output {
         id: u64,
         response: Response,
     },
+    /// Send `message` to node `to` over the peer transport.
+    Send { to: String, message: PeerMessage },
+    /// Ask the coordinator to do something; its outcome comes back as an event.
+    Coordinator(CoordCommand),
     /// Run `Db::persist` off the event loop (at most `MAX_PERSISTS` at once) and report
     /// `Persisted` or `PersistFailed`.
     Persist,
@@ -243,6 +263,8 @@ pub struct NodeStats {
     pub persists: u64,
     /// Background work units finished (only when the node drives them).
     pub backgrounds: u64,
+    /// Requests forwarded to other nodes and not answered yet.
+    pub forwards_in_flight: usize,
 }
 
 /// The read side of the node: stateless over the engine, so a driver may run reads on any
@@ -251,9 +273,46 @@ pub struct NodeStats {
 pub struct Reader {
     db: Arc<Db>,
     cfg: NodeConfig,
+    routes: Arc<ArcSwap<Routes>>,
+}
+
+/// Which partitions this node serves now, published by the node whenever the partition map
+/// changes, so that reads answered outside the node's door route exactly as the node would.
+#[derive(Clone, Debug, Default)]
+pub struct Routes {
+    /// By partition: served here. `None` until a partition map is known.
+    owned: Option<Vec<bool>>,
+}
+
+impl Routes {
+    fn serves(&self, p: u16) -> bool {
+        self.owned
+            .as_ref()
+            .is_some_and(|o| o.get(usize::from(p)).copied().unwrap_or(false))
+    }
+
+    fn serves_all(&self) -> bool {
+        self.owned.as_ref().is_some_and(|o| o.iter().all(|b| *b))
+    }
 }
 
 impl Reader {
+    /// Answers a `Get` or `Scan` here when this node serves every partition it touches;
+    /// otherwise hands the request back, to go through the node (which forwards it).
+    pub fn try_read(&self, request: Request) -> Result<Response, Request> {
+        let routes = self.routes.load();
+        let local = match &request {
+            Request::Get { key } => routes.serves(self.partition_of(key)),
+            Request::Scan { .. } => routes.serves_all(),
+            _ => false,
+        };
+        if local {
+            Ok(self.read(request))
+        } else {
+            Err(request)
+        }
+    }
+
     /// Answers `Get` and `Scan`; any other request is refused (it must go through the node).
     pub fn read(&self, request: Request) -> Response {
         let r = match request {
@@ -321,10 +380,23 @@ impl Reader {
         after: Option<Vec<u8>>,
         limit: usize,
     ) -> Result<Response, Response> {
+        let all: Vec<u16> = (0..self.cfg.partitions).collect();
+        self.scan_parts(start, end, after, limit, &all)
+    }
+
+    /// An ordered scan over the user keys of the partitions `parts` only.
+    pub(crate) fn scan_parts(
+        &self,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        after: Option<Vec<u8>>,
+        limit: usize,
+        parts: &[u16],
+    ) -> Result<Response, Response> {
         let limit = limit.clamp(1, self.cfg.max_scan_limit);
         let snap = self.db.snapshot();
-        let mut iters = Vec::with_capacity(self.cfg.partitions as usize);
-        for p in 0..self.cfg.partitions {
+        let mut iters = Vec::with_capacity(parts.len());
+        for &p in parts {
             let pre = p.to_be_bytes();
             let lo = match &after {
                 Some(a) if *a >= start => {
@@ -404,14 +476,13 @@ pub struct Node {
     cfg: NodeConfig,
     reader: Reader,
     /// Replies held until a persist covers their sequence number, in sequence order.
-    waiting: VecDeque<(u64, u64, Response)>,
+    waiting: VecDeque<(u64, Target, Response)>,
     /// Persists running now (at most `MAX_PERSISTS`).
     persists_running: usize,
     /// The newest sequence number a requested persist is sure to cover.
     persist_requested: u64,
     persists: u64,
     durable: bool,
-    cluster: ClusterView,
     /// The node drives flushes and compactions (the engine has no threads of its own).
     drive_background: bool,
     background_running: bool,
@@ -422,6 +493,58 @@ pub struct Node {
     unpersisted_since: Option<u64>,
     /// Sequence number of the newest write this node applied.
     last_written: u64,
+    cl: Cluster,
+}
+
+/// Where an answer goes: a client of this node, or a peer that forwarded the request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Target {
+    Client(u64),
+    Peer(String, u64),
+}
+
+/// The node's cluster state, fed by coordinator events.
+struct Cluster {
+    connected: bool,
+    /// The coordinator says our candidacy is the lowest.
+    elected: bool,
+    /// We wrote the current epoch and have not lost the connection since.
+    leading: bool,
+    /// Elected but our epoch is not written yet.
+    need_claim: bool,
+    claim_in_flight: bool,
+    /// A `State` event arrived since the connection came up.
+    state_seen: bool,
+    state: Option<ClusterState>,
+    stamp: i64,
+    members: Vec<Member>,
+    next_fid: u64,
+    forwards: BTreeMap<u64, Forwarded>,
+    scans: BTreeMap<u64, ScanAgg>,
+    /// Requests waiting for a newer partition map: (retry at, give up at, client, request).
+    parked: Vec<(u64, u64, u64, Request)>,
+}
+
+struct Forwarded {
+    to: String,
+    deadline: u64,
+    /// A whole request for one client, or one part of a fanned-out scan.
+    kind: FwdKind,
+}
+
+enum FwdKind {
+    Single { client: u64, request: Request },
+    ScanPart { scan: u64 },
+}
+
+/// A scan fanned out over several owners: their pages, merged when all are in.
+struct ScanAgg {
+    client: u64,
+    limit: usize,
+    pending: usize,
+    items: Vec<Item>,
+    more: bool,
+    failed: Option<Response>,
 }
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> Response {
@@ -438,6 +561,55 @@ fn engine_err(e: Error) -> Response {
         Error::Closed => err(ErrorKind::Unavailable, "the database is closing"),
         Error::InvalidArgument(m) => err(ErrorKind::BadRequest, m),
         other => err(ErrorKind::Internal, other.to_string()),
+    }
+}
+
+fn respond(target: Target, response: Response, out: &mut Vec<Output>) {
+    match target {
+        Target::Client(id) => out.push(Output::Reply { id, response }),
+        Target::Peer(to, id) => out.push(Output::Send {
+            to,
+            message: PeerMessage::Reply { id, response },
+        }),
+    }
+}
+
+/// Adds one owner's page to a fanned-out scan.
+fn merge_page(agg: &mut ScanAgg, response: Response) {
+    match response {
+        Response::Page { items, next_after } => {
+            agg.more |= next_after.is_some();
+            agg.items.extend(items);
+        }
+        other => {
+            agg.failed.get_or_insert(other);
+        }
+    }
+}
+
+/// The merged page: every owner returned its smallest keys after the cursor, so the smallest
+/// `limit` of their union are the true next page.
+fn finish_scan(mut agg: ScanAgg) -> Output {
+    if let Some(e) = agg.failed {
+        return Output::Reply {
+            id: agg.client,
+            response: e,
+        };
+    }
+    agg.items.sort_by(|a, b| a.key.cmp(&b.key));
+    let more = agg.more || agg.items.len() > agg.limit;
+    agg.items.truncate(agg.limit);
+    let next_after = if more {
+        agg.items.last().map(|i| i.key.clone())
+    } else {
+        None
+    };
+    Output::Reply {
+        id: agg.client,
+        response: Response::Page {
+            items: agg.items,
+            next_after,
+        },
     }
 }
 
@@ -477,27 +649,45 @@ fn decode_value(mut raw: Vec<u8>) -> Result<Stored, Response> {
 }
 
 impl Node {
+    /// A node that is a cluster of one from the start: leader of epoch 1, owner of every
+    /// partition, with no coordinator (unit tests, tools).
     pub fn new(db: Arc<Db>, cfg: NodeConfig) -> Node {
+        let me = cfg.node_id.clone();
+        let mut n = Node::new_clustered(db, cfg);
+        let member = Member {
+            id: me.clone(),
+            http: String::new(),
+            peer: String::new(),
+        };
+        n.cl.connected = true;
+        n.cl.elected = true;
+        n.cl.leading = true;
+        n.cl.state_seen = true;
+        n.cl.state = Some(ClusterState::initial(
+            &me,
+            std::slice::from_ref(&member),
+            n.cfg.partitions,
+        ));
+        n.cl.members = vec![member];
+        n.publish_routes();
+        n
+    }
+
+    /// A node that learns its cluster from coordinator events; until a partition map arrives
+    /// it answers `Unavailable`.
+    pub fn new_clustered(db: Arc<Db>, cfg: NodeConfig) -> Node {
         let durable = db.options().sync == SyncMode::Always;
         let drive_background = db.options().background == Background::Manual;
         let persist_every_ms = match db.options().sync {
             SyncMode::Interval { ms } if drive_background => Some(ms.max(1)),
             _ => None,
         };
-        let cluster = ClusterView {
-            role: Role::Leader,
-            leader: Some(cfg.node_id.clone()),
-            epoch: 1,
-            members: vec![cfg.node_id.clone()],
-            owners: vec![cfg.node_id.clone(); usize::from(cfg.partitions)],
-            map_version: 1,
-        };
         Node {
             reader: Reader {
                 db: db.clone(),
                 cfg: cfg.clone(),
+                routes: Arc::new(ArcSwap::from_pointee(Routes::default())),
             },
-            cluster,
             db,
             cfg,
             waiting: VecDeque::new(),
@@ -511,6 +701,21 @@ impl Node {
             persist_every_ms,
             unpersisted_since: None,
             last_written: 0,
+            cl: Cluster {
+                connected: false,
+                elected: false,
+                leading: false,
+                need_claim: false,
+                claim_in_flight: false,
+                state_seen: false,
+                state: None,
+                stamp: -1,
+                members: Vec::new(),
+                next_fid: 0,
+                forwards: BTreeMap::new(),
+                scans: BTreeMap::new(),
+                parked: Vec::new(),
+            },
         }
     }
 
@@ -532,8 +737,32 @@ impl Node {
         self.reader.partition_of(key)
     }
 
-    pub fn cluster(&self) -> &ClusterView {
-        &self.cluster
+    /// The node's view of the cluster, for status pages.
+    pub fn cluster(&self) -> ClusterView {
+        let st = self.cl.state.as_ref();
+        ClusterView {
+            role: if self.cl.leading {
+                Role::Leader
+            } else {
+                Role::Follower
+            },
+            leader: st.map(|s| s.leader.clone()),
+            epoch: st.map_or(0, |s| s.epoch),
+            members: self.cl.members.iter().map(|m| m.id.clone()).collect(),
+            owners: st.map_or_else(Vec::new, |s| s.owners.clone()),
+            map_version: st.map_or(0, |s| s.version),
+        }
+    }
+
+    /// The live members as the coordinator last reported them.
+    pub fn members(&self) -> &[Member] {
+        &self.cl.members
+    }
+
+    /// Whether the node can route requests (it knows a partition map that fits its
+    /// partition count).
+    pub fn ready(&self) -> bool {
+        self.routable().is_ok()
     }
 
     pub fn stats(&self) -> NodeStats {
@@ -541,22 +770,29 @@ impl Node {
             waiting_for_persist: self.waiting.len(),
             persists: self.persists,
             backgrounds: self.backgrounds,
+            forwards_in_flight: self.cl.forwards.len(),
         }
     }
 
     /// When the driver must call [`handle`](Self::handle) with [`Input::Timeout`] at the
     /// latest (milliseconds since the Unix epoch), if nothing else arrives first.
     pub fn next_deadline(&self) -> Option<u64> {
-        match (self.persist_every_ms, self.unpersisted_since) {
+        let persist = match (self.persist_every_ms, self.unpersisted_since) {
             (Some(every), Some(since)) => Some(since.saturating_add(every)),
             _ => None,
-        }
+        };
+        let forward = self.cl.forwards.values().map(|f| f.deadline).min();
+        let parked = self.cl.parked.iter().map(|p| p.0).min();
+        [persist, forward, parked].into_iter().flatten().min()
     }
 
     /// The one door. `now` is the driver's wall clock in milliseconds since the Unix epoch.
     pub fn handle(&mut self, now: u64, input: Input, out: &mut Vec<Output>) {
         match input {
-            Input::Client { id, request } => self.handle_request(id, now, request, out),
+            Input::Client { id, request } => self.route(now, id, request, out),
+            Input::Peer { from, message } => self.on_peer(now, from, message, out),
+            Input::PeerDown { peer } => self.on_peer_down(&peer, out),
+            Input::Coordinator(event) => self.on_coordinator(now, event, out),
             Input::Timeout => {}
             Input::BackgroundDone { result: _ } => {
                 self.background_running = false;
@@ -566,21 +802,19 @@ impl Node {
                 self.persists_running = self.persists_running.saturating_sub(1);
                 self.persists += 1;
                 while self.waiting.front().is_some_and(|(seq, _, _)| *seq <= upto) {
-                    let (_, id, response) = self.waiting.pop_front().expect("checked");
-                    out.push(Output::Reply { id, response });
+                    let (_, target, response) = self.waiting.pop_front().expect("checked");
+                    respond(target, response, out);
                 }
                 self.request_persist(out);
             }
             Input::PersistFailed { message } => {
                 self.persists_running = self.persists_running.saturating_sub(1);
-                for (_, id, _) in self.waiting.drain(..) {
-                    out.push(Output::Reply {
-                        id,
-                        response: err(
-                            ErrorKind::Unavailable,
-                            format!("the write was not made durable: {message}"),
-                        ),
-                    });
+                for (_, target, _) in self.waiting.drain(..) {
+                    let response = err(
+                        ErrorKind::Unavailable,
+                        format!("the write was not made durable: {message}"),
+                    );
+                    respond(target, response, out);
                 }
             }
         }
@@ -588,7 +822,8 @@ impl Node {
     }
 
     /// Work that depends on time or on the engine's state rather than on one input: the
-    /// interval persist, and background work for an engine without threads.
+    /// interval persist, background work for an engine without threads, expired forwards,
+    /// parked requests to retry, and the leader's duties.
     fn tick(&mut self, now: u64, out: &mut Vec<Output>) {
         if let Some(every) = self.persist_every_ms {
             match self.unpersisted_since {
@@ -611,6 +846,482 @@ impl Node {
         if self.drive_background && !self.background_running && self.db.background_pending() {
             self.background_running = true;
             out.push(Output::Background);
+        }
+        let expired: Vec<u64> = self
+            .cl
+            .forwards
+            .iter()
+            .filter(|(_, f)| f.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for fid in expired {
+            if let Some(f) = self.cl.forwards.remove(&fid) {
+                let e = err(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "node {} did not answer in time; the outcome is unknown",
+                        f.to
+                    ),
+                );
+                self.fail_forward(f, e, out);
+            }
+        }
+        if self.cl.parked.iter().any(|p| p.0 <= now) {
+            self.retry_parked(now, false, out);
+        }
+        self.lead(out);
+    }
+
+    // ---- the cluster
+
+    fn on_coordinator(&mut self, now: u64, event: CoordEvent, out: &mut Vec<Output>) {
+        match event {
+            CoordEvent::Connected => self.cl.connected = true,
+            CoordEvent::Disconnected | CoordEvent::Expired => {
+                // Step down at once: while cut off from the coordinator we cannot know that
+                // nobody else leads.
+                self.cl.connected = false;
+                self.cl.elected = false;
+                self.cl.leading = false;
+                self.cl.need_claim = false;
+                self.cl.state_seen = false;
+            }
+            CoordEvent::Elected => {
+                if self.cl.connected && !self.cl.leading {
+                    self.cl.elected = true;
+                    self.cl.need_claim = true;
+                }
+            }
+            CoordEvent::Members(members) => self.cl.members = members,
+            CoordEvent::State { state, stamp } => {
+                if let (Some(s), Some(new)) = (&self.cl.state, &state) {
+                    if new.version < s.version {
+                        // A late event about an older state: ignore it.
+                        return;
+                    }
+                }
+                if let Some(s) = &state {
+                    if self.cl.leading && s.leader != self.cfg.node_id {
+                        self.cl.leading = false;
+                        self.cl.elected = false;
+                    }
+                }
+                self.cl.state = state;
+                self.cl.stamp = stamp;
+                self.cl.state_seen = true;
+                self.publish_routes();
+                self.retry_parked(now, true, out);
+            }
+            CoordEvent::WriteDone { ok, message: _ } => {
+                self.cl.claim_in_flight = false;
+                if ok && self.cl.need_claim && self.cl.connected {
+                    self.cl.need_claim = false;
+                    self.cl.leading = true;
+                }
+            }
+        }
+    }
+
+    /// The leader's duties. For now: claim a new epoch on election (creating the partition map
+    /// if the cluster is new). Every write is conditional on the stamp last seen, so a deposed
+    /// leader changes nothing.
+    fn lead(&mut self, out: &mut Vec<Output>) {
+        let c = &mut self.cl;
+        if !(c.need_claim && c.connected && c.state_seen && !c.claim_in_flight) {
+            return;
+        }
+        let me = &self.cfg.node_id;
+        let state = match &c.state {
+            None => ClusterState::initial(me, &c.members, self.cfg.partitions),
+            Some(s) => s.next_epoch(me),
+        };
+        c.claim_in_flight = true;
+        out.push(Output::Coordinator(CoordCommand::WriteState {
+            state,
+            expected: c.stamp,
+        }));
+    }
+
+    /// Publishes which partitions this node serves, for reads outside the door.
+    fn publish_routes(&mut self) {
+        let owned = match self.routable() {
+            Ok(s) => Some(s.owners.iter().map(|o| *o == self.cfg.node_id).collect()),
+            Err(_) => None,
+        };
+        self.reader.routes.store(Arc::new(Routes { owned }));
+    }
+
+    /// The partition map, if the node can route by it.
+    fn routable(&self) -> Result<&ClusterState, Response> {
+        match &self.cl.state {
+            None => Err(err(
+                ErrorKind::Unavailable,
+                "no partition map yet: the cluster has no leader",
+            )),
+            Some(s) if s.owners.len() != usize::from(self.cfg.partitions) => Err(err(
+                ErrorKind::Internal,
+                format!(
+                    "the cluster has {} partitions but this node is configured for {}",
+                    s.owners.len(),
+                    self.cfg.partitions
+                ),
+            )),
+            Some(s) => Ok(s),
+        }
+    }
+
+    /// Who serves partition `p`.
+    fn owner(&self, p: u16) -> Result<String, Response> {
+        let s = self.routable()?;
+        Ok(s.owners[usize::from(p)].clone())
+    }
+
+    fn is_member(&self, id: &str) -> bool {
+        self.cl.members.iter().any(|m| m.id == id)
+    }
+
+    /// The owner of every key a request names (one owner, or an error saying why not).
+    fn owner_of_request(&self, request: &Request) -> Result<String, Response> {
+        let keys: Vec<&[u8]> = match request {
+            Request::Get { key } | Request::Put { key, .. } | Request::Delete { key, .. } => {
+                vec![key]
+            }
+            Request::Batch { ops } => ops
+                .iter()
+                .map(|op| match op {
+                    BatchOp::Put(k, _) | BatchOp::Delete(k) => k.as_slice(),
+                })
+                .collect(),
+            Request::Scan { .. } => return Err(err(ErrorKind::Internal, "scans fan out")),
+        };
+        let mut owner: Option<String> = None;
+        for k in keys {
+            let o = self.owner(self.partition_of(k))?;
+            match &owner {
+                Some(prev) if *prev != o => {
+                    return Err(err(
+                        ErrorKind::BadRequest,
+                        format!(
+                            "the batch spans partitions owned by different nodes ({prev} and \
+                             {o}); a batch is atomic only within one node's partitions"
+                        ),
+                    ))
+                }
+                _ => owner = Some(o),
+            }
+        }
+        owner.ok_or_else(|| err(ErrorKind::BadRequest, "a batch needs at least one op"))
+    }
+
+    /// A client request: run here, forward to the owner, or fan out (scans).
+    fn route(&mut self, now: u64, id: u64, request: Request, out: &mut Vec<Output>) {
+        if let Request::Scan {
+            start,
+            end,
+            after,
+            limit,
+        } = request
+        {
+            return self.fan_out_scan(now, id, start, end, after, limit, out);
+        }
+        let owner = match self.owner_of_request(&request) {
+            Ok(o) => o,
+            Err(e) => return out.push(Output::Reply { id, response: e }),
+        };
+        if owner == self.cfg.node_id {
+            return self.execute(now, Target::Client(id), request, out);
+        }
+        if !self.is_member(&owner) {
+            return out.push(Output::Reply {
+                id,
+                response: err(
+                    ErrorKind::Unavailable,
+                    format!("node {owner}, which owns this key's partition, is down"),
+                ),
+            });
+        }
+        let fid = self.cl.next_fid;
+        self.cl.next_fid += 1;
+        let map_version = self.cl.state.as_ref().map_or(0, |s| s.version);
+        out.push(Output::Send {
+            to: owner.clone(),
+            message: PeerMessage::Forward {
+                id: fid,
+                map_version,
+                request: request.clone(),
+            },
+        });
+        self.cl.forwards.insert(
+            fid,
+            Forwarded {
+                to: owner,
+                deadline: now + FORWARD_TIMEOUT_MS,
+                kind: FwdKind::Single {
+                    client: id,
+                    request,
+                },
+            },
+        );
+    }
+
+    /// A scan over every partition: this node's own part answered here, every other owner's
+    /// part asked of it, the pages merged by key.
+    #[allow(clippy::too_many_arguments)]
+    fn fan_out_scan(
+        &mut self,
+        now: u64,
+        id: u64,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        after: Option<Vec<u8>>,
+        limit: usize,
+        out: &mut Vec<Output>,
+    ) {
+        let state = match self.routable() {
+            Ok(s) => s.clone(),
+            Err(e) => return out.push(Output::Reply { id, response: e }),
+        };
+        let mut by_owner: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+        for (p, o) in state.owners.iter().enumerate() {
+            by_owner.entry(o.clone()).or_default().push(p as u16);
+        }
+        if let Some(down) = by_owner.keys().find(|o| !self.is_member(o)) {
+            return out.push(Output::Reply {
+                id,
+                response: err(
+                    ErrorKind::Unavailable,
+                    format!("node {down}, which owns part of the key space, is down"),
+                ),
+            });
+        }
+        let sid = self.cl.next_fid;
+        self.cl.next_fid += 1;
+        let mut agg = ScanAgg {
+            client: id,
+            limit: limit.clamp(1, self.cfg.max_scan_limit),
+            pending: 0,
+            items: Vec::new(),
+            more: false,
+            failed: None,
+        };
+        for (owner, parts) in by_owner {
+            if owner == self.cfg.node_id {
+                let page = self.reader.scan_parts(
+                    start.clone(),
+                    end.clone(),
+                    after.clone(),
+                    limit,
+                    &parts,
+                );
+                merge_page(&mut agg, page.unwrap_or_else(|e| e));
+                continue;
+            }
+            let fid = self.cl.next_fid;
+            self.cl.next_fid += 1;
+            agg.pending += 1;
+            out.push(Output::Send {
+                to: owner.clone(),
+                message: PeerMessage::ScanParts {
+                    id: fid,
+                    map_version: state.version,
+                    partitions: parts,
+                    start: start.clone(),
+                    end: end.clone(),
+                    after: after.clone(),
+                    limit: limit as u64,
+                },
+            });
+            self.cl.forwards.insert(
+                fid,
+                Forwarded {
+                    to: owner,
+                    deadline: now + FORWARD_TIMEOUT_MS,
+                    kind: FwdKind::ScanPart { scan: sid },
+                },
+            );
+        }
+        if agg.pending == 0 {
+            out.push(finish_scan(agg));
+        } else {
+            self.cl.scans.insert(sid, agg);
+        }
+    }
+
+    fn on_peer(&mut self, now: u64, from: String, message: PeerMessage, out: &mut Vec<Output>) {
+        match message {
+            PeerMessage::Hello { .. } => {}
+            PeerMessage::Forward {
+                id,
+                map_version: _,
+                request,
+            } => match self.owner_of_request(&request) {
+                Ok(o) if o == self.cfg.node_id => {
+                    self.execute(now, Target::Peer(from, id), request, out)
+                }
+                Ok(_) => out.push(Output::Send {
+                    to: from,
+                    message: PeerMessage::NotOwner {
+                        id,
+                        map_version: self.cl.state.as_ref().map_or(0, |s| s.version),
+                    },
+                }),
+                Err(e) => respond(Target::Peer(from, id), e, out),
+            },
+            PeerMessage::ScanParts {
+                id,
+                map_version: _,
+                partitions,
+                start,
+                end,
+                after,
+                limit,
+            } => {
+                let mine = partitions.iter().all(|p| {
+                    *p < self.cfg.partitions
+                        && self.owner(*p).is_ok_and(|o| o == self.cfg.node_id)
+                });
+                if !mine {
+                    let map_version = self.cl.state.as_ref().map_or(0, |s| s.version);
+                    return out.push(Output::Send {
+                        to: from,
+                        message: PeerMessage::NotOwner { id, map_version },
+                    });
+                }
+                let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+                let page = self
+                    .reader
+                    .scan_parts(start, end, after, limit, &partitions)
+                    .unwrap_or_else(|e| e);
+                respond(Target::Peer(from, id), page, out);
+            }
+            PeerMessage::Reply { id, response } => {
+                if let Some(f) = self.cl.forwards.remove(&id) {
+                    match f.kind {
+                        FwdKind::Single { client, .. } => out.push(Output::Reply {
+                            id: client,
+                            response,
+                        }),
+                        FwdKind::ScanPart { scan } => self.scan_part_done(scan, response, out),
+                    }
+                }
+            }
+            PeerMessage::NotOwner { id, map_version: _ } => {
+                if let Some(f) = self.cl.forwards.remove(&id) {
+                    match f.kind {
+                        FwdKind::Single { client, request } => {
+                            // Our map is behind (or theirs is): wait for a newer one and retry.
+                            self.cl.parked.push((
+                                now + PARK_RETRY_MS,
+                                now + PARK_TIMEOUT_MS,
+                                client,
+                                request,
+                            ));
+                        }
+                        FwdKind::ScanPart { scan } => {
+                            let e = err(
+                                ErrorKind::Unavailable,
+                                "the partition map changed during the scan; retry",
+                            );
+                            self.scan_part_done(scan, e, out);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_peer_down(&mut self, peer: &str, out: &mut Vec<Output>) {
+        let lost: Vec<u64> = self
+            .cl
+            .forwards
+            .iter()
+            .filter(|(_, f)| f.to == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for fid in lost {
+            if let Some(f) = self.cl.forwards.remove(&fid) {
+                let e = err(
+                    ErrorKind::Unavailable,
+                    format!("lost the connection to node {peer}; the outcome is unknown"),
+                );
+                self.fail_forward(f, e, out);
+            }
+        }
+    }
+
+    fn fail_forward(&mut self, f: Forwarded, e: Response, out: &mut Vec<Output>) {
+        match f.kind {
+            FwdKind::Single { client, .. } => out.push(Output::Reply {
+                id: client,
+                response: e,
+            }),
+            FwdKind::ScanPart { scan } => self.scan_part_done(scan, e, out),
+        }
+    }
+
+    fn scan_part_done(&mut self, scan: u64, response: Response, out: &mut Vec<Output>) {
+        let Some(agg) = self.cl.scans.get_mut(&scan) else {
+            return;
+        };
+        merge_page(agg, response);
+        agg.pending -= 1;
+        if agg.pending == 0 {
+            if let Some(agg) = self.cl.scans.remove(&scan) {
+                out.push(finish_scan(agg));
+            }
+        }
+    }
+
+    /// Re-routes parked requests whose retry time came (or all, after a map change), and
+    /// fails those that waited too long.
+    fn retry_parked(&mut self, now: u64, all: bool, out: &mut Vec<Output>) {
+        let parked = std::mem::take(&mut self.cl.parked);
+        for (retry_at, give_up, client, request) in parked {
+            if give_up <= now {
+                out.push(Output::Reply {
+                    id: client,
+                    response: err(
+                        ErrorKind::Unavailable,
+                        "the owner of this key's partition is changing; retry",
+                    ),
+                });
+            } else if all || retry_at <= now {
+                self.route(now, client, request, out);
+            } else {
+                self.cl.parked.push((retry_at, give_up, client, request));
+            }
+        }
+    }
+
+    // ---- local execution
+
+    /// Runs a request whose partitions this node owns, answering `target`.
+    fn execute(&mut self, now: u64, target: Target, request: Request, out: &mut Vec<Output>) {
+        let result = match request {
+            Request::Get { key } => self.reader.get(&key).map(|r| (r, None)),
+            Request::Put { key, value, cond } => self.put(&key, &value, &cond, now),
+            Request::Delete { key, cond } => self.delete(&key, &cond),
+            Request::Scan {
+                start,
+                end,
+                after,
+                limit,
+            } => self
+                .reader
+                .scan(start, end, after, limit)
+                .map(|r| (r, None)),
+            Request::Batch { ops } => self.batch(ops, now),
+        };
+        let (response, seq) = result.unwrap_or_else(|r| (r, None));
+        if let Some(seq) = seq {
+            self.last_written = self.last_written.max(seq);
+        }
+        match seq {
+            Some(seq) if self.durable => {
+                self.waiting.push_back((seq, target, response));
+                self.request_persist(out);
+            }
+            _ => respond(target, response, out),
         }
     }
 
@@ -640,35 +1351,6 @@ impl Node {
             ));
         }
         Ok(())
-    }
-
-    fn handle_request(&mut self, id: u64, wall_ms: u64, request: Request, out: &mut Vec<Output>) {
-        let result = match request {
-            Request::Get { key } => self.reader.get(&key).map(|r| (r, None)),
-            Request::Put { key, value, cond } => self.put(&key, &value, &cond, wall_ms),
-            Request::Delete { key, cond } => self.delete(&key, &cond),
-            Request::Scan {
-                start,
-                end,
-                after,
-                limit,
-            } => self
-                .reader
-                .scan(start, end, after, limit)
-                .map(|r| (r, None)),
-            Request::Batch { ops } => self.batch(ops, wall_ms),
-        };
-        let (response, seq) = result.unwrap_or_else(|r| (r, None));
-        if let Some(seq) = seq {
-            self.last_written = self.last_written.max(seq);
-        }
-        match seq {
-            Some(seq) if self.durable => {
-                self.waiting.push_back((seq, id, response));
-                self.request_persist(out);
-            }
-            _ => out.push(Output::Reply { id, response }),
-        }
     }
 
     /// The latest applied state of a key (including writes not yet persisted), for conditions.
@@ -804,6 +1486,7 @@ mod tests {
                     let result = n.db().do_background_work().map_err(|e| e.to_string());
                     n.handle(wall_ms, Input::BackgroundDone { result }, &mut out);
                 }
+                Some(other) => panic!("a node of one emitted {other:?}"),
                 None => panic!("no reply"),
             }
         }
@@ -992,6 +1675,252 @@ mod tests {
                 modified_ms: 5
             }
         );
+    }
+
+    /// A tiny cluster in one thread: nodes, a coordinator store, and a queue of messages
+    /// delivered in order.
+    struct Net {
+        nodes: Vec<Node>,
+        stored: Option<ClusterState>,
+        stamp: i64,
+        replies: Vec<(usize, u64, Response)>,
+    }
+
+    impl Net {
+        fn new(ids: &[&str]) -> Net {
+            let members: Vec<Member> = ids
+                .iter()
+                .map(|id| Member {
+                    id: id.to_string(),
+                    http: String::new(),
+                    peer: String::new(),
+                })
+                .collect();
+            let mut net = Net {
+                nodes: Vec::new(),
+                stored: None,
+                stamp: -1,
+                replies: Vec::new(),
+            };
+            for id in ids {
+                let db = Arc::new(
+                    Db::open(
+                        Arc::new(SimDisk::new()),
+                        Options {
+                            background: Background::Manual,
+                            stall: StallPolicy::Refuse,
+                            ..Options::default()
+                        },
+                    )
+                    .unwrap(),
+                );
+                let n = Node::new_clustered(
+                    db,
+                    NodeConfig {
+                        node_id: id.to_string(),
+                        partitions: 16,
+                        ..NodeConfig::default()
+                    },
+                );
+                net.nodes.push(n);
+            }
+            for i in 0..ids.len() {
+                net.input(i, Input::Coordinator(CoordEvent::Connected));
+                net.input(i, Input::Coordinator(CoordEvent::Members(members.clone())));
+                let st = CoordEvent::State {
+                    state: None,
+                    stamp: -1,
+                };
+                net.input(i, Input::Coordinator(st));
+            }
+            net
+        }
+
+        fn index(&self, id: &str) -> usize {
+            self.nodes
+                .iter()
+                .position(|n| n.cfg.node_id == id)
+                .unwrap()
+        }
+
+        /// Feeds one input and carries out every output, recursively, until all is quiet.
+        fn input(&mut self, i: usize, input: Input) {
+            let mut out = Vec::new();
+            self.nodes[i].handle(1_000, input, &mut out);
+            for o in out {
+                match o {
+                    Output::Reply { id, response } => self.replies.push((i, id, response)),
+                    Output::Persist => {
+                        let upto = self.nodes[i].db().persist().unwrap();
+                        self.input(i, Input::Persisted { upto });
+                    }
+                    Output::Background => {}
+                    Output::Send { to, message } => {
+                        let from = self.nodes[i].cfg.node_id.clone();
+                        let j = self.index(&to);
+                        self.input(j, Input::Peer { from, message });
+                    }
+                    Output::Coordinator(CoordCommand::WriteState { state, expected }) => {
+                        let ok = expected == self.stamp;
+                        if ok {
+                            self.stored = Some(state);
+                            self.stamp += 1;
+                        }
+                        let done = CoordEvent::WriteDone {
+                            ok,
+                            message: String::new(),
+                        };
+                        self.input(i, Input::Coordinator(done));
+                        if ok {
+                            for j in 0..self.nodes.len() {
+                                let st = CoordEvent::State {
+                                    state: self.stored.clone(),
+                                    stamp: self.stamp,
+                                };
+                                self.input(j, Input::Coordinator(st));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        fn call(&mut self, i: usize, id: u64, request: Request) -> Response {
+            self.input(i, Input::Client { id, request });
+            let at = self
+                .replies
+                .iter()
+                .position(|(n, r, _)| *n == i && *r == id)
+                .expect("a reply");
+            self.replies.remove(at).2
+        }
+    }
+
+    #[test]
+    fn any_node_serves_any_key_by_forwarding_to_its_owner() {
+        let mut net = Net::new(&["a", "b", "c"]);
+        assert!(matches!(
+            net.call(1, 1, put("k", "v")),
+            Response::Error {
+                kind: ErrorKind::Unavailable,
+                ..
+            }
+        ));
+        net.input(0, Input::Coordinator(CoordEvent::Elected));
+        assert_eq!(net.nodes[0].cluster().role, Role::Leader);
+        assert_eq!(net.nodes[1].cluster().role, Role::Follower);
+        let map = net.nodes[2].cluster();
+        assert_eq!((map.epoch, map.leader.as_deref()), (1, Some("a")));
+        for id in ["a", "b", "c"] {
+            assert!(map.owners.iter().any(|o| o == id), "{id} owns nothing");
+        }
+        // Written through every node, read through every node.
+        for k in 0..60u64 {
+            let via = (k % 3) as usize;
+            let key = format!("key{k:03}");
+            let r = net.call(via, 100 + k, put(&key, &key));
+            assert!(matches!(r, Response::Written { .. }), "{key}: {r:?}");
+        }
+        for k in 0..60u64 {
+            let key = format!("key{k:03}");
+            for via in 0..3 {
+                let r = net.call(via, 1_000 + k, Request::Get { key: key.clone().into() });
+                let Response::Value { value, .. } = r else {
+                    panic!("{key} via {via}: {r:?}")
+                };
+                assert_eq!(value, key.as_bytes());
+            }
+        }
+        // A scan through any node merges every owner's part, in order, across pages.
+        let mut got = Vec::new();
+        let mut after = None;
+        loop {
+            let r = net.call(1, 5_000, Request::scan_prefix(b"key".to_vec(), after, 7));
+            let Response::Page { items, next_after } = r else {
+                panic!("{r:?}")
+            };
+            got.extend(items.into_iter().map(|i| i.key));
+            match next_after {
+                Some(a) => after = Some(a),
+                None => break,
+            }
+        }
+        let want: Vec<Vec<u8>> = (0..60).map(|k| format!("key{k:03}").into_bytes()).collect();
+        assert_eq!(got, want);
+        // A batch within one owner's partitions is fine; one spanning owners is refused whole.
+        let span = Request::Batch {
+            ops: (0..20)
+                .map(|k| BatchOp::Put(format!("b{k}").into_bytes(), b"x".to_vec()))
+                .collect(),
+        };
+        assert!(matches!(
+            net.call(0, 6_000, span),
+            Response::Error {
+                kind: ErrorKind::BadRequest,
+                ..
+            }
+        ));
+        assert_eq!(
+            net.call(2, 6_001, Request::Get { key: b"b0".to_vec() }),
+            Response::NotFound
+        );
+    }
+
+    #[test]
+    fn a_leader_steps_down_on_disconnect_and_a_stale_claim_changes_nothing() {
+        let mut net = Net::new(&["a", "b"]);
+        net.input(0, Input::Coordinator(CoordEvent::Elected));
+        assert_eq!(net.nodes[0].cluster().role, Role::Leader);
+        net.input(0, Input::Coordinator(CoordEvent::Disconnected));
+        assert_eq!(
+            net.nodes[0].cluster().role,
+            Role::Follower,
+            "steps down on the connection loss, before any expiry"
+        );
+        net.input(1, Input::Coordinator(CoordEvent::Elected));
+        let view = net.nodes[1].cluster();
+        assert_eq!((view.role, view.epoch), (Role::Leader, 2));
+        let before = net.stored.clone();
+        // The old leader comes back with an old stamp: its write is refused.
+        let mut out = Vec::new();
+        net.nodes[0].handle(
+            2_000,
+            Input::Coordinator(CoordEvent::Connected),
+            &mut out,
+        );
+        assert!(out.is_empty(), "a reconnected ex-leader claims nothing unasked: {out:?}");
+        assert_eq!(net.stored, before);
+        // The map it sees names b as leader.
+        assert_eq!(net.nodes[0].cluster().leader.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn a_dead_owners_keys_answer_unavailable_others_keep_serving() {
+        let mut net = Net::new(&["a", "b"]);
+        net.input(0, Input::Coordinator(CoordEvent::Elected));
+        // b leaves the member list (its session expired).
+        let only_a = vec![Member {
+            id: "a".into(),
+            http: String::new(),
+            peer: String::new(),
+        }];
+        net.input(0, Input::Coordinator(CoordEvent::Members(only_a)));
+        let (mut down, mut up) = (0, 0);
+        for k in 0..40u64 {
+            let key = format!("k{k}");
+            match net.call(0, k, put(&key, "v")) {
+                Response::Written { .. } => up += 1,
+                Response::Error {
+                    kind: ErrorKind::Unavailable,
+                    message,
+                } => {
+                    assert!(message.contains("node b"), "{message}");
+                    down += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(down > 0 && up > 0, "down {down}, up {up}");
     }
 
     #[test]

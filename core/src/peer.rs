@@ -1,0 +1,615 @@
+//! The peer protocol: messages between nodes, and their framing on a byte stream.
+//!
+//! Pure encoding and decoding (no I/O): the transport in `net` (tokio) and the simulation
+//! (turmoil) both move these frames over a stream.
+//!
+//! # Frame layout
+//! ```text
+//! +-------------+---------------+---------------------------+
+//! | len: u32 LE | crc32c: u32 LE | payload: len bytes        |
+//! +-------------+---------------+---------------------------+
+//! ```
+//! `crc32c` covers the payload. `len` is at most [`MAX_FRAME`]; a longer length, a bad checksum
+//! or a payload that does not decode is a protocol error and the connection is dropped.
+//!
+//! The payload is one [`PeerMessage`]: a tag byte, then its fields. Integers are little-endian;
+//! byte strings are `len: u32 LE ‖ bytes`, bounded by the frame they sit in.
+
+use crate::node::{BatchOp, Condition, ErrorKind, Item, Request, Response};
+
+/// The largest payload a frame may carry (a full batch or scan page fits well below it).
+pub const MAX_FRAME: usize = 64 << 20;
+/// Frame header: length and checksum.
+pub const FRAME_HEADER: usize = 8;
+
+/// One message between nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerMessage {
+    /// First frame on every connection: who is talking, in which cluster.
+    Hello { from: String, cluster: String },
+    /// Run `request` as the owner of its key's partition. `map_version` is the sender's
+    /// partition map version.
+    Forward {
+        id: u64,
+        map_version: u64,
+        request: Request,
+    },
+    /// The owner's answer to `Forward` `id`.
+    Reply { id: u64, response: Response },
+    /// The receiver does not own (or is handing off) the partition; it knows `map_version`.
+    NotOwner { id: u64, map_version: u64 },
+    /// One owner's part of a scan: the same range, over `partitions` only (all of which the
+    /// receiver must own). Answered with `Reply { Page }` or `NotOwner`.
+    ScanParts {
+        id: u64,
+        map_version: u64,
+        partitions: Vec<u16>,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        after: Option<Vec<u8>>,
+        limit: u64,
+    },
+}
+
+/// Why a frame did not decode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProtocolError(pub String);
+
+impl std::fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "peer protocol error: {}", self.0)
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+fn perr(m: impl Into<String>) -> ProtocolError {
+    ProtocolError(m.into())
+}
+
+/// Appends `msg` as one frame to `out`.
+pub fn encode_frame(msg: &PeerMessage, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; FRAME_HEADER]);
+    encode_message(msg, out);
+    let len = (out.len() - start - FRAME_HEADER) as u32;
+    let crc = crc32c::crc32c(&out[start + FRAME_HEADER..]);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Looks at the front of `buf`: `Ok(None)` if a whole frame is not there yet, else the message
+/// and how many bytes it used. Never allocates more than the frame's own size, which is checked
+/// against [`MAX_FRAME`] before anything else.
+pub fn decode_frame(buf: &[u8]) -> Result<Option<(PeerMessage, usize)>, ProtocolError> {
+    if buf.len() < FRAME_HEADER {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > MAX_FRAME {
+        return Err(perr(format!(
+            "frame of {len} bytes is over the {MAX_FRAME}-byte limit"
+        )));
+    }
+    let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    if buf.len() < FRAME_HEADER + len {
+        return Ok(None);
+    }
+    let payload = &buf[FRAME_HEADER..FRAME_HEADER + len];
+    if crc32c::crc32c(payload) != crc {
+        return Err(perr("frame checksum mismatch"));
+    }
+    let msg = decode_message(payload)?;
+    Ok(Some((msg, FRAME_HEADER + len)))
+}
+
+/// Decodes one payload (no frame header).
+pub fn decode_message(payload: &[u8]) -> Result<PeerMessage, ProtocolError> {
+    let mut r = Reader { buf: payload };
+    let msg = match r.u8()? {
+        1 => PeerMessage::Hello {
+            from: r.string()?,
+            cluster: r.string()?,
+        },
+        2 => PeerMessage::Forward {
+            id: r.u64()?,
+            map_version: r.u64()?,
+            request: r.request()?,
+        },
+        3 => PeerMessage::Reply {
+            id: r.u64()?,
+            response: r.response()?,
+        },
+        4 => PeerMessage::NotOwner {
+            id: r.u64()?,
+            map_version: r.u64()?,
+        },
+        5 => {
+            let id = r.u64()?;
+            let map_version = r.u64()?;
+            let n = r.count(2)?;
+            let mut partitions = Vec::with_capacity(n);
+            for _ in 0..n {
+                let b = r.take(2)?;
+                partitions.push(u16::from_le_bytes([b[0], b[1]]));
+            }
+            PeerMessage::ScanParts {
+                id,
+                map_version,
+                partitions,
+                start: r.bytes()?,
+                end: r.opt_bytes()?,
+                after: r.opt_bytes()?,
+                limit: r.u64()?,
+            }
+        }
+        t => return Err(perr(format!("unknown message tag {t}"))),
+    };
+    if !r.buf.is_empty() {
+        return Err(perr(format!("{} trailing bytes", r.buf.len())));
+    }
+    Ok(msg)
+}
+
+fn encode_message(msg: &PeerMessage, out: &mut Vec<u8>) {
+    let mut w = Writer { out };
+    match msg {
+        PeerMessage::Hello { from, cluster } => {
+            w.u8(1);
+            w.bytes(from.as_bytes());
+            w.bytes(cluster.as_bytes());
+        }
+        PeerMessage::Forward {
+            id,
+            map_version,
+            request,
+        } => {
+            w.u8(2);
+            w.u64(*id);
+            w.u64(*map_version);
+            w.request(request);
+        }
+        PeerMessage::Reply { id, response } => {
+            w.u8(3);
+            w.u64(*id);
+            w.response(response);
+        }
+        PeerMessage::NotOwner { id, map_version } => {
+            w.u8(4);
+            w.u64(*id);
+            w.u64(*map_version);
+        }
+        PeerMessage::ScanParts {
+            id,
+            map_version,
+            partitions,
+            start,
+            end,
+            after,
+            limit,
+        } => {
+            w.u8(5);
+            w.u64(*id);
+            w.u64(*map_version);
+            w.out
+                .extend_from_slice(&(partitions.len() as u32).to_le_bytes());
+            for p in partitions {
+                w.out.extend_from_slice(&p.to_le_bytes());
+            }
+            w.bytes(start);
+            w.opt_bytes(end);
+            w.opt_bytes(after);
+            w.u64(*limit);
+        }
+    }
+}
+
+struct Writer<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+impl Writer<'_> {
+    fn u8(&mut self, v: u8) {
+        self.out.push(v);
+    }
+    fn u64(&mut self, v: u64) {
+        self.out.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        self.out.extend_from_slice(b);
+    }
+    fn opt_bytes(&mut self, b: &Option<Vec<u8>>) {
+        match b {
+            None => self.u8(0),
+            Some(b) => {
+                self.u8(1);
+                self.bytes(b);
+            }
+        }
+    }
+    fn cond(&mut self, c: &Condition) {
+        match c {
+            Condition::None => self.u8(0),
+            Condition::IfMatch(v) => {
+                self.u8(1);
+                self.u64(*v);
+            }
+            Condition::IfAbsent => self.u8(2),
+            Condition::IfExists => self.u8(3),
+        }
+    }
+    fn request(&mut self, r: &Request) {
+        match r {
+            Request::Get { key } => {
+                self.u8(1);
+                self.bytes(key);
+            }
+            Request::Put { key, value, cond } => {
+                self.u8(2);
+                self.bytes(key);
+                self.bytes(value);
+                self.cond(cond);
+            }
+            Request::Delete { key, cond } => {
+                self.u8(3);
+                self.bytes(key);
+                self.cond(cond);
+            }
+            Request::Scan {
+                start,
+                end,
+                after,
+                limit,
+            } => {
+                self.u8(4);
+                self.bytes(start);
+                self.opt_bytes(end);
+                self.opt_bytes(after);
+                self.u64(*limit as u64);
+            }
+            Request::Batch { ops } => {
+                self.u8(5);
+                self.out.extend_from_slice(&(ops.len() as u32).to_le_bytes());
+                for op in ops {
+                    match op {
+                        BatchOp::Put(k, v) => {
+                            self.u8(1);
+                            self.bytes(k);
+                            self.bytes(v);
+                        }
+                        BatchOp::Delete(k) => {
+                            self.u8(2);
+                            self.bytes(k);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    fn response(&mut self, r: &Response) {
+        match r {
+            Response::Value {
+                value,
+                version,
+                created_ms,
+                modified_ms,
+            } => {
+                self.u8(1);
+                self.bytes(value);
+                self.u64(*version);
+                self.u64(*created_ms);
+                self.u64(*modified_ms);
+            }
+            Response::NotFound => self.u8(2),
+            Response::Written { version } => {
+                self.u8(3);
+                self.u64(*version);
+            }
+            Response::Deleted { version } => {
+                self.u8(4);
+                self.u64(*version);
+            }
+            Response::PreconditionFailed { current } => {
+                self.u8(5);
+                match current {
+                    None => self.u8(0),
+                    Some(v) => {
+                        self.u8(1);
+                        self.u64(*v);
+                    }
+                }
+            }
+            Response::Page { items, next_after } => {
+                self.u8(6);
+                self.out
+                    .extend_from_slice(&(items.len() as u32).to_le_bytes());
+                for i in items {
+                    self.bytes(&i.key);
+                    self.bytes(&i.value);
+                    self.u64(i.version);
+                }
+                self.opt_bytes(next_after);
+            }
+            Response::Error { kind, message } => {
+                self.u8(7);
+                self.u8(match kind {
+                    ErrorKind::BadRequest => 1,
+                    ErrorKind::TooLarge => 2,
+                    ErrorKind::Unavailable => 3,
+                    ErrorKind::Internal => 4,
+                });
+                self.bytes(message.as_bytes());
+            }
+        }
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], ProtocolError> {
+        if self.buf.len() < n {
+            return Err(perr(format!(
+                "truncated: wanted {n} bytes, {} left",
+                self.buf.len()
+            )));
+        }
+        let (a, b) = self.buf.split_at(n);
+        self.buf = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, ProtocolError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, ProtocolError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, ProtocolError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn bytes(&mut self) -> Result<Vec<u8>, ProtocolError> {
+        let n = self.u32()? as usize;
+        Ok(self.take(n)?.to_vec())
+    }
+    fn string(&mut self) -> Result<String, ProtocolError> {
+        String::from_utf8(self.bytes()?).map_err(|_| perr("a name is not UTF-8"))
+    }
+    fn opt_bytes(&mut self) -> Result<Option<Vec<u8>>, ProtocolError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.bytes()?)),
+            t => Err(perr(format!("bad option tag {t}"))),
+        }
+    }
+    /// A count of items, each at least `min_item` bytes: checked against what is left so a
+    /// lying count cannot make us reserve memory.
+    fn count(&mut self, min_item: usize) -> Result<usize, ProtocolError> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(min_item) > self.buf.len() {
+            return Err(perr(format!("count {n} is larger than the frame")));
+        }
+        Ok(n)
+    }
+    fn cond(&mut self) -> Result<Condition, ProtocolError> {
+        Ok(match self.u8()? {
+            0 => Condition::None,
+            1 => Condition::IfMatch(self.u64()?),
+            2 => Condition::IfAbsent,
+            3 => Condition::IfExists,
+            t => return Err(perr(format!("bad condition tag {t}"))),
+        })
+    }
+    fn request(&mut self) -> Result<Request, ProtocolError> {
+        Ok(match self.u8()? {
+            1 => Request::Get { key: self.bytes()? },
+            2 => Request::Put {
+                key: self.bytes()?,
+                value: self.bytes()?,
+                cond: self.cond()?,
+            },
+            3 => Request::Delete {
+                key: self.bytes()?,
+                cond: self.cond()?,
+            },
+            4 => Request::Scan {
+                start: self.bytes()?,
+                end: self.opt_bytes()?,
+                after: self.opt_bytes()?,
+                limit: usize::try_from(self.u64()?).unwrap_or(usize::MAX),
+            },
+            5 => {
+                let n = self.count(5)?;
+                let mut ops = Vec::with_capacity(n);
+                for _ in 0..n {
+                    ops.push(match self.u8()? {
+                        1 => BatchOp::Put(self.bytes()?, self.bytes()?),
+                        2 => BatchOp::Delete(self.bytes()?),
+                        t => return Err(perr(format!("bad batch op tag {t}"))),
+                    });
+                }
+                Request::Batch { ops }
+            }
+            t => return Err(perr(format!("bad request tag {t}"))),
+        })
+    }
+    fn response(&mut self) -> Result<Response, ProtocolError> {
+        Ok(match self.u8()? {
+            1 => Response::Value {
+                value: self.bytes()?,
+                version: self.u64()?,
+                created_ms: self.u64()?,
+                modified_ms: self.u64()?,
+            },
+            2 => Response::NotFound,
+            3 => Response::Written {
+                version: self.u64()?,
+            },
+            4 => Response::Deleted {
+                version: self.u64()?,
+            },
+            5 => Response::PreconditionFailed {
+                current: match self.u8()? {
+                    0 => None,
+                    1 => Some(self.u64()?),
+                    t => return Err(perr(format!("bad option tag {t}"))),
+                },
+            },
+            6 => {
+                let n = self.count(16)?;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    items.push(Item {
+                        key: self.bytes()?,
+                        value: self.bytes()?,
+                        version: self.u64()?,
+                    });
+                }
+                Response::Page {
+                    items,
+                    next_after: self.opt_bytes()?,
+                }
+            }
+            7 => {
+                let kind = match self.u8()? {
+                    1 => ErrorKind::BadRequest,
+                    2 => ErrorKind::TooLarge,
+                    3 => ErrorKind::Unavailable,
+                    4 => ErrorKind::Internal,
+                    t => return Err(perr(format!("bad error kind {t}"))),
+                };
+                let message = String::from_utf8_lossy(&self.bytes()?).into_owned();
+                Response::Error { kind, message }
+            }
+            t => return Err(perr(format!("bad response tag {t}"))),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<PeerMessage> {
+        vec![
+            PeerMessage::Hello {
+                from: "node-a".into(),
+                cluster: "prod".into(),
+            },
+            PeerMessage::Forward {
+                id: 9,
+                map_version: 3,
+                request: Request::Put {
+                    key: vec![0, 0xff, b'k'],
+                    value: vec![1; 300],
+                    cond: Condition::IfMatch(77),
+                },
+            },
+            PeerMessage::Forward {
+                id: 10,
+                map_version: 3,
+                request: Request::Batch {
+                    ops: vec![
+                        BatchOp::Put(b"a".to_vec(), b"1".to_vec()),
+                        BatchOp::Delete(b"b".to_vec()),
+                    ],
+                },
+            },
+            PeerMessage::Forward {
+                id: 11,
+                map_version: 4,
+                request: Request::Scan {
+                    start: b"p".to_vec(),
+                    end: Some(b"q".to_vec()),
+                    after: None,
+                    limit: 10,
+                },
+            },
+            PeerMessage::Reply {
+                id: 9,
+                response: Response::Page {
+                    items: vec![Item {
+                        key: b"k".to_vec(),
+                        value: b"v".to_vec(),
+                        version: 5,
+                    }],
+                    next_after: Some(b"k".to_vec()),
+                },
+            },
+            PeerMessage::Reply {
+                id: 12,
+                response: Response::Error {
+                    kind: ErrorKind::Unavailable,
+                    message: "owner down".into(),
+                },
+            },
+            PeerMessage::NotOwner {
+                id: 13,
+                map_version: 8,
+            },
+            PeerMessage::ScanParts {
+                id: 14,
+                map_version: 8,
+                partitions: vec![0, 3, 63],
+                start: Vec::new(),
+                end: None,
+                after: Some(b"m".to_vec()),
+                limit: 100,
+            },
+        ]
+    }
+
+    #[test]
+    fn frames_round_trip_and_split_anywhere() {
+        let msgs = samples();
+        let mut stream = Vec::new();
+        for m in &msgs {
+            encode_frame(m, &mut stream);
+        }
+        // Fed one byte more at a time, the decoder waits for whole frames and yields them in
+        // order.
+        let mut got = Vec::new();
+        let mut start = 0;
+        for end in 0..=stream.len() {
+            while let Some((m, used)) = decode_frame(&stream[start..end]).unwrap() {
+                got.push(m);
+                start += used;
+            }
+        }
+        assert_eq!(got, msgs);
+        assert_eq!(start, stream.len());
+    }
+
+    #[test]
+    fn damage_is_an_error_never_a_panic() {
+        let mut frame = Vec::new();
+        encode_frame(&samples()[1], &mut frame);
+        for i in 0..frame.len() {
+            for bit in 0..8 {
+                let mut f = frame.clone();
+                f[i] ^= 1 << bit;
+                match decode_frame(&f) {
+                    Ok(Some((m, _))) => panic!("flip at {i}:{bit} decoded as {m:?}"),
+                    Ok(None) | Err(_) => {}
+                }
+            }
+        }
+        let mut huge = Vec::new();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        huge.extend_from_slice(&[0; 4]);
+        assert!(decode_frame(&huge).is_err(), "an oversized length is refused at once");
+        // A lying count inside a valid frame.
+        let mut payload = vec![2u8];
+        payload.extend_from_slice(&1u64.to_le_bytes());
+        payload.extend_from_slice(&1u64.to_le_bytes());
+        payload.push(5);
+        payload.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_message(&payload).is_err());
+    }
+}
