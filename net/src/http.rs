@@ -115,8 +115,9 @@ pub fn percent_decode(s: &str, plus_is_space: bool) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Query parameters as raw bytes (values may be any bytes, percent-encoded).
-fn query_params(query: Option<&str>) -> Result<Vec<(String, Vec<u8>)>, String> {
+/// Query parameters as raw bytes (values may be any bytes, percent-encoded; `+` is a space).
+/// Names must decode to UTF-8. Pairs keep their order; a pair without `=` has an empty value.
+pub fn query_params(query: Option<&str>) -> Result<Vec<(String, Vec<u8>)>, String> {
     let mut out = Vec::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -132,6 +133,116 @@ fn param<'a>(params: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_slice())
+}
+
+/// Why a key taken from a request was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyError {
+    /// Malformed (bad percent-encoding, a missing parameter): 400.
+    Malformed(String),
+    /// The decoded key is longer than the limit: 414.
+    TooLong { len: usize, max: usize },
+}
+
+/// The key of a `/v1/kv/{key}` route from the raw (still percent-encoded) path after `/v1/kv/`:
+/// `%XX` escapes become bytes, `+` stays `+`, anything else is taken as is. Malformed escapes are
+/// refused, and so is a decoded key over `max_key_bytes`.
+pub fn decode_key_path(raw: &str, max_key_bytes: usize) -> Result<Vec<u8>, KeyError> {
+    let key = percent_decode(raw, false).map_err(KeyError::Malformed)?;
+    if key.len() > max_key_bytes {
+        return Err(KeyError::TooLong {
+            len: key.len(),
+            max: max_key_bytes,
+        });
+    }
+    Ok(key)
+}
+
+/// The query of `GET /v1/kv` as the scan it asks for: `prefix`, or `start`/`end` (not both
+/// kinds), `limit` (a positive integer, 100 when absent) and `continuation` (the `next_after`
+/// key of the previous page, unpadded base64url). Errors are the 400 message.
+pub fn parse_scan_query(query: Option<&str>) -> Result<Request, String> {
+    let params = query_params(query)?;
+    let limit = match param(&params, "limit") {
+        None => 100,
+        Some(v) => std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok())
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| "limit must be a positive integer".to_string())?,
+    };
+    let after = match param(&params, "continuation") {
+        None => None,
+        Some(t) => Some(
+            URL_SAFE_NO_PAD
+                .decode(t)
+                .map_err(|_| "malformed continuation token".to_string())?,
+        ),
+    };
+    Ok(match (param(&params, "prefix"), param(&params, "start")) {
+        (Some(_), Some(_)) => return Err("use prefix or start/end, not both".into()),
+        (Some(p), None) => Request::scan_prefix(p.to_vec(), after, limit),
+        (None, start) => Request::Scan {
+            start: start.unwrap_or_default().to_vec(),
+            end: param(&params, "end").map(<[u8]>::to_vec),
+            after,
+            limit,
+        },
+    })
+}
+
+/// The body of `POST /v1/batch`, `{"ops":[{"op":"put","key":B64,"value":B64},
+/// {"op":"delete","key":B64}]}` with keys and values in standard base64, as its ops in order.
+/// Unknown fields, a put without a value and a delete with one are refused. Errors are the 400
+/// message.
+pub fn parse_batch_body(body: &[u8]) -> Result<Vec<BatchOp>, String> {
+    let parsed: BatchBody =
+        serde_json::from_slice(body).map_err(|e| format!("bad batch JSON: {e}"))?;
+    let mut ops = Vec::with_capacity(parsed.ops.len());
+    for (i, op) in parsed.ops.into_iter().enumerate() {
+        let key = STANDARD
+            .decode(&op.key)
+            .map_err(|_| format!("op {i}: key is not base64"))?;
+        match (op.op.as_str(), op.value) {
+            ("put", Some(v)) => {
+                let value = STANDARD
+                    .decode(&v)
+                    .map_err(|_| format!("op {i}: value is not base64"))?;
+                ops.push(BatchOp::Put(key, value));
+            }
+            ("put", None) => return Err(format!("op {i}: put needs a value")),
+            ("delete", None) => ops.push(BatchOp::Delete(key)),
+            ("delete", Some(_)) => return Err(format!("op {i}: delete takes no value")),
+            (other, _) => return Err(format!("op {i}: unknown op `{other}`")),
+        }
+    }
+    Ok(ops)
+}
+
+/// The body of the prototype's `POST /add/`, `{"key": "...", "value": "..."}` (JSON strings,
+/// stored as their UTF-8 bytes; other fields are ignored), as `(key, value)`. Errors are the
+/// 400 message.
+pub fn parse_seed_add(body: &[u8]) -> Result<(String, String), String> {
+    let add: SeedAdd = serde_json::from_slice(body)
+        .map_err(|e| format!("expected JSON {{\"key\", \"value\"}}: {e}"))?;
+    Ok((add.key, add.value))
+}
+
+/// The key of the prototype's `GET /get/?key=` and `POST /delete/?key=`: the first `key`
+/// parameter of the query, percent-decoded (`+` is a space). Refused when the query is
+/// malformed, `key` is missing, or the key is over `max_key_bytes`.
+pub fn seed_query_key(query: Option<&str>, max_key_bytes: usize) -> Result<Vec<u8>, KeyError> {
+    let params = query_params(query).map_err(KeyError::Malformed)?;
+    let key = param(&params, "key")
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| KeyError::Malformed("missing ?key=".into()))?;
+    if key.len() > max_key_bytes {
+        return Err(KeyError::TooLong {
+            len: key.len(),
+            max: max_key_bytes,
+        });
+    }
+    Ok(key)
 }
 
 fn http_date(ms: u64) -> HeaderValue {
@@ -273,24 +384,18 @@ async fn kv_key(State(state): State<AppState>, req: HttpRequest) -> HttpResponse
     timed(&state, route, async move {
         let path = req.uri().path();
         let raw = path.strip_prefix("/v1/kv/").unwrap_or("");
-        let key = percent_decode(raw, false).map_err(|e| {
-            error(
+        let key = decode_key_path(raw, st.max_key_bytes).map_err(|e| match e {
+            KeyError::Malformed(e) => error(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 format!("bad key: {e}"),
-            )
-        })?;
-        if key.len() > st.max_key_bytes {
-            return Err(error(
+            ),
+            KeyError::TooLong { len, max } => error(
                 StatusCode::URI_TOO_LONG,
                 "too_large",
-                format!(
-                    "key of {} bytes is over the {}-byte limit",
-                    key.len(),
-                    st.max_key_bytes
-                ),
-            ));
-        }
+                format!("key of {len} bytes is over the {max}-byte limit"),
+            ),
+        })?;
         let node = node(&st)?;
         let request = match *req.method() {
             Method::GET | Method::HEAD => Request::Get { key },
@@ -317,34 +422,8 @@ async fn kv_key(State(state): State<AppState>, req: HttpRequest) -> HttpResponse
 async fn kv_scan(State(state): State<AppState>, req: HttpRequest) -> HttpResponse {
     let st = state.clone();
     timed(&state, "kv_scan", async move {
-        let bad = |m: String| error(StatusCode::BAD_REQUEST, "bad_request", m);
-        let params = query_params(req.uri().query()).map_err(bad)?;
-        let limit = match param(&params, "limit") {
-            None => 100,
-            Some(v) => std::str::from_utf8(v)
-                .ok()
-                .and_then(|s| s.parse::<usize>().ok())
-                .filter(|n| *n >= 1)
-                .ok_or_else(|| bad("limit must be a positive integer".into()))?,
-        };
-        let after = match param(&params, "continuation") {
-            None => None,
-            Some(t) => Some(
-                URL_SAFE_NO_PAD
-                    .decode(t)
-                    .map_err(|_| bad("malformed continuation token".into()))?,
-            ),
-        };
-        let request = match (param(&params, "prefix"), param(&params, "start")) {
-            (Some(_), Some(_)) => return Err(bad("use prefix or start/end, not both".into())),
-            (Some(p), None) => Request::scan_prefix(p.to_vec(), after, limit),
-            (None, start) => Request::Scan {
-                start: start.unwrap_or_default().to_vec(),
-                end: param(&params, "end").map(<[u8]>::to_vec),
-                after,
-                limit,
-            },
-        };
+        let request = parse_scan_query(req.uri().query())
+            .map_err(|m| error(StatusCode::BAD_REQUEST, "bad_request", m))?;
         Ok(to_http(node(&st)?.call(request).await))
     })
     .await
@@ -369,26 +448,7 @@ async fn batch(State(state): State<AppState>, req: HttpRequest) -> HttpResponse 
     timed(&state, "batch", async move {
         let bad = |m: String| error(StatusCode::BAD_REQUEST, "bad_request", m);
         let body = read_body(req.into_body(), st.max_body_bytes).await?;
-        let parsed: BatchBody =
-            serde_json::from_slice(&body).map_err(|e| bad(format!("bad batch JSON: {e}")))?;
-        let mut ops = Vec::with_capacity(parsed.ops.len());
-        for (i, op) in parsed.ops.into_iter().enumerate() {
-            let key = STANDARD
-                .decode(&op.key)
-                .map_err(|_| bad(format!("op {i}: key is not base64")))?;
-            match (op.op.as_str(), op.value) {
-                ("put", Some(v)) => {
-                    let value = STANDARD
-                        .decode(&v)
-                        .map_err(|_| bad(format!("op {i}: value is not base64")))?;
-                    ops.push(BatchOp::Put(key, value));
-                }
-                ("put", None) => return Err(bad(format!("op {i}: put needs a value"))),
-                ("delete", None) => ops.push(BatchOp::Delete(key)),
-                ("delete", Some(_)) => return Err(bad(format!("op {i}: delete takes no value"))),
-                (other, _) => return Err(bad(format!("op {i}: unknown op `{other}`"))),
-            }
-        }
+        let ops = parse_batch_body(&body).map_err(bad)?;
         let n = ops.len() as u64;
         match node(&st)?.call(Request::Batch { ops }).await {
             // The ops take consecutive versions, in order; `version` is the last one.
@@ -412,33 +472,27 @@ struct SeedAdd {
     value: String,
 }
 
-fn seed_key(req: &HttpRequest) -> Result<Vec<u8>, HttpResponse> {
-    let bad = |m: String| error(StatusCode::BAD_REQUEST, "bad_request", m);
-    let params = query_params(req.uri().query()).map_err(bad)?;
-    param(&params, "key")
-        .map(<[u8]>::to_vec)
-        .ok_or_else(|| bad("missing ?key=".into()))
+fn seed_key(req: &HttpRequest, max_key_bytes: usize) -> Result<Vec<u8>, HttpResponse> {
+    seed_query_key(req.uri().query(), max_key_bytes).map_err(|e| match e {
+        KeyError::Malformed(m) => error(StatusCode::BAD_REQUEST, "bad_request", m),
+        KeyError::TooLong { .. } => error(StatusCode::URI_TOO_LONG, "too_large", "key too long"),
+    })
 }
 
 async fn seed_add(State(state): State<AppState>, req: HttpRequest) -> HttpResponse {
     let st = state.clone();
     timed(&state, "seed_add", async move {
         let body = read_body(req.into_body(), st.max_body_bytes).await?;
-        let add: SeedAdd = serde_json::from_slice(&body).map_err(|e| {
-            error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("expected JSON {{\"key\", \"value\"}}: {e}"),
-            )
-        })?;
+        let (key, value) =
+            parse_seed_add(&body).map_err(|m| error(StatusCode::BAD_REQUEST, "bad_request", m))?;
         let request = Request::Put {
-            key: add.key.clone().into_bytes(),
-            value: add.value.clone().into_bytes(),
+            key: key.clone().into_bytes(),
+            value: value.clone().into_bytes(),
             cond: Condition::None,
         };
         match node(&st)?.call(request).await {
             Response::Written { version } => Ok(axum::Json(json!({
-                "key": add.key, "value": add.value, "version": version,
+                "key": key, "value": value, "version": version,
             }))
             .into_response()),
             other => Ok(to_http(other)),
@@ -450,10 +504,7 @@ async fn seed_add(State(state): State<AppState>, req: HttpRequest) -> HttpRespon
 async fn seed_get(State(state): State<AppState>, req: HttpRequest) -> HttpResponse {
     let st = state.clone();
     timed(&state, "seed_get", async move {
-        let key = seed_key(&req)?;
-        if key.len() > st.max_key_bytes {
-            return Err(error(StatusCode::URI_TOO_LONG, "too_large", "key too long"));
-        }
+        let key = seed_key(&req, st.max_key_bytes)?;
         match node(&st)?.call(Request::Get { key: key.clone() }).await {
             Response::Value {
                 value, modified_ms, ..
@@ -473,10 +524,7 @@ async fn seed_get(State(state): State<AppState>, req: HttpRequest) -> HttpRespon
 async fn seed_delete(State(state): State<AppState>, req: HttpRequest) -> HttpResponse {
     let st = state.clone();
     timed(&state, "seed_delete", async move {
-        let key = seed_key(&req)?;
-        if key.len() > st.max_key_bytes {
-            return Err(error(StatusCode::URI_TOO_LONG, "too_large", "key too long"));
-        }
+        let key = seed_key(&req, st.max_key_bytes)?;
         let request = Request::Delete {
             key: key.clone(),
             cond: Condition::None,
@@ -573,5 +621,97 @@ mod tests {
         assert!(percent_decode("%zz", false).is_err());
         assert!(percent_decode("%4", false).is_err());
         assert!(percent_decode("abc%", false).is_err());
+    }
+
+    #[test]
+    fn key_paths_decode_and_respect_the_limit() {
+        assert_eq!(decode_key_path("a%2Fb+c", 8).unwrap(), b"a/b+c");
+        assert_eq!(decode_key_path("%FF%00", 2).unwrap(), b"\xff\x00");
+        assert_eq!(
+            decode_key_path("%FF%00", 1),
+            Err(KeyError::TooLong { len: 2, max: 1 })
+        );
+        assert!(matches!(
+            decode_key_path("a%g0", 8),
+            Err(KeyError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn scan_queries_parse() {
+        assert_eq!(
+            parse_scan_query(None).unwrap(),
+            Request::Scan {
+                start: vec![],
+                end: None,
+                after: None,
+                limit: 100
+            }
+        );
+        assert_eq!(
+            parse_scan_query(Some("prefix=a%FF&limit=5&continuation=YQ")).unwrap(),
+            Request::scan_prefix(b"a\xff".to_vec(), Some(b"a".to_vec()), 5)
+        );
+        assert_eq!(
+            parse_scan_query(Some("start=a+b&end=c")).unwrap(),
+            Request::Scan {
+                start: b"a b".to_vec(),
+                end: Some(b"c".to_vec()),
+                after: None,
+                limit: 100
+            }
+        );
+        for bad in [
+            "limit=0",
+            "limit=x",
+            "prefix=a&start=b",
+            "continuation=YQ=",
+            "a=%",
+        ] {
+            assert!(parse_scan_query(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn batch_bodies_parse() {
+        let ops = parse_batch_body(
+            br#"{"ops":[{"op":"put","key":"YQ==","value":"MQ=="},{"op":"delete","key":"Yg=="}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            ops,
+            vec![
+                BatchOp::Put(b"a".to_vec(), b"1".to_vec()),
+                BatchOp::Delete(b"b".to_vec())
+            ]
+        );
+        for bad in [
+            &br#"{"ops":[{"op":"put","key":"YQ=="}]}"#[..],
+            br#"{"ops":[{"op":"delete","key":"YQ==","value":""}]}"#,
+            br#"{"ops":[{"op":"get","key":"YQ=="}]}"#,
+            br#"{"ops":[{"op":"delete","key":"!"}]}"#,
+            br#"{"ops":[],"x":1}"#,
+            b"",
+        ] {
+            assert!(parse_batch_body(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn seed_routes_parse() {
+        assert_eq!(
+            parse_seed_add(br#"{"key":"k","value":"v","extra":1}"#).unwrap(),
+            ("k".to_string(), "v".to_string())
+        );
+        assert!(parse_seed_add(br#"{"key":"k"}"#).is_err());
+        assert_eq!(seed_query_key(Some("key=a+b%21"), 8).unwrap(), b"a b!");
+        assert!(matches!(
+            seed_query_key(Some("x=1"), 8),
+            Err(KeyError::Malformed(_))
+        ));
+        assert_eq!(
+            seed_query_key(Some("key=abc"), 2),
+            Err(KeyError::TooLong { len: 3, max: 2 })
+        );
     }
 }
