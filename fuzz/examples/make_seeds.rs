@@ -40,11 +40,36 @@ fn scenarios() -> Vec<Scenario> {
     let mut few_bloom = base.clone();
     few_bloom.bloom_bits_per_key = 1;
     vec![
-        Scenario { name: "one", opts: base.clone(), writes: kv(1, 3), flush: true },
-        Scenario { name: "small", opts: base.clone(), writes: kv(8, 4), flush: true },
-        Scenario { name: "deletes", opts: base.clone(), writes: with_deletes, flush: true },
-        Scenario { name: "bigblocks", opts: big_blocks, writes: kv(20, 16), flush: true },
-        Scenario { name: "bloom1", opts: few_bloom, writes: kv(10, 2), flush: true },
+        Scenario {
+            name: "one",
+            opts: base.clone(),
+            writes: kv(1, 3),
+            flush: true,
+        },
+        Scenario {
+            name: "small",
+            opts: base.clone(),
+            writes: kv(8, 4),
+            flush: true,
+        },
+        Scenario {
+            name: "deletes",
+            opts: base.clone(),
+            writes: with_deletes,
+            flush: true,
+        },
+        Scenario {
+            name: "bigblocks",
+            opts: big_blocks,
+            writes: kv(20, 16),
+            flush: true,
+        },
+        Scenario {
+            name: "bloom1",
+            opts: few_bloom,
+            writes: kv(10, 2),
+            flush: true,
+        },
         Scenario {
             name: "odd",
             opts: base.clone(),
@@ -56,8 +81,21 @@ fn scenarios() -> Vec<Scenario> {
             flush: true,
         },
         // Left in the WAL (no flush): the WAL seeds.
-        Scenario { name: "unflushed", opts: base.clone(), writes: kv(6, 8), flush: false },
-        Scenario { name: "unflushed_dels", opts: base, writes: kv(3, 1).into_iter().chain([(b"key001".to_vec(), None)]).collect(), flush: false },
+        Scenario {
+            name: "unflushed",
+            opts: base.clone(),
+            writes: kv(6, 8),
+            flush: false,
+        },
+        Scenario {
+            name: "unflushed_dels",
+            opts: base,
+            writes: kv(3, 1)
+                .into_iter()
+                .chain([(b"key001".to_vec(), None)])
+                .collect(),
+            flush: false,
+        },
     ]
 }
 
@@ -84,7 +122,10 @@ fn save(dir: &Path, name: &str, bytes: &[u8]) {
 }
 
 fn main() {
-    let root: PathBuf = std::env::args().nth(1).unwrap_or_else(|| "corpus".into()).into();
+    let root: PathBuf = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "corpus".into())
+        .into();
     for s in scenarios() {
         let disk = SimDisk::new();
         let db = open(&disk, &s.opts);
@@ -120,7 +161,11 @@ fn main() {
                 save(&root.join("sstable"), &format!("{}-{name}", s.name), &bytes);
             } else if name == "MANIFEST" && s.flush {
                 corecache_core::decode::manifest(&bytes).unwrap();
-                save(&root.join("manifest"), &format!("{}-{name}", s.name), &bytes);
+                save(
+                    &root.join("manifest"),
+                    &format!("{}-{name}", s.name),
+                    &bytes,
+                );
             }
         }
         drop(db);

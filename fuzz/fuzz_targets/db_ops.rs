@@ -13,13 +13,28 @@ use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
 enum Operation {
-    Put { key: u8, len: u16, fill: u8 },
+    Put {
+        key: u8,
+        len: u16,
+        fill: u8,
+    },
     /// A put with raw fuzzer-chosen key and value bytes.
-    PutRaw { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: u8 },
+    PutRaw {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: u8,
+    },
     Batch(Vec<(bool, u8, u16, u8)>),
-    Get { key: u8 },
-    Scan { a: u8, b: u8, limit: u8 },
+    Get {
+        key: u8,
+    },
+    Scan {
+        a: u8,
+        b: u8,
+        limit: u8,
+    },
     Flush,
     Compact,
     Background,
@@ -30,11 +45,11 @@ enum Operation {
 /// Keys from a small space, some sharing prefixes, so updates and deletes collide.
 fn key(k: u8) -> Vec<u8> {
     let base = format!("k{:02}", k % 40);
-    if k % 5 == 0 {
+    if k.is_multiple_of(5) {
         let mut b = base.into_bytes();
         b.truncate(2);
         b
-    } else if k % 7 == 0 {
+    } else if k.is_multiple_of(7) {
         format!("{base}:{}", k % 3).into_bytes()
     } else {
         base.into_bytes()
@@ -52,7 +67,11 @@ fuzz_target!(|ops: Vec<Operation>| {
     let disk = SimDisk::new();
     let mut db = open(&disk, &opts);
     let mut model = Model::new();
-    let probe: Vec<Vec<u8>> = (0..=255u8).map(key).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let probe: Vec<Vec<u8>> = (0..=255u8)
+        .map(key)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
 
     for (step, op) in ops.into_iter().take(MAX_OPS).enumerate() {
         let what = format!("step {step} ({op:?})");

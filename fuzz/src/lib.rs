@@ -1,4 +1,7 @@
-//! Helpers shared by the structured fuzz targets and the seed generator.
+//! Helpers shared by the structured fuzz targets and the seed generator; `http` holds the
+//! properties the `http_*` targets check.
+
+pub mod http;
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -56,7 +59,10 @@ pub fn contents(db: &Db) -> Model {
             Err(e) => panic!("scan item failed: {e}"),
         };
         if let Some(prev) = &last {
-            assert!(prev < &k, "scan out of order or repeated: {prev:?} then {k:?}");
+            assert!(
+                prev < &k,
+                "scan out of order or repeated: {prev:?} then {k:?}"
+            );
         }
         last = Some(k.clone());
         out.insert(k, v);
@@ -93,7 +99,8 @@ pub fn check(db: &Db, model: &Model, probe: &[Vec<u8>], what: &str) {
             got.as_ref(),
             want,
             "{what}: get({k:?}) returned {} but the model has {}",
-            got.as_ref().map_or("nothing".to_string(), |v| format!("{} bytes", v.len())),
+            got.as_ref()
+                .map_or("nothing".to_string(), |v| format!("{} bytes", v.len())),
             want.map_or("nothing".to_string(), |v| format!("{} bytes", v.len())),
         );
     }
@@ -114,7 +121,9 @@ pub mod fixcrc {
         let (Ok(off), Ok(len)) = (usize::try_from(off), usize::try_from(len)) else {
             return;
         };
-        let Some(end) = off.checked_add(len) else { return };
+        let Some(end) = off.checked_add(len) else {
+            return;
+        };
         if end.checked_add(4).is_some_and(|e| e <= limit) {
             let c = crc(&b[off..end]);
             put_crc(b, end, c);
@@ -150,7 +159,8 @@ pub mod fixcrc {
             return;
         }
         let foot = b.len() - FOOTER;
-        let handle = |b: &[u8], i: usize| (le64(b, foot + 12 * i), le32(b, foot + 12 * i + 8) as u64);
+        let handle =
+            |b: &[u8], i: usize| (le64(b, foot + 12 * i), le32(b, foot + 12 * i + 8) as u64);
         let (index_off, index_len) = handle(b, 1);
         // Data blocks named by the index: n: u32, n × (klen varint, key, trailer u64, off, len).
         let mut data = Vec::new();
@@ -160,14 +170,22 @@ pub mod fixcrc {
                 let n = le32(idx, 0) as usize;
                 let mut pos = 4;
                 for _ in 0..n.min(4096) {
-                    let Some(klen) = varint(idx, &mut pos) else { break };
-                    let Some(p) = usize::try_from(klen).ok().and_then(|k| pos.checked_add(k)) else { break };
-                    pos = p;
-                    if pos + 8 > idx.len() {
+                    let Some(klen) = varint(idx, &mut pos) else {
                         break;
-                    }
-                    pos += 8;
-                    let (Some(doff), Some(dlen)) = (varint(idx, &mut pos), varint(idx, &mut pos)) else { break };
+                    };
+                    let Some(p) = usize::try_from(klen).ok().and_then(|k| pos.checked_add(k))
+                    else {
+                        break;
+                    };
+                    // The key length is the fuzzer's: `pos + 8` may overflow.
+                    let Some(p) = p.checked_add(8).filter(|e| *e <= idx.len()) else {
+                        break;
+                    };
+                    pos = p;
+                    let (Some(doff), Some(dlen)) = (varint(idx, &mut pos), varint(idx, &mut pos))
+                    else {
+                        break;
+                    };
                     data.push((doff, dlen));
                 }
             }
@@ -192,7 +210,9 @@ pub mod fixcrc {
             let h = crc(&b[pos..pos + 5]);
             put_crc(b, pos + 5, h);
             let start = pos + HEADER;
-            let Some(end) = start.checked_add(len).filter(|e| *e <= b.len()) else { break };
+            let Some(end) = start.checked_add(len).filter(|e| *e <= b.len()) else {
+                break;
+            };
             let p = crc(&b[start..end]);
             put_crc(b, pos + 9, p);
             pos = end;
