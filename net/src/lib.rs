@@ -9,6 +9,7 @@ pub mod config;
 pub mod driver;
 pub mod http;
 pub mod metrics;
+pub mod server;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -135,11 +136,10 @@ pub async fn serve(cfg: Config, announce: impl FnOnce(SocketAddr)) -> Result<Run
     let app = http::router(state);
     let mut stop_rx = shutdown_rx.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            })
-            .await
+        server::serve(listener, app, async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        })
+        .await
     });
 
     // Open the engine (WAL replay) off the event loop; /readyz says 503 until it is done.
