@@ -19,6 +19,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "build (the end-to-end tests start the real binary)"
 cargo build --locked -p corecache
+cargo build --release --locked -p corecache  # tests/tests/crash_loop.rs runs the release binary
 
 step "tests"
 cargo test --locked --workspace --exclude corecache-bench

@@ -7,6 +7,8 @@
 //! - [`run_cli`]: runs the binary as a client command with a time limit.
 //! - [`pct`], [`b64`], [`unb64`], [`parse_http_date`]: encodings the contract uses.
 
+pub mod release;
+
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::{File, OpenOptions};
