@@ -23,3 +23,6 @@ cargo build --release --locked -p corecache  # tests/tests/crash_loop.rs runs th
 
 step "tests"
 cargo test --locked --workspace --exclude corecache-bench
+
+step "fuzz smoke (every fuzz target for FUZZ_SECONDS, default 20; scripts/fuzz-smoke.sh)"
+bash scripts/fuzz-smoke.sh
