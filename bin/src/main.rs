@@ -101,11 +101,21 @@ struct ServeArgs {
     sync_interval_ms: Option<String>,
     #[arg(long)]
     node_id: Option<String>,
-    /// HOST:PORT[,...]: join a cluster through ZooKeeper (the cluster stage).
+    /// HOST:PORT[,...]: join (or create) a cluster through ZooKeeper.
     #[arg(long)]
     zookeeper: Option<String>,
+    /// The cluster's name under the root znode.
     #[arg(long)]
     cluster: Option<String>,
+    /// Parent znode of every cluster (default /corecache).
+    #[arg(long)]
+    zk_root: Option<String>,
+    /// ZooKeeper session timeout in milliseconds.
+    #[arg(long)]
+    session_timeout_ms: Option<String>,
+    /// Where the peer transport listens (cluster mode).
+    #[arg(long)]
+    peer_listen: Option<String>,
     #[arg(long)]
     partitions: Option<String>,
     #[arg(long)]
@@ -139,6 +149,9 @@ fn load_config(a: &ServeArgs) -> Result<Config, String> {
         ("node_id", &a.node_id),
         ("zookeeper", &a.zookeeper),
         ("cluster", &a.cluster),
+        ("zk_root", &a.zk_root),
+        ("session_timeout_ms", &a.session_timeout_ms),
+        ("peer_listen", &a.peer_listen),
         ("partitions", &a.partitions),
         ("memtable_mb", &a.memtable_mb),
         ("block_cache_mb", &a.block_cache_mb),

@@ -23,6 +23,13 @@ pub struct Config {
     pub zookeeper: Option<String>,
     /// Cluster name (the root znode's child) when joining through ZooKeeper.
     pub cluster: String,
+    /// Parent znode of every CoreCache cluster in ZooKeeper.
+    pub zk_root: String,
+    /// ZooKeeper session timeout: a node cut off this long loses its membership (and, if it
+    /// led, its leadership, which it gives up at once on losing the connection).
+    pub session_timeout_ms: u64,
+    /// Address the peer transport listens on (cluster mode only).
+    pub peer_listen: String,
     /// Hash partitions, fixed when the data directory is created.
     pub partitions: u16,
     pub memtable_mb: u64,
@@ -44,6 +51,9 @@ impl Default for Config {
             node_id: None,
             zookeeper: None,
             cluster: "default".into(),
+            zk_root: "/corecache".into(),
+            session_timeout_ms: 6_000,
+            peer_listen: "127.0.0.1:7071".into(),
             partitions: 64,
             memtable_mb: 64,
             block_cache_mb: 64,
@@ -64,6 +74,9 @@ pub const SETTINGS: &[&str] = &[
     "node_id",
     "zookeeper",
     "cluster",
+    "zk_root",
+    "session_timeout_ms",
+    "peer_listen",
     "partitions",
     "memtable_mb",
     "block_cache_mb",
@@ -131,6 +144,29 @@ impl Config {
                     return Err(format!("setting `cluster`: `{value}` is not a valid name"));
                 }
                 self.cluster = value.into();
+            }
+            "zk_root" => {
+                if !value.starts_with('/') || value.ends_with('/') && value.len() > 1 {
+                    return Err(format!(
+                        "setting `zk_root`: `{value}` must be an absolute znode path like /corecache"
+                    ));
+                }
+                self.zk_root = value.into();
+            }
+            "session_timeout_ms" => {
+                let v: u64 = num(name, value)?;
+                if !(1_000..=120_000).contains(&v) {
+                    return Err(
+                        "setting `session_timeout_ms` must be between 1000 and 120000".into(),
+                    );
+                }
+                self.session_timeout_ms = v;
+            }
+            "peer_listen" => {
+                value
+                    .parse::<std::net::SocketAddr>()
+                    .map_err(|_| format!("setting `peer_listen`: `{value}` is not HOST:PORT"))?;
+                self.peer_listen = value.into();
             }
             "partitions" => {
                 let v: u16 = num(name, value)?;

@@ -1,19 +1,24 @@
-//! The tokio driver of the sans-IO node: one task owns the `Node`, feeds it requests and
-//! persist completions, and carries out its outputs. The fsync (`Db::persist`) runs on a blocking
-//! thread, one at a time, never on the event loop; replies to durable writes leave when it
-//! returns.
+//! The tokio driver of the sans-IO node: one task owns the `Node`, feeds it requests, peer
+//! messages, coordinator events, persist completions and timeouts, and carries out its outputs.
+//! The fsync (`Db::persist`) runs on a blocking thread, never on the event loop; replies to
+//! durable writes leave when it returns. Peer sends go to the [`PeerNet`], coordinator commands
+//! to the [`Coordinator`].
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use corecache_core::cluster::{CoordEvent, Member};
 use corecache_core::node::{
     ClusterView, ErrorKind, Input, Node, NodeStats, Output, Reader, Request, Response,
 };
 use corecache_core::Db;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::coord::Coordinator;
 use crate::metrics::Metrics;
+use crate::peer::{PeerEvent, PeerNet};
 
 enum Msg {
     Client {
@@ -21,6 +26,8 @@ enum Msg {
         reply: oneshot::Sender<Response>,
     },
     Persisted(Result<u64, String>),
+    Coord(CoordEvent),
+    Peer(PeerEvent),
     BackgroundDone(Result<usize, String>),
     Stats(oneshot::Sender<NodeStats>),
     Cluster(oneshot::Sender<ClusterView>),
@@ -34,6 +41,7 @@ pub struct NodeHandle {
     db: Arc<Db>,
     node_id: String,
     partitions: u16,
+    ready: Arc<AtomicBool>,
 }
 
 fn wall_ms() -> u64 {
@@ -48,9 +56,10 @@ impl NodeHandle {
     /// task (they need no ordering with other requests: they see persisted writes only); writes
     /// go through the node task.
     pub async fn call(&self, request: Request) -> Response {
-        if matches!(request, Request::Get { .. } | Request::Scan { .. }) {
-            return self.reader.read(request);
-        }
+        let request = match self.reader.try_read(request) {
+            Ok(response) => return response,
+            Err(request) => request,
+        };
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Msg::Client { request, reply }).await.is_err() {
             return stopped();
@@ -84,6 +93,11 @@ impl NodeHandle {
     pub fn partitions(&self) -> u16 {
         self.partitions
     }
+
+    /// Whether the node knows a partition map it can route by.
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
 }
 
 fn stopped() -> Response {
@@ -100,15 +114,58 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Starts the node task. It ends when `shutdown` turns true and every in-flight persist is done.
-pub fn spawn(node: Node, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) -> NodeHandle {
+/// How the node reaches the rest of its cluster.
+pub struct ClusterIo {
+    pub coordinator: Box<dyn Coordinator>,
+    /// This node as it registers with the coordinator.
+    pub me: Member,
+    /// The peer transport and its events (none for the embedded one-node cluster).
+    pub peers: Option<(PeerNet, mpsc::Receiver<PeerEvent>)>,
+}
+
+/// Starts the node task. It ends when `shutdown` turns true.
+pub fn spawn(
+    node: Node,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+    io: ClusterIo,
+) -> NodeHandle {
     let (tx, mut rx) = mpsc::channel::<Msg>(8192);
+    let ready = Arc::new(AtomicBool::new(false));
     let handle = NodeHandle {
         tx: tx.clone(),
         reader: node.reader(),
         db: node.db().clone(),
         node_id: node.config().node_id.clone(),
         partitions: node.config().partitions,
+        ready: ready.clone(),
+    };
+    // Coordinator events and peer messages join the node's one queue.
+    let (coord_tx, mut coord_rx) = mpsc::unbounded_channel::<CoordEvent>();
+    let commands = io.coordinator.start(io.me, coord_tx);
+    {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = coord_rx.recv().await {
+                if tx.send(Msg::Coord(ev)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let peer_net = match io.peers {
+        Some((net, mut events)) => {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(ev) = events.recv().await {
+                    if tx.send(Msg::Peer(ev)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Some(net)
+        }
+        None => None,
     };
     tokio::spawn(async move {
         let mut node = node;
@@ -147,15 +204,35 @@ pub fn spawn(node: Node, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bo
                 Some(Msg::BackgroundDone(result)) => {
                     node.handle(now, Input::BackgroundDone { result }, &mut out)
                 }
+                Some(Msg::Coord(event)) => {
+                    if let (CoordEvent::Members(ms), Some(net)) = (&event, &peer_net) {
+                        net.set_addrs(ms.iter().map(|m| (m.id.clone(), m.peer.clone())));
+                    }
+                    node.handle(now, Input::Coordinator(event), &mut out);
+                }
+                Some(Msg::Peer(PeerEvent::Message { from, message })) => {
+                    node.handle(now, Input::Peer { from, message }, &mut out)
+                }
+                Some(Msg::Peer(PeerEvent::Down { peer })) => {
+                    node.handle(now, Input::PeerDown { peer }, &mut out)
+                }
                 Some(Msg::Stats(tx)) => {
                     let _ = tx.send(node.stats());
                 }
                 Some(Msg::Cluster(tx)) => {
-                    let _ = tx.send(node.cluster().clone());
+                    let _ = tx.send(node.cluster());
                 }
             }
+            ready.store(node.ready(), Ordering::Release);
             for o in out.drain(..) {
                 match o {
+                    Output::Send { to, message } => match &peer_net {
+                        Some(net) => net.send(to, message),
+                        None => tracing::error!(%to, "no peer transport for a peer message"),
+                    },
+                    Output::Coordinator(cmd) => {
+                        let _ = commands.send(cmd);
+                    }
                     Output::Reply { id, response } => {
                         if let Some(r) = replies.remove(&id) {
                             let _ = r.send(response);

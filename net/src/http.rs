@@ -546,7 +546,12 @@ async fn livez() -> HttpResponse {
 
 async fn readyz(State(state): State<AppState>) -> HttpResponse {
     match state.node.get() {
-        Some(_) => axum::Json(json!({"status": "ready"})).into_response(),
+        Some(n) if n.ready() => axum::Json(json!({"status": "ready"})).into_response(),
+        Some(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_leader",
+            "the node knows no partition map yet (no leader has written one)",
+        ),
         None => not_ready(),
     }
 }

@@ -2,19 +2,25 @@
 //!
 //! The real runtime around `corecache-core`: the tokio driver of the sans-IO node, the HTTP API
 //! (axum), metrics, and configuration. [`serve`] runs one node: it listens at once (answering
-//! 503 on `/readyz` while the log replays), opens the engine, then serves until shutdown.
-//! The ZooKeeper coordinator and the peer transport come with the cluster stage.
+//! 503 on `/readyz` while the log replays), opens the engine, then serves until shutdown. With
+//! `zookeeper` set it joins (or creates) a cluster through ZooKeeper and talks to the other
+//! nodes over the peer transport; without it, an in-process coordinator makes it a cluster of
+//! one.
 
 pub mod config;
+pub mod coord;
 pub mod driver;
 pub mod http;
 pub mod metrics;
+pub mod peer;
 pub mod server;
+pub mod zk;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
+use corecache_core::cluster::Member;
 use corecache_core::node::{Node, NodeConfig};
 use corecache_core::{Db, Options, StdDisk};
 use tokio::net::TcpListener;
@@ -67,6 +73,44 @@ pub fn node_id(data_dir: &Path, wanted: Option<&str>) -> Result<String, String> 
     }
 }
 
+/// The coordinator and peer transport: ZooKeeper and TCP peers with `zookeeper` set, the
+/// in-process coordinator otherwise.
+async fn cluster_io(cfg: &Config, id: &str, http: SocketAddr) -> Result<driver::ClusterIo, String> {
+    let Some(hosts) = &cfg.zookeeper else {
+        return Ok(driver::ClusterIo {
+            coordinator: Box::new(coord::LocalCoordinator),
+            me: Member {
+                id: id.to_string(),
+                http: http.to_string(),
+                peer: String::new(),
+            },
+            peers: None,
+        });
+    };
+    let listener = TcpListener::bind(&cfg.peer_listen)
+        .await
+        .map_err(|e| format!("cannot listen for peers on {}: {e}", cfg.peer_listen))?;
+    let peer_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(8192);
+    let net = peer::PeerNet::new(id.to_string(), cfg.cluster.clone(), tx);
+    net.serve(listener);
+    tracing::info!(%peer_addr, zookeeper = %hosts, cluster = %cfg.cluster, "joining the cluster");
+    Ok(driver::ClusterIo {
+        coordinator: Box::new(zk::ZkCoordinator::new(zk::ZkConfig {
+            hosts: hosts.clone(),
+            root: cfg.zk_root.clone(),
+            cluster: cfg.cluster.clone(),
+            session_timeout: std::time::Duration::from_millis(cfg.session_timeout_ms),
+        })),
+        me: Member {
+            id: id.to_string(),
+            http: http.to_string(),
+            peer: peer_addr.to_string(),
+        },
+        peers: Some((net, rx)),
+    })
+}
+
 /// A running node: where it listens, and how to stop it.
 pub struct Running {
     pub addr: SocketAddr,
@@ -106,13 +150,6 @@ impl Running {
 /// Binds the listener, calls `announce` with its address, starts serving (503 until ready),
 /// opens the engine, and returns once the node is ready.
 pub async fn serve(cfg: Config, announce: impl FnOnce(SocketAddr)) -> Result<Running, String> {
-    if cfg.zookeeper.is_some() {
-        return Err(
-            "setting `zookeeper`: joining a ZooKeeper cluster is not available yet \
-             (the cluster stage); leave it empty to run the embedded one-node cluster"
-                .into(),
-        );
-    }
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| format!("cannot create {}: {e}", cfg.data_dir.display()))?;
     let id = node_id(&cfg.data_dir, cfg.node_id.as_deref())?;
@@ -171,7 +208,7 @@ pub async fn serve(cfg: Config, announce: impl FnOnce(SocketAddr)) -> Result<Run
         tracing::warn!(file = %t.0, offset = t.1, "dropped a torn write at the end of the log");
     }
     let _ = db_cell.set(db.clone());
-    let node = Node::new(
+    let node = Node::new_clustered(
         db,
         NodeConfig {
             node_id: id.clone(),
@@ -181,7 +218,8 @@ pub async fn serve(cfg: Config, announce: impl FnOnce(SocketAddr)) -> Result<Run
             ..NodeConfig::default()
         },
     );
-    let handle = driver::spawn(node, metrics, node_stop_rx);
+    let io = cluster_io(&cfg, &id, addr).await?;
+    let handle = driver::spawn(node, metrics, node_stop_rx, io);
     let _ = node_cell.set(handle);
     tracing::info!(node_id = %id, %addr, "ready");
     Ok(Running {

@@ -1,0 +1,261 @@
+//! The peer transport: one persistent framed connection from this node to each peer it talks to,
+//! carrying `corecache_core::peer` frames.
+//!
+//! Messages to a peer go out over this node's own connection to it; the peer's answers come back
+//! over the peer's connection to this node. Each side thus writes on one connection and reads on
+//! the other, and neither needs to match requests to sockets. The reading and writing halves are
+//! generic over the stream type, so the simulation runs the same code over turmoil's network.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use corecache_core::peer::{decode_frame, encode_frame, PeerMessage, MAX_FRAME};
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// Messages queued for one peer before sends are refused (the peer is too slow or gone).
+const QUEUE: usize = 4096;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the transport reports to the node's driver.
+#[derive(Debug)]
+pub enum PeerEvent {
+    Message {
+        from: String,
+        message: PeerMessage,
+    },
+    /// The connection to `peer` failed; messages queued for it were dropped.
+    Down {
+        peer: String,
+    },
+}
+
+/// Reads frames from `stream` until it ends or breaks. The first must be `Hello` naming the
+/// same cluster; every later one is reported as from that peer.
+pub async fn read_frames<S: AsyncRead + Unpin>(
+    mut stream: S,
+    cluster: &str,
+    events: &mpsc::Sender<PeerEvent>,
+) -> Result<(), String> {
+    let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
+    let mut from: Option<String> = None;
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        loop {
+            match decode_frame(&buf).map_err(|e| e.to_string())? {
+                None => break,
+                Some((message, used)) => {
+                    buf.drain(..used);
+                    match (&from, message) {
+                        (
+                            None,
+                            PeerMessage::Hello {
+                                from: f,
+                                cluster: c,
+                            },
+                        ) => {
+                            if c != cluster {
+                                return Err(format!(
+                                    "peer {f} is in cluster `{c}`, not `{cluster}`"
+                                ));
+                            }
+                            from = Some(f);
+                        }
+                        (None, _) => return Err("the first frame was not Hello".into()),
+                        (Some(f), message) => {
+                            let ev = PeerEvent::Message {
+                                from: f.clone(),
+                                message,
+                            };
+                            if events.send(ev).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if buf.len() > MAX_FRAME + 8 {
+            return Err("frame larger than the limit".into());
+        }
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Writes `Hello`, then every queued message, batching whatever is queued into one write.
+pub async fn write_frames<S: AsyncWrite + Unpin>(
+    mut stream: S,
+    hello: PeerMessage,
+    rx: &mut mpsc::Receiver<PeerMessage>,
+) -> Result<(), String> {
+    let mut buf = Vec::with_capacity(64 << 10);
+    encode_frame(&hello, &mut buf);
+    stream
+        .write_all(&buf)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    while let Some(first) = rx.recv().await {
+        buf.clear();
+        encode_frame(&first, &mut buf);
+        while buf.len() < (1 << 20) {
+            match rx.try_recv() {
+                Ok(m) => encode_frame(&m, &mut buf),
+                Err(_) => break,
+            }
+        }
+        stream
+            .write_all(&buf)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Runs one outbound connection: writes queued messages, and watches the other direction,
+/// on which the peer never writes, so that a peer that closed or crashed is noticed at once
+/// rather than on the next write (which the kernel would accept into a dead socket).
+pub async fn run_outbound<S: AsyncRead + AsyncWrite>(
+    stream: S,
+    hello: PeerMessage,
+    rx: &mut mpsc::Receiver<PeerMessage>,
+) -> Result<(), String> {
+    let (mut rd, wr) = tokio::io::split(stream);
+    let closed = async move {
+        let mut b = [0u8; 64];
+        loop {
+            match rd.read(&mut b).await {
+                Ok(0) => return "the peer closed the connection".to_string(),
+                Ok(_) => {}
+                Err(e) => return format!("read: {e}"),
+            }
+        }
+    };
+    tokio::select! {
+        r = write_frames(wr, hello, rx) => r,
+        why = closed => Err(why),
+    }
+}
+
+/// This node's side of the peer network over TCP.
+#[derive(Clone)]
+pub struct PeerNet {
+    me: String,
+    cluster: String,
+    events: mpsc::Sender<PeerEvent>,
+    /// Peer id → its peer address, from the coordinator's member list.
+    addrs: Arc<Mutex<BTreeMap<String, String>>>,
+    /// Peer id → the queue of its open (or opening) connection.
+    conns: Arc<Mutex<BTreeMap<String, mpsc::Sender<PeerMessage>>>>,
+}
+
+impl PeerNet {
+    pub fn new(me: String, cluster: String, events: mpsc::Sender<PeerEvent>) -> PeerNet {
+        PeerNet {
+            me,
+            cluster,
+            events,
+            addrs: Arc::default(),
+            conns: Arc::default(),
+        }
+    }
+
+    /// Accepts peers' connections on `listener` until the task is dropped.
+    pub fn serve(&self, listener: TcpListener) -> tokio::task::JoinHandle<()> {
+        let cluster = self.cluster.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, addr)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let cluster = cluster.clone();
+                let events = events.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = read_frames(stream, &cluster, &events).await {
+                        tracing::warn!(%addr, error = %e, "dropped a peer connection");
+                    }
+                });
+            }
+        })
+    }
+
+    /// Replaces the address book (called on every membership change). Connections to peers
+    /// that left, or came back at another address, are dropped; the next send reconnects.
+    pub fn set_addrs(&self, addrs: impl IntoIterator<Item = (String, String)>) {
+        let new: BTreeMap<String, String> = addrs.into_iter().collect();
+        // Lock order everywhere: `conns`, then `addrs`.
+        let mut conns = self.conns.lock();
+        let mut old = self.addrs.lock();
+        conns.retain(|id, _| new.contains_key(id) && old.get(id) == new.get(id));
+        *old = new;
+    }
+
+    /// Queues `message` for `to`, connecting first if needed. A peer that cannot take it is
+    /// reported `Down` (asynchronously, through the event channel).
+    pub fn send(&self, to: String, message: PeerMessage) {
+        let tx = {
+            let mut conns = self.conns.lock();
+            match conns.get(&to) {
+                Some(tx) if !tx.is_closed() => tx.clone(),
+                _ => {
+                    let (tx, rx) = mpsc::channel(QUEUE);
+                    conns.insert(to.clone(), tx.clone());
+                    self.spawn_connection(to.clone(), rx);
+                    tx
+                }
+            }
+        };
+        if tx.try_send(message).is_err() {
+            self.conns.lock().remove(&to);
+            let events = self.events.clone();
+            tokio::spawn(async move {
+                let _ = events.send(PeerEvent::Down { peer: to }).await;
+            });
+        }
+    }
+
+    fn spawn_connection(&self, to: String, mut rx: mpsc::Receiver<PeerMessage>) {
+        let addr = self.addrs.lock().get(&to).cloned();
+        let hello = PeerMessage::Hello {
+            from: self.me.clone(),
+            cluster: self.cluster.clone(),
+        };
+        let events = self.events.clone();
+        let conns = self.conns.clone();
+        tokio::spawn(async move {
+            let r = async {
+                let addr = addr.ok_or_else(|| format!("no address known for {to}"))?;
+                let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
+                    .await
+                    .map_err(|_| format!("connecting to {addr} timed out"))?
+                    .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+                let _ = stream.set_nodelay(true);
+                run_outbound(stream, hello, &mut rx).await
+            }
+            .await;
+            if let Err(e) = r {
+                tracing::warn!(peer = %to, error = %e, "peer connection failed");
+            }
+            rx.close();
+            {
+                let mut c = conns.lock();
+                if c.get(&to).is_some_and(|tx| tx.is_closed()) {
+                    c.remove(&to);
+                }
+            }
+            let _ = events.send(PeerEvent::Down { peer: to }).await;
+        });
+    }
+}
