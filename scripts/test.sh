@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh machine that has only the Rust toolchain.
-# Installs what the tests need (none beyond Rust yet; ZooKeeper arrives with the cluster stage),
-# checks formatting and lints, builds the binary the end-to-end tests start, and runs the suite.
+# Installs what the tests need (ZooKeeper and a JRE from Debian's packages, for the cluster
+# tests), checks formatting and lints, builds the binaries the end-to-end tests start, and runs
+# the suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,16 @@ step() { printf '\n==> %s\n' "$*"; }
 step "toolchain"
 cargo --version
 rustc --version
+
+step "ZooKeeper (Debian's zookeeper package; tests/src/zk.rs starts private servers from it)"
+if [ ! -f /usr/share/java/zookeeper.jar ] || ! command -v java >/dev/null; then
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq zookeeper >/dev/null
+fi
+ls -l /usr/share/java/zookeeper.jar
+java -version 2>&1 | head -1
 
 step "format"
 cargo fmt --all -- --check

@@ -116,6 +116,9 @@ struct ServeArgs {
     /// Where the peer transport listens (cluster mode).
     #[arg(long)]
     peer_listen: Option<String>,
+    /// Creating a cluster: wait for this many nodes before dealing out partitions.
+    #[arg(long)]
+    initial_nodes: Option<String>,
     #[arg(long)]
     partitions: Option<String>,
     #[arg(long)]
@@ -152,6 +155,7 @@ fn load_config(a: &ServeArgs) -> Result<Config, String> {
         ("zk_root", &a.zk_root),
         ("session_timeout_ms", &a.session_timeout_ms),
         ("peer_listen", &a.peer_listen),
+        ("initial_nodes", &a.initial_nodes),
         ("partitions", &a.partitions),
         ("memtable_mb", &a.memtable_mb),
         ("block_cache_mb", &a.block_cache_mb),

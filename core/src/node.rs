@@ -58,6 +58,9 @@ pub struct NodeConfig {
     pub max_value_bytes: usize,
     pub max_batch_ops: usize,
     pub max_scan_limit: usize,
+    /// A new cluster's first leader waits for this many members before dealing out the
+    /// partitions, so a cluster started with several nodes starts balanced.
+    pub initial_members: usize,
 }
 
 impl Default for NodeConfig {
@@ -69,6 +72,7 @@ impl Default for NodeConfig {
             max_value_bytes: 1 << 20,
             max_batch_ops: 10_000,
             max_scan_limit: 10_000,
+            initial_members: 1,
         }
     }
 }
@@ -185,9 +189,14 @@ pub enum Input {
         request: Request,
     },
     /// A message from another node.
-    Peer { from: String, message: PeerMessage },
+    Peer {
+        from: String,
+        message: PeerMessage,
+    },
     /// The connection to `peer` failed: requests forwarded to it have an unknown outcome.
-    PeerDown { peer: String },
+    PeerDown {
+        peer: String,
+    },
     /// Something the coordinator observed.
     Coordinator(CoordEvent),
     /// A `persist` finished: everything up to `upto` is durable and visible.
@@ -216,7 +225,10 @@ pub enum Output {
         response: Response,
     },
     /// Send `message` to node `to` over the peer transport.
-    Send { to: String, message: PeerMessage },
+    Send {
+        to: String,
+        message: PeerMessage,
+    },
     /// Ask the coordinator to do something; its outcome comes back as an event.
     Coordinator(CoordCommand),
     /// Run `Db::persist` off the event loop (at most `MAX_PERSISTS` at once) and report
@@ -931,6 +943,10 @@ impl Node {
             return;
         }
         let me = &self.cfg.node_id;
+        if c.state.is_none() && c.members.len() < self.cfg.initial_members {
+            // A new cluster: wait for its first members (each `Members` event retries).
+            return;
+        }
         let state = match &c.state {
             None => ClusterState::initial(me, &c.members, self.cfg.partitions),
             Some(s) => s.next_epoch(me),
@@ -1177,8 +1193,7 @@ impl Node {
                 limit,
             } => {
                 let mine = partitions.iter().all(|p| {
-                    *p < self.cfg.partitions
-                        && self.owner(*p).is_ok_and(|o| o == self.cfg.node_id)
+                    *p < self.cfg.partitions && self.owner(*p).is_ok_and(|o| o == self.cfg.node_id)
                 });
                 if !mine {
                     let map_version = self.cl.state.as_ref().map_or(0, |s| s.version);
@@ -1737,10 +1752,7 @@ mod tests {
         }
 
         fn index(&self, id: &str) -> usize {
-            self.nodes
-                .iter()
-                .position(|n| n.cfg.node_id == id)
-                .unwrap()
+            self.nodes.iter().position(|n| n.cfg.node_id == id).unwrap()
         }
 
         /// Feeds one input and carries out every output, recursively, until all is quiet.
@@ -1824,7 +1836,13 @@ mod tests {
         for k in 0..60u64 {
             let key = format!("key{k:03}");
             for via in 0..3 {
-                let r = net.call(via, 1_000 + k, Request::Get { key: key.clone().into() });
+                let r = net.call(
+                    via,
+                    1_000 + k,
+                    Request::Get {
+                        key: key.clone().into(),
+                    },
+                );
                 let Response::Value { value, .. } = r else {
                     panic!("{key} via {via}: {r:?}")
                 };
@@ -1861,7 +1879,13 @@ mod tests {
             }
         ));
         assert_eq!(
-            net.call(2, 6_001, Request::Get { key: b"b0".to_vec() }),
+            net.call(
+                2,
+                6_001,
+                Request::Get {
+                    key: b"b0".to_vec()
+                }
+            ),
             Response::NotFound
         );
     }
@@ -1883,12 +1907,11 @@ mod tests {
         let before = net.stored.clone();
         // The old leader comes back with an old stamp: its write is refused.
         let mut out = Vec::new();
-        net.nodes[0].handle(
-            2_000,
-            Input::Coordinator(CoordEvent::Connected),
-            &mut out,
+        net.nodes[0].handle(2_000, Input::Coordinator(CoordEvent::Connected), &mut out);
+        assert!(
+            out.is_empty(),
+            "a reconnected ex-leader claims nothing unasked: {out:?}"
         );
-        assert!(out.is_empty(), "a reconnected ex-leader claims nothing unasked: {out:?}");
         assert_eq!(net.stored, before);
         // The map it sees names b as leader.
         assert_eq!(net.nodes[0].cluster().leader.as_deref(), Some("b"));

@@ -270,7 +270,8 @@ impl Writer<'_> {
             }
             Request::Batch { ops } => {
                 self.u8(5);
-                self.out.extend_from_slice(&(ops.len() as u32).to_le_bytes());
+                self.out
+                    .extend_from_slice(&(ops.len() as u32).to_le_bytes());
                 for op in ops {
                     match op {
                         BatchOp::Put(k, v) => {
@@ -603,7 +604,10 @@ mod tests {
         let mut huge = Vec::new();
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         huge.extend_from_slice(&[0; 4]);
-        assert!(decode_frame(&huge).is_err(), "an oversized length is refused at once");
+        assert!(
+            decode_frame(&huge).is_err(),
+            "an oversized length is refused at once"
+        );
         // A lying count inside a valid frame.
         let mut payload = vec![2u8];
         payload.extend_from_slice(&1u64.to_le_bytes());

@@ -30,6 +30,8 @@ pub struct Config {
     pub session_timeout_ms: u64,
     /// Address the peer transport listens on (cluster mode only).
     pub peer_listen: String,
+    /// When creating a cluster: how many nodes to wait for before dealing out partitions.
+    pub initial_nodes: usize,
     /// Hash partitions, fixed when the data directory is created.
     pub partitions: u16,
     pub memtable_mb: u64,
@@ -54,6 +56,7 @@ impl Default for Config {
             zk_root: "/corecache".into(),
             session_timeout_ms: 6_000,
             peer_listen: "127.0.0.1:7071".into(),
+            initial_nodes: 1,
             partitions: 64,
             memtable_mb: 64,
             block_cache_mb: 64,
@@ -77,6 +80,7 @@ pub const SETTINGS: &[&str] = &[
     "zk_root",
     "session_timeout_ms",
     "peer_listen",
+    "initial_nodes",
     "partitions",
     "memtable_mb",
     "block_cache_mb",
@@ -167,6 +171,13 @@ impl Config {
                     .parse::<std::net::SocketAddr>()
                     .map_err(|_| format!("setting `peer_listen`: `{value}` is not HOST:PORT"))?;
                 self.peer_listen = value.into();
+            }
+            "initial_nodes" => {
+                let v: usize = num(name, value)?;
+                if !(1..=1000).contains(&v) {
+                    return Err("setting `initial_nodes` must be between 1 and 1000".into());
+                }
+                self.initial_nodes = v;
             }
             "partitions" => {
                 let v: u16 = num(name, value)?;

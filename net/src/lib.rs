@@ -215,6 +215,7 @@ pub async fn serve(cfg: Config, announce: impl FnOnce(SocketAddr)) -> Result<Run
             partitions: cfg.partitions,
             max_key_bytes: cfg.max_key_bytes,
             max_value_bytes: cfg.max_value_bytes,
+            initial_members: cfg.initial_nodes,
             ..NodeConfig::default()
         },
     );

@@ -9,6 +9,8 @@
 
 pub mod release;
 
+pub mod zk;
+
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::{File, OpenOptions};

@@ -1,0 +1,383 @@
+//! The cluster against a real ZooKeeper and real `corecache` processes on loopback: routing
+//! through any node, leader failover, a dead owner's keys, and a paused leader that must not
+//! change anything when it wakes. Named tests replay the Python prototype's cluster flaws.
+
+use std::collections::BTreeMap;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use corecache_e2e::zk::ZooKeeper;
+use corecache_e2e::{kv_path, Server};
+
+const SESSION_MS: u64 = 2_000;
+const PARTITIONS: usize = 64;
+
+/// Starts `ids` as one cluster named `cluster`, all at once, waiting until each is ready. The
+/// first leader deals the partitions over all of them (`--initial-nodes`).
+fn start_cluster(zk: &ZooKeeper, cluster: &str, ids: &[&str]) -> Vec<Server> {
+    let n = ids.len().to_string();
+    thread::scope(|s| {
+        let handles: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let n = n.clone();
+                s.spawn(move || node(zk, cluster, id, &["--initial-nodes", &n]))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| match h.join() {
+                Ok(s) => s,
+                Err(_) => panic!("a node failed to start"),
+            })
+            .collect()
+    })
+}
+
+fn node(zk: &ZooKeeper, cluster: &str, id: &str, extra: &[&str]) -> Server {
+    let session = SESSION_MS.to_string();
+    let zks = zk.connect_string();
+    let mut args = vec![
+        "--zookeeper",
+        zks.as_str(),
+        "--cluster",
+        cluster,
+        "--node-id",
+        id,
+        "--peer-listen",
+        "127.0.0.1:0",
+        "--session-timeout-ms",
+        session.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    Server::start_with(&args)
+}
+
+fn status(s: &Server) -> serde_json::Value {
+    let r = s.get("/v1/status");
+    r.expect(200);
+    r.json()
+}
+
+/// Partition → owner, from a status page.
+fn owners(st: &serde_json::Value) -> BTreeMap<usize, String> {
+    let Some(map) = st["partitions"].as_object() else {
+        panic!("status has no partitions object: {st}")
+    };
+    map.iter()
+        .map(|(p, o)| {
+            let p: usize = p.parse().unwrap_or(usize::MAX);
+            (p, o.as_str().unwrap_or("").to_string())
+        })
+        .collect()
+}
+
+fn members(st: &serde_json::Value) -> Vec<String> {
+    st["members"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Polls until `f` holds, or panics with `what` after `limit`.
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return start.elapsed();
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
+
+fn key(i: usize) -> Vec<u8> {
+    format!("user:{i:05}").into_bytes()
+}
+
+fn put(s: &Server, k: &[u8], v: &[u8]) -> u16 {
+    s.request("PUT", &kv_path(k), &[], v).status
+}
+
+/// Every partition has exactly one owner, and that owner is a member.
+fn assert_map_covers_each_partition_once(st: &serde_json::Value) {
+    let o = owners(st);
+    let ms = members(st);
+    assert_eq!(
+        o.keys().copied().collect::<Vec<_>>(),
+        (0..PARTITIONS).collect::<Vec<_>>(),
+        "every partition appears once: {st}"
+    );
+    for (p, owner) in &o {
+        assert!(
+            ms.contains(owner),
+            "partition {p} is owned by {owner}, who is not a member ({ms:?})"
+        );
+    }
+}
+
+#[test]
+fn three_nodes_serve_every_key_through_any_node() {
+    let zk = ZooKeeper::start();
+    let nodes = start_cluster(&zk, "three", &["n1", "n2", "n3"]);
+    for n in &nodes {
+        wait_for("3 members", Duration::from_secs(10), || {
+            members(&status(n)).len() == 3
+        });
+    }
+    let maps: Vec<_> = nodes.iter().map(|n| owners(&status(n))).collect();
+    assert!(
+        maps.windows(2).all(|w| w[0] == w[1]),
+        "all nodes see one map"
+    );
+    assert_map_covers_each_partition_once(&status(&nodes[0]));
+    for id in ["n1", "n2", "n3"] {
+        assert!(
+            maps[0].values().any(|o| o == id),
+            "{id} owns no partition: {:?}",
+            maps[0]
+        );
+    }
+    for i in 0..300 {
+        let via = &nodes[i % 3];
+        assert_eq!(
+            put(via, &key(i), format!("v{i}").as_bytes()),
+            200,
+            "put {i}"
+        );
+    }
+    for i in 0..300 {
+        for (j, n) in nodes.iter().enumerate() {
+            let r = n.get_kv(&key(i));
+            assert_eq!(r.status, 200, "key {i} through node {j}: {r:?}");
+            assert_eq!(r.body, format!("v{i}").as_bytes());
+        }
+    }
+    // A scan through any node sees every key, in order, across pages.
+    for n in &nodes {
+        let mut got = Vec::new();
+        let mut cont: Option<String> = None;
+        loop {
+            let mut target = "/v1/kv?prefix=user%3A&limit=37".to_string();
+            if let Some(c) = &cont {
+                target.push_str(&format!("&continuation={c}"));
+            }
+            let r = n.get(&target);
+            r.expect(200);
+            let j = r.json();
+            for it in j["items"].as_array().cloned().unwrap_or_default() {
+                got.push(corecache_e2e::unb64(it["key"].as_str().unwrap_or("")));
+            }
+            match j["continuation"].as_str() {
+                Some(c) => cont = Some(c.to_string()),
+                None => break,
+            }
+        }
+        assert_eq!(got, (0..300).map(key).collect::<Vec<_>>());
+    }
+}
+
+/// Prototype flaw: followers answered 500 instead of forwarding.
+#[test]
+fn prototype_flaw_followers_forward_instead_of_answering_500() {
+    let zk = ZooKeeper::start();
+    let nodes = start_cluster(&zk, "forward", &["a", "b"]);
+    let st = status(&nodes[0]);
+    let leader = st["leader"].as_str().unwrap_or("").to_string();
+    let follower = nodes
+        .iter()
+        .find(|n| status(n)["node_id"] != leader.as_str())
+        .expect("a follower");
+    assert_eq!(status(follower)["role"], "follower");
+    for i in 0..100 {
+        let k = key(i);
+        assert_eq!(put(follower, &k, b"through a follower"), 200);
+        let r = follower.get_kv(&k);
+        assert_eq!(r.status, 200, "{r:?}");
+        let d = follower.request("DELETE", &kv_path(&k), &[], b"");
+        assert_eq!(d.status, 204, "{d:?}");
+        assert_eq!(follower.get_kv(&k).status, 404);
+    }
+}
+
+/// Prototype flaw: a single node served nothing.
+#[test]
+fn prototype_flaw_a_single_node_serves_every_key() {
+    let zk = ZooKeeper::start();
+    let nodes = start_cluster(&zk, "single", &["solo"]);
+    let st = status(&nodes[0]);
+    assert_eq!(st["role"], "leader");
+    assert_map_covers_each_partition_once(&st);
+    for i in 0..200 {
+        assert_eq!(put(&nodes[0], &key(i), b"x"), 200);
+    }
+    for i in 0..200 {
+        assert_eq!(nodes[0].get_kv(&key(i)).status, 200);
+    }
+}
+
+/// kill -9 the leader: a new one within 2 × the session timeout; live nodes' partitions keep
+/// serving; the dead node's keys answer 503 with Retry-After, and come back intact when it
+/// restarts with its old id. (Also the prototype's flaw: failover left the cluster unusable.)
+#[test]
+fn prototype_flaw_failover_leaves_the_cluster_usable() {
+    let zk = ZooKeeper::start();
+    let mut nodes = start_cluster(&zk, "failover", &["f1", "f2", "f3"]);
+    for n in &nodes {
+        wait_for("3 members", Duration::from_secs(10), || {
+            members(&status(n)).len() == 3
+        });
+    }
+    let st = status(&nodes[0]);
+    let leader = st["leader"].as_str().unwrap_or("").to_string();
+    let epoch = st["epoch"].as_u64().unwrap_or(0);
+    let map = owners(&st);
+    for i in 0..200 {
+        assert_eq!(put(&nodes[i % 3], &key(i), format!("v{i}").as_bytes()), 200);
+    }
+    let li = nodes
+        .iter()
+        .position(|n| status(n)["node_id"] == leader.as_str())
+        .expect("the leader is one of ours");
+    nodes[li].kill9();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != li).collect();
+    let took = wait_for(
+        "a new leader",
+        Duration::from_millis(4 * SESSION_MS),
+        || {
+            survivors.iter().any(|&i| {
+                let s = status(&nodes[i]);
+                s["role"] == "leader" && s["epoch"].as_u64().unwrap_or(0) > epoch
+            })
+        },
+    );
+    assert!(
+        took <= Duration::from_millis(2 * SESSION_MS),
+        "a new leader took {took:?}, more than 2 × the {SESSION_MS} ms session timeout"
+    );
+    // Wait until the survivors see the dead node gone, then check every key.
+    for &i in &survivors {
+        wait_for("the dead node to leave", Duration::from_secs(10), || {
+            !members(&status(&nodes[i])).contains(&leader)
+        });
+    }
+    let probe = &nodes[survivors[0]];
+    let (mut down, mut up) = (0, 0);
+    for i in 0..200 {
+        let k = key(i);
+        let r = probe.get_kv(&k);
+        let p = partition_of(probe, &k);
+        if map[&p] == leader {
+            assert_eq!(r.status, 503, "key {i} on the dead node: {r:?}");
+            assert!(r.header("retry-after").is_some(), "503 without Retry-After");
+            down += 1;
+        } else {
+            assert_eq!(r.status, 200, "key {i} on a live node: {r:?}");
+            assert_eq!(r.body, format!("v{i}").as_bytes());
+            // And live partitions still take writes.
+            assert_eq!(put(probe, &k, format!("w{i}").as_bytes()), 200);
+            up += 1;
+        }
+    }
+    assert!(down > 0 && up > 0, "down {down}, up {up}");
+    // The dead node returns with its id and its data.
+    nodes[li].restart();
+    let probe = &nodes[survivors[0]];
+    for i in 0..200 {
+        let k = key(i);
+        let r = probe.get_kv(&k);
+        assert_eq!(r.status, 200, "key {i} after the restart: {r:?}");
+        let want = if map[&partition_of(probe, &k)] == leader {
+            format!("v{i}")
+        } else {
+            format!("w{i}")
+        };
+        assert_eq!(r.body, want.as_bytes(), "key {i}");
+    }
+    let st = status(&nodes[li]);
+    assert_eq!(st["node_id"], leader.as_str(), "restarted with its old id");
+    assert_eq!(owners(&st), map, "and its old partitions");
+}
+
+/// SIGSTOP the leader past its session timeout, then SIGCONT: a new leader took over; the old
+/// one, waking, changes nothing in ZooKeeper (epoch and map version stay the new leader's) and
+/// every node agrees on one owner per partition, so no partition has two owners taking writes.
+#[test]
+fn a_paused_leader_changes_nothing_when_it_wakes() {
+    let zk = ZooKeeper::start();
+    let nodes = start_cluster(&zk, "paused", &["p1", "p2", "p3"]);
+    for n in &nodes {
+        wait_for("3 members", Duration::from_secs(10), || {
+            members(&status(n)).len() == 3
+        });
+    }
+    let st = status(&nodes[0]);
+    let leader = st["leader"].as_str().unwrap_or("").to_string();
+    let epoch = st["epoch"].as_u64().unwrap_or(0);
+    let li = nodes
+        .iter()
+        .position(|n| status(n)["node_id"] == leader.as_str())
+        .expect("the leader is one of ours");
+    let pid = nodes[li].pid().expect("running") as libc::pid_t;
+    // SAFETY: signals to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let other = (0..3).find(|i| *i != li).unwrap_or(0);
+    wait_for(
+        "a new leader while the old one sleeps",
+        Duration::from_millis(6 * SESSION_MS),
+        || {
+            let s = status(&nodes[other]);
+            s["epoch"].as_u64().unwrap_or(0) > epoch && s["leader"] != leader.as_str()
+        },
+    );
+    thread::sleep(Duration::from_millis(SESSION_MS));
+    let before = status(&nodes[other]);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    wait_for(
+        "the old leader to see the new one",
+        Duration::from_secs(15),
+        || {
+            let s = status(&nodes[li]);
+            s["leader"] == before["leader"] && s["role"] == "follower"
+        },
+    );
+    thread::sleep(Duration::from_millis(SESSION_MS));
+    for n in &nodes {
+        let s = status(n);
+        assert_eq!(s["epoch"], before["epoch"], "the epoch moved: {s}");
+        assert_eq!(
+            s["partition_map_version"], before["partition_map_version"],
+            "the map changed after the old leader woke: {s}"
+        );
+        assert_eq!(owners(&s), owners(&before), "nodes disagree on owners");
+        assert_map_covers_each_partition_once(&s);
+    }
+    let leaders = nodes
+        .iter()
+        .filter(|n| status(n)["role"] == "leader")
+        .count();
+    assert_eq!(leaders, 1, "exactly one leader");
+    // Writes through every node land once and read back the same everywhere.
+    for i in 0..60 {
+        let k = key(i);
+        assert_eq!(put(&nodes[i % 3], &k, format!("after{i}").as_bytes()), 200);
+        for n in &nodes {
+            let r = n.get_kv(&k);
+            assert_eq!(r.status, 200);
+            assert_eq!(r.body, format!("after{i}").as_bytes());
+        }
+    }
+}
+
+/// The partition of a key, as the cluster computes it: asked of the node through a scan-free
+/// route — the status page's partition count and the same hash the node uses.
+fn partition_of(s: &Server, k: &[u8]) -> usize {
+    let st = status(s);
+    let n = st["partition_count"].as_u64().unwrap_or(PARTITIONS as u64);
+    (corecache_core::format::hash64(k) % n) as usize
+}
