@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use corecache_e2e::{http, kv_path, Server};
 
 /// No reply may take longer than this (a hang otherwise).
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_TIMEOUT: Duration = Duration::from_secs(20);
 /// The node cuts off a client that has not sent a whole request head by then (its header
 /// timeout is 10 s; the rest is slack for a loaded machine).
 const SLOWLORIS_CUTOFF: Duration = Duration::from_secs(30);
@@ -319,7 +319,7 @@ fn probes() -> Vec<Probe> {
         out.push(p);
     }
     // Random garbage heads.
-    for i in 0..200 {
+    for i in 0..260 {
         let n = 1 + rng.below(300);
         let mut bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
         if i % 2 == 0 {
@@ -870,7 +870,7 @@ fn malformed_requests_get_4xx_and_the_node_keeps_serving() {
         "{} of {total} probes failed (above)",
         failures.len()
     );
-    assert!(total >= 900, "only {total} probes");
+    assert!(total >= 1000, "only {total} probes");
     match round_trips {
         Ok(n) => assert!(n > 0, "the good client made no round trip"),
         Err(e) => panic!("the good client failed: {e}"),
