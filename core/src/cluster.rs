@@ -16,8 +16,14 @@ pub struct Member {
     pub peer: String,
 }
 
-/// What the leader keeps in the coordinator: who leads in which epoch, and who owns each
-/// partition. `version` goes up by one with every write.
+use std::collections::BTreeMap;
+
+/// Partition moves in flight at once.
+pub const MAX_MOVES: usize = 4;
+
+/// What the leader keeps in the coordinator: who leads in which epoch, who owns each partition,
+/// which partitions are moving where, and which nodes are leaving. `version` goes up by one
+/// with every write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterState {
     pub epoch: u64,
@@ -25,6 +31,11 @@ pub struct ClusterState {
     pub leader: String,
     /// Owner of each partition, indexed by partition number.
     pub owners: Vec<String>,
+    /// Partition → the node it is being handed to. The owner keeps serving it until the map
+    /// flips.
+    pub moving: BTreeMap<u16, String>,
+    /// Nodes being decommissioned: their partitions move away, and they get none.
+    pub leaving: Vec<String>,
 }
 
 impl ClusterState {
@@ -45,17 +56,110 @@ impl ClusterState {
             version: 1,
             leader: leader.to_string(),
             owners,
+            moving: BTreeMap::new(),
+            leaving: Vec::new(),
+        }
+    }
+
+    /// The same state, one version later.
+    pub fn bumped(&self) -> ClusterState {
+        let mut s = self.clone();
+        s.version += 1;
+        s
+    }
+
+    /// The leader's rebalancing decision, a pure function of the state and the live members:
+    /// abort moves whose source or target is gone, then start moves (at most [`MAX_MOVES`] in
+    /// flight) that take partitions off leaving nodes first, then from the most loaded live node
+    /// to the least loaded, until loads differ by at most one. A dead node keeps its partitions
+    /// (there are no replicas to move them from). `None` if nothing changes.
+    pub fn plan(&self, live: &[String]) -> Option<ClusterState> {
+        let mut next = self.clone();
+        let alive = |id: &str| live.iter().any(|m| m == id);
+        next.moving.retain(|p, to| {
+            alive(to)
+                && self
+                    .owners
+                    .get(usize::from(*p))
+                    .is_some_and(|o| alive(o) && o != to)
+        });
+        let targets: Vec<&String> = live.iter().filter(|m| !self.leaving.contains(m)).collect();
+        if !targets.is_empty() {
+            // Loads as they will be once the moves in flight finish.
+            let mut load: BTreeMap<String, usize> =
+                targets.iter().map(|t| (t.to_string(), 0usize)).collect();
+            let mut future_owner: Vec<String> = next.owners.clone();
+            for (p, to) in &next.moving {
+                future_owner[usize::from(*p)] = to.clone();
+            }
+            for o in &future_owner {
+                if let Some(n) = load.get_mut(o) {
+                    *n += 1;
+                }
+            }
+            while next.moving.len() < MAX_MOVES {
+                let Some((min_node, min_load)) = load
+                    .iter()
+                    .min_by_key(|(id, n)| (**n, (*id).clone()))
+                    .map(|(id, n)| (id.clone(), *n))
+                else {
+                    break;
+                };
+                // A partition to move: first any on a live leaving node, else one from the most
+                // loaded target if that is more than one above the least loaded.
+                let from_leaving = (0..next.owners.len()).find(|&p| {
+                    let o = future_owner[p].as_str();
+                    self.leaving.iter().any(|l| l == o)
+                        && alive(o)
+                        && !next.moving.contains_key(&(p as u16))
+                });
+                let pick = match from_leaving {
+                    Some(p) => Some(p),
+                    None => {
+                        let Some((max_node, max_load)) = load
+                            .iter()
+                            .max_by_key(|(id, n)| (**n, std::cmp::Reverse((*id).clone())))
+                            .map(|(id, n)| (id.clone(), *n))
+                        else {
+                            break;
+                        };
+                        if max_load <= min_load + 1 {
+                            None
+                        } else {
+                            (0..next.owners.len()).rev().find(|&p| {
+                                future_owner[p] == max_node
+                                    && next.owners[p] == max_node
+                                    && !next.moving.contains_key(&(p as u16))
+                            })
+                        }
+                    }
+                };
+                let Some(p) = pick else { break };
+                if let Some(n) = load.get_mut(&future_owner[p]) {
+                    *n -= 1;
+                }
+                if let Some(n) = load.get_mut(&min_node) {
+                    *n += 1;
+                }
+                future_owner[p] = min_node.clone();
+                next.moving.insert(p as u16, min_node);
+            }
+        }
+        if next == *self {
+            None
+        } else {
+            next.version += 1;
+            Some(next)
         }
     }
 
     /// The state after `leader` wins an election: a new epoch, the same owners.
     pub fn next_epoch(&self, leader: &str) -> ClusterState {
-        ClusterState {
-            epoch: self.epoch + 1,
-            version: self.version + 1,
-            leader: leader.to_string(),
-            owners: self.owners.clone(),
-        }
+        let mut s = self.clone();
+        s.epoch += 1;
+        s.version += 1;
+        s.leader = leader.to_string();
+        s
     }
 }
 
@@ -116,5 +220,62 @@ mod tests {
         let next = s.next_epoch("a");
         assert_eq!((next.epoch, next.version), (2, 2));
         assert_eq!(next.owners, s.owners);
+    }
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Runs the plan to its end, finishing every move at once, and returns the final state.
+    fn settle(mut s: ClusterState, live: &[String]) -> (ClusterState, usize) {
+        let mut moved = 0;
+        for _ in 0..1000 {
+            match s.plan(live) {
+                Some(n) => s = n,
+                None => {
+                    if s.moving.is_empty() {
+                        return (s, moved);
+                    }
+                }
+            }
+            assert!(s.moving.len() <= MAX_MOVES);
+            let moves = std::mem::take(&mut s.moving);
+            for (p, to) in moves {
+                s.owners[usize::from(p)] = to;
+                moved += 1;
+            }
+        }
+        panic!("the plan never settled")
+    }
+
+    #[test]
+    fn a_joining_node_gets_its_share_and_only_that_moves() {
+        let s = ClusterState::initial("a", &[m("a"), m("b"), m("c")], 64);
+        assert_eq!(
+            s.plan(&ids(&["a", "b", "c"])),
+            None,
+            "balanced: nothing to do"
+        );
+        let (done, moved) = settle(s, &ids(&["a", "b", "c", "d"]));
+        for id in ["a", "b", "c", "d"] {
+            assert_eq!(done.owners.iter().filter(|o| *o == id).count(), 16, "{id}");
+        }
+        assert_eq!(moved, 16, "only the new node's share moved");
+    }
+
+    #[test]
+    fn a_leaving_node_is_emptied_and_a_dead_node_keeps_its_partitions() {
+        let mut s = ClusterState::initial("a", &[m("a"), m("b"), m("c")], 64);
+        s.leaving = ids(&["c"]);
+        let (done, _) = settle(s.clone(), &ids(&["a", "b", "c"]));
+        assert!(done.owners.iter().all(|o| o != "c"));
+        let a = done.owners.iter().filter(|o| *o == "a").count();
+        assert!((31..=33).contains(&a), "{a}");
+        // c dead: nothing can move off it; the move in flight to or from it is aborted.
+        let mut s2 = s.plan(&ids(&["a", "b", "c"])).unwrap();
+        assert!(!s2.moving.is_empty());
+        s2 = s2.plan(&ids(&["a", "b"])).unwrap();
+        assert!(s2.moving.values().all(|to| to != "c"));
+        assert!(s2.moving.keys().all(|p| s2.owners[usize::from(*p)] != "c"));
     }
 }

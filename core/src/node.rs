@@ -24,7 +24,7 @@
 //! between nodes). A stored value is `1: u8 ‖ created_ms: u64 LE ‖ modified_ms: u64 LE ‖ value`.
 //! A key's version is the engine sequence number of the write that set it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -47,6 +47,13 @@ const FORWARD_TIMEOUT_MS: u64 = 10_000;
 /// How long a request waits for a newer partition map after `NotOwner`, and how often it retries.
 const PARK_TIMEOUT_MS: u64 = 5_000;
 const PARK_RETRY_MS: u64 = 50;
+/// Hand-off: keys per copied page, how long a step may wait for its answer, and how often the
+/// new owner repeats `MoveReady` until the map flips.
+const PART_PAGE: u32 = 2_000;
+const MOVE_STEP_TIMEOUT_MS: u64 = 10_000;
+const MOVE_READY_EVERY_MS: u64 = 1_000;
+/// Keys deleted per step when dropping a partition this node no longer owns.
+const CLEANUP_CHUNK: usize = 2_000;
 const ENVELOPE_LEN: usize = 17;
 
 /// Limits and identity.
@@ -171,6 +178,8 @@ pub enum Response {
     PreconditionFailed {
         current: Option<u64>,
     },
+    /// An operator's command was taken; it completes in the background.
+    Accepted,
     Page {
         items: Vec<Item>,
         /// The last key returned, when more may follow.
@@ -180,6 +189,13 @@ pub enum Response {
         kind: ErrorKind,
         message: String,
     },
+}
+
+/// Operator commands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminCommand {
+    /// Move every partition off `node` (it may then be stopped).
+    Decommission { node: String },
 }
 
 #[derive(Debug)]
@@ -199,6 +215,11 @@ pub enum Input {
     },
     /// Something the coordinator observed.
     Coordinator(CoordEvent),
+    /// An operator's command (answered with `Reply { id }`).
+    Admin {
+        id: u64,
+        command: AdminCommand,
+    },
     /// A `persist` finished: everything up to `upto` is durable and visible.
     Persisted {
         upto: u64,
@@ -251,6 +272,10 @@ pub struct ClusterView {
     pub owners: Vec<String>,
     /// Version of the partition map.
     pub map_version: u64,
+    /// Partitions being handed off, and to whom.
+    pub moving: BTreeMap<u16, String>,
+    /// Nodes being decommissioned.
+    pub leaving: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -505,6 +530,8 @@ pub struct Node {
     unpersisted_since: Option<u64>,
     /// Sequence number of the newest write this node applied.
     last_written: u64,
+    /// Every write up to this sequence number is durable (under `SyncMode::Always`).
+    persisted_upto: u64,
     cl: Cluster,
 }
 
@@ -513,6 +540,8 @@ pub struct Node {
 enum Target {
     Client(u64),
     Peer(String, u64),
+    /// The node's own write (hand-off copies): nobody to answer, but durability to wait for.
+    Internal,
 }
 
 /// The node's cluster state, fed by coordinator events.
@@ -535,6 +564,56 @@ struct Cluster {
     scans: BTreeMap<u64, ScanAgg>,
     /// Requests waiting for a newer partition map: (retry at, give up at, client, request).
     parked: Vec<(u64, u64, u64, Request)>,
+    /// Hand-offs of partitions this node owns: keys written since the copy began.
+    outgoing: BTreeMap<u16, Outgoing>,
+    /// Hand-offs of partitions coming to this node.
+    incoming: BTreeMap<u16, Incoming>,
+    /// Partitions this node no longer owns whose local copy is still to be deleted.
+    /// (With the last key deleted so far: deletes become visible only once persisted, so the
+    /// next chunk starts after it rather than finding the same keys again.)
+    cleanup: BTreeMap<u16, Option<Vec<u8>>>,
+    /// The leader has a state write in flight (a claim, a plan step, a flip).
+    write_in_flight: bool,
+    /// By partition: owned by this node in the last map seen (`None` before the first).
+    owned_before: Option<Vec<bool>>,
+}
+
+/// The old owner's side of a hand-off.
+struct Outgoing {
+    to: String,
+    /// User keys written to the partition since the copy began.
+    written: BTreeSet<Vec<u8>>,
+    /// Frozen: writes to the partition wait; the tail goes to `to` (request `id`) once every
+    /// write up to `upto` is durable (`sent` once it has).
+    frozen: Option<Frozen>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Frozen {
+    id: u64,
+    upto: u64,
+    sent: bool,
+}
+
+/// The new owner's side of a hand-off.
+struct Incoming {
+    from: String,
+    /// The step in flight: its request id and when to give up on it.
+    req: u64,
+    deadline: u64,
+    phase: Phase,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Copying pages (the last key received so far).
+    Copying,
+    /// Waiting for the tail.
+    Freezing,
+    /// The tail is applied at sequence number `upto`; waiting for it to be durable.
+    Applying { upto: u64 },
+    /// Durable here; `MoveReady` sent to the leader (again at `deadline`).
+    Ready,
 }
 
 struct Forwarded {
@@ -576,6 +655,40 @@ fn engine_err(e: Error) -> Response {
     }
 }
 
+/// The user keys a request names (none for a scan).
+fn request_keys(request: &Request) -> Vec<&[u8]> {
+    match request {
+        Request::Get { key } | Request::Put { key, .. } | Request::Delete { key, .. } => {
+            vec![key.as_slice()]
+        }
+        Request::Batch { ops } => ops
+            .iter()
+            .map(|op| match op {
+                BatchOp::Put(k, _) | BatchOp::Delete(k) => k.as_slice(),
+            })
+            .collect(),
+        Request::Scan { .. } => Vec::new(),
+    }
+}
+
+/// The engine key range of partition `p`: `[p ‖ after (exclusive) or p, p + 1)`.
+fn partition_range(p: u16, after: Option<&[u8]>) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let pre = p.to_be_bytes();
+    let lo = match after {
+        Some(a) => {
+            let mut k = pre.to_vec();
+            k.extend_from_slice(a);
+            Bound::Excluded(k)
+        }
+        None => Bound::Included(pre.to_vec()),
+    };
+    let hi = match prefix_end(&pre) {
+        Some(k) => Bound::Excluded(k),
+        None => Bound::Unbounded,
+    };
+    (lo, hi)
+}
+
 fn respond(target: Target, response: Response, out: &mut Vec<Output>) {
     match target {
         Target::Client(id) => out.push(Output::Reply { id, response }),
@@ -583,6 +696,7 @@ fn respond(target: Target, response: Response, out: &mut Vec<Output>) {
             to,
             message: PeerMessage::Reply { id, response },
         }),
+        Target::Internal => {}
     }
 }
 
@@ -727,7 +841,13 @@ impl Node {
                 forwards: BTreeMap::new(),
                 scans: BTreeMap::new(),
                 parked: Vec::new(),
+                outgoing: BTreeMap::new(),
+                incoming: BTreeMap::new(),
+                cleanup: BTreeMap::new(),
+                write_in_flight: false,
+                owned_before: None,
             },
+            persisted_upto: 0,
         }
     }
 
@@ -763,6 +883,8 @@ impl Node {
             members: self.cl.members.iter().map(|m| m.id.clone()).collect(),
             owners: st.map_or_else(Vec::new, |s| s.owners.clone()),
             map_version: st.map_or(0, |s| s.version),
+            moving: st.map_or_else(BTreeMap::new, |s| s.moving.clone()),
+            leaving: st.map_or_else(Vec::new, |s| s.leaving.clone()),
         }
     }
 
@@ -795,7 +917,13 @@ impl Node {
         };
         let forward = self.cl.forwards.values().map(|f| f.deadline).min();
         let parked = self.cl.parked.iter().map(|p| p.0).min();
-        [persist, forward, parked].into_iter().flatten().min()
+        let moves = self.cl.incoming.values().map(|m| m.deadline).min();
+        // Cleanup runs a chunk per call: come back at once while any is left.
+        let cleanup = (!self.cl.cleanup.is_empty()).then_some(0);
+        [persist, forward, parked, moves, cleanup]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The one door. `now` is the driver's wall clock in milliseconds since the Unix epoch.
@@ -805,6 +933,7 @@ impl Node {
             Input::Peer { from, message } => self.on_peer(now, from, message, out),
             Input::PeerDown { peer } => self.on_peer_down(&peer, out),
             Input::Coordinator(event) => self.on_coordinator(now, event, out),
+            Input::Admin { id, command } => self.on_admin(id, command, out),
             Input::Timeout => {}
             Input::BackgroundDone { result: _ } => {
                 self.background_running = false;
@@ -813,6 +942,7 @@ impl Node {
             Input::Persisted { upto } => {
                 self.persists_running = self.persists_running.saturating_sub(1);
                 self.persists += 1;
+                self.persisted_upto = self.persisted_upto.max(upto);
                 while self.waiting.front().is_some_and(|(seq, _, _)| *seq <= upto) {
                     let (_, target, response) = self.waiting.pop_front().expect("checked");
                     respond(target, response, out);
@@ -881,6 +1011,7 @@ impl Node {
         if self.cl.parked.iter().any(|p| p.0 <= now) {
             self.retry_parked(now, false, out);
         }
+        self.handoff_tick(now, out);
         self.lead(out);
     }
 
@@ -897,6 +1028,8 @@ impl Node {
                 self.cl.leading = false;
                 self.cl.need_claim = false;
                 self.cl.state_seen = false;
+                self.cl.claim_in_flight = false;
+                self.cl.write_in_flight = false;
             }
             CoordEvent::Elected => {
                 if self.cl.connected && !self.cl.leading {
@@ -921,14 +1054,18 @@ impl Node {
                 self.cl.state = state;
                 self.cl.stamp = stamp;
                 self.cl.state_seen = true;
+                self.on_map_change(now, out);
                 self.publish_routes();
                 self.retry_parked(now, true, out);
             }
             CoordEvent::WriteDone { ok, message: _ } => {
-                self.cl.claim_in_flight = false;
-                if ok && self.cl.need_claim && self.cl.connected {
-                    self.cl.need_claim = false;
-                    self.cl.leading = true;
+                self.cl.write_in_flight = false;
+                if self.cl.claim_in_flight {
+                    self.cl.claim_in_flight = false;
+                    if ok && self.cl.need_claim && self.cl.connected {
+                        self.cl.need_claim = false;
+                        self.cl.leading = true;
+                    }
                 }
             }
         }
@@ -939,6 +1076,18 @@ impl Node {
     /// leader changes nothing.
     fn lead(&mut self, out: &mut Vec<Output>) {
         let c = &mut self.cl;
+        if c.leading && c.connected && c.state_seen && !c.write_in_flight {
+            // Rebalance: start or abort moves as membership requires.
+            let live: Vec<String> = c.members.iter().map(|m| m.id.clone()).collect();
+            if let Some(next) = c.state.as_ref().and_then(|s| s.plan(&live)) {
+                c.write_in_flight = true;
+                out.push(Output::Coordinator(CoordCommand::WriteState {
+                    state: next,
+                    expected: c.stamp,
+                }));
+            }
+            return;
+        }
         if !(c.need_claim && c.connected && c.state_seen && !c.claim_in_flight) {
             return;
         }
@@ -952,6 +1101,7 @@ impl Node {
             Some(s) => s.next_epoch(me),
         };
         c.claim_in_flight = true;
+        c.write_in_flight = true;
         out.push(Output::Coordinator(CoordCommand::WriteState {
             state,
             expected: c.stamp,
@@ -961,7 +1111,13 @@ impl Node {
     /// Publishes which partitions this node serves, for reads outside the door.
     fn publish_routes(&mut self) {
         let owned = match self.routable() {
-            Ok(s) => Some(s.owners.iter().map(|o| *o == self.cfg.node_id).collect()),
+            Ok(s) => Some(
+                s.owners
+                    .iter()
+                    .enumerate()
+                    .map(|(p, o)| *o == self.cfg.node_id && !self.frozen(p as u16))
+                    .collect(),
+            ),
             Err(_) => None,
         };
         self.reader.routes.store(Arc::new(Routes { owned }));
@@ -998,18 +1154,10 @@ impl Node {
 
     /// The owner of every key a request names (one owner, or an error saying why not).
     fn owner_of_request(&self, request: &Request) -> Result<String, Response> {
-        let keys: Vec<&[u8]> = match request {
-            Request::Get { key } | Request::Put { key, .. } | Request::Delete { key, .. } => {
-                vec![key]
-            }
-            Request::Batch { ops } => ops
-                .iter()
-                .map(|op| match op {
-                    BatchOp::Put(k, _) | BatchOp::Delete(k) => k.as_slice(),
-                })
-                .collect(),
-            Request::Scan { .. } => return Err(err(ErrorKind::Internal, "scans fan out")),
-        };
+        if matches!(request, Request::Scan { .. }) {
+            return Err(err(ErrorKind::Internal, "scans fan out"));
+        }
+        let keys = request_keys(request);
         let mut owner: Option<String> = None;
         for k in keys {
             let o = self.owner(self.partition_of(k))?;
@@ -1045,6 +1193,13 @@ impl Node {
             Err(e) => return out.push(Output::Reply { id, response: e }),
         };
         if owner == self.cfg.node_id {
+            if self.touches_frozen(&request) {
+                // Being handed off: wait for the map to flip, then go to the new owner.
+                self.cl
+                    .parked
+                    .push((now + PARK_RETRY_MS, now + PARK_TIMEOUT_MS, id, request));
+                return;
+            }
             return self.execute(now, Target::Client(id), request, out);
         }
         if !self.is_member(&owner) {
@@ -1171,7 +1326,7 @@ impl Node {
                 map_version: _,
                 request,
             } => match self.owner_of_request(&request) {
-                Ok(o) if o == self.cfg.node_id => {
+                Ok(o) if o == self.cfg.node_id && !self.touches_frozen(&request) => {
                     self.execute(now, Target::Peer(from, id), request, out)
                 }
                 Ok(_) => out.push(Output::Send {
@@ -1209,6 +1364,41 @@ impl Node {
                     .unwrap_or_else(|e| e);
                 respond(Target::Peer(from, id), page, out);
             }
+            PeerMessage::FetchPart {
+                id,
+                partition,
+                after,
+                limit,
+            } => self.on_fetch_part(from, id, partition, after, limit, out),
+            PeerMessage::FreezePart { id, partition } => {
+                self.on_freeze_part(now, from, id, partition, out)
+            }
+            PeerMessage::PartPage {
+                id,
+                partition,
+                items,
+                done,
+            } => self.on_part_page(now, &from, id, partition, items, done, out),
+            PeerMessage::PartTail {
+                id,
+                partition,
+                items,
+            } => self.on_part_tail(now, &from, id, partition, items, out),
+            PeerMessage::PartRefused {
+                id,
+                partition,
+                reason: _,
+            } => {
+                // Start over later (the leader may also abort the move).
+                if let Some(m) = self.cl.incoming.get_mut(&partition) {
+                    if m.req == id {
+                        m.deadline = now + MOVE_READY_EVERY_MS;
+                        m.req = u64::MAX;
+                    }
+                }
+            }
+            PeerMessage::MoveReady { partition } => self.on_move_ready(&from, partition, out),
+            PeerMessage::Decommission { node } => self.decommission(node, out),
             PeerMessage::Reply { id, response } => {
                 if let Some(f) = self.cl.forwards.remove(&id) {
                     match f.kind {
@@ -1308,10 +1498,575 @@ impl Node {
         }
     }
 
+    // ---- hand-off
+
+    fn frozen(&self, p: u16) -> bool {
+        self.cl.outgoing.get(&p).is_some_and(|o| o.frozen.is_some())
+    }
+
+    fn touches_frozen(&self, request: &Request) -> bool {
+        !self.cl.outgoing.is_empty()
+            && request_keys(request)
+                .iter()
+                .any(|k| self.frozen(self.partition_of(k)))
+    }
+
+    fn on_admin(&mut self, id: u64, command: AdminCommand, out: &mut Vec<Output>) {
+        match command {
+            AdminCommand::Decommission { node } => {
+                let response = match &self.cl.state {
+                    None => err(ErrorKind::Unavailable, "the cluster has no leader yet"),
+                    Some(_) if !self.is_member(&node) => err(
+                        ErrorKind::BadRequest,
+                        format!("{node} is not a live member"),
+                    ),
+                    Some(s) => {
+                        let leader = s.leader.clone();
+                        if self.cl.leading {
+                            self.decommission(node, out);
+                        } else {
+                            out.push(Output::Send {
+                                to: leader,
+                                message: PeerMessage::Decommission { node },
+                            });
+                        }
+                        Response::Accepted
+                    }
+                };
+                out.push(Output::Reply { id, response });
+            }
+        }
+    }
+
+    /// The leader marks `node` as leaving; the plan then moves its partitions away.
+    fn decommission(&mut self, node: String, out: &mut Vec<Output>) {
+        let c = &mut self.cl;
+        if !c.leading || c.write_in_flight {
+            return;
+        }
+        let Some(s) = &c.state else { return };
+        if s.leaving.contains(&node) {
+            return;
+        }
+        let mut next = s.bumped();
+        next.leaving.push(node);
+        c.write_in_flight = true;
+        out.push(Output::Coordinator(CoordCommand::WriteState {
+            state: next,
+            expected: c.stamp,
+        }));
+    }
+
+    /// The leader flips partition `p` to `from` once its copy is durable there.
+    fn on_move_ready(&mut self, from: &str, p: u16, out: &mut Vec<Output>) {
+        let c = &mut self.cl;
+        if !c.leading || c.write_in_flight {
+            return; // the new owner repeats itself
+        }
+        let Some(s) = &c.state else { return };
+        if s.moving.get(&p).map(String::as_str) != Some(from) {
+            return;
+        }
+        let mut next = s.bumped();
+        next.moving.remove(&p);
+        next.owners[usize::from(p)] = from.to_string();
+        c.write_in_flight = true;
+        out.push(Output::Coordinator(CoordCommand::WriteState {
+            state: next,
+            expected: c.stamp,
+        }));
+    }
+
+    /// Reacts to a new partition map: start receiving partitions moving here, forget moves
+    /// that ended, and schedule the deletion of partitions handed away.
+    fn on_map_change(&mut self, now: u64, out: &mut Vec<Output>) {
+        let Ok(state) = self.routable().cloned() else {
+            return;
+        };
+        let me = self.cfg.node_id.clone();
+        // Outgoing moves: ended when the map no longer records them.
+        let ended: Vec<u16> = self
+            .cl
+            .outgoing
+            .iter()
+            .filter(|(p, o)| state.moving.get(p) != Some(&o.to))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in ended {
+            self.cl.outgoing.remove(&p);
+        }
+        // Partitions that left us: delete the local copy.
+        for (p, owner) in state.owners.iter().enumerate() {
+            let p = p as u16;
+            if *owner != me && state.moving.get(&p).is_none_or(|t| *t != me) {
+                // Only ones we held: a cleanup of an empty range costs one seek.
+                if self.cl.incoming.remove(&p).is_some() || self.once_owned(p) {
+                    self.cl.cleanup.entry(p).or_insert(None);
+                }
+            }
+        }
+        // Incoming moves: flipped (ours now) or aborted.
+        let done: Vec<u16> = self
+            .cl
+            .incoming
+            .keys()
+            .filter(|p| state.moving.get(p) != Some(&me))
+            .copied()
+            .collect();
+        for p in done {
+            self.cl.incoming.remove(&p);
+            if state.owners[usize::from(p)] != me {
+                self.cl.cleanup.entry(p).or_insert(None);
+            }
+        }
+        self.cl.owned_before = Some(state.owners.iter().map(|o| *o == me).collect());
+        // New moves to us.
+        for (p, to) in &state.moving {
+            if *to == me && !self.cl.incoming.contains_key(p) {
+                let from = state.owners[usize::from(*p)].clone();
+                self.cl.cleanup.remove(p);
+                self.start_incoming(now, *p, from, out);
+            }
+        }
+    }
+
+    /// Whether this node may hold data of `p` it does not own: it owned it in the map before
+    /// this one, or this is the first map since the node started (a crash may have cut a
+    /// cleanup short).
+    fn once_owned(&self, p: u16) -> bool {
+        match &self.cl.owned_before {
+            None => true,
+            Some(o) => o.get(usize::from(p)).copied().unwrap_or(false),
+        }
+    }
+
+    /// Clears any stale local copy of `p`, then asks its owner for the first page.
+    fn start_incoming(&mut self, now: u64, p: u16, from: String, out: &mut Vec<Output>) {
+        // A failure here surfaces again when the copy's own writes fail.
+        let _ = self.delete_partition(p, usize::MAX, None, out);
+        let id = self.cl.next_fid;
+        self.cl.next_fid += 1;
+        out.push(Output::Send {
+            to: from.clone(),
+            message: PeerMessage::FetchPart {
+                id,
+                partition: p,
+                after: None,
+                limit: PART_PAGE,
+            },
+        });
+        self.cl.incoming.insert(
+            p,
+            Incoming {
+                from,
+                req: id,
+                deadline: now + MOVE_STEP_TIMEOUT_MS,
+                phase: Phase::Copying,
+            },
+        );
+    }
+
+    /// Deletes up to `max` keys of partition `p` (after user key `after`) from the local
+    /// engine. Returns the last key deleted if more may be left.
+    fn delete_partition(
+        &mut self,
+        p: u16,
+        max: usize,
+        after: Option<&[u8]>,
+        out: &mut Vec<Output>,
+    ) -> Result<Option<Vec<u8>>, Response> {
+        let (lo, hi) = partition_range(p, after);
+        let snap = self.db.snapshot();
+        let it = snap
+            .scan(
+                lo.as_ref().map(Vec::as_slice),
+                hi.as_ref().map(Vec::as_slice),
+            )
+            .map_err(engine_err)?;
+        let mut b = WriteBatch::new();
+        let mut n = 0;
+        let mut more = None;
+        let mut last: Option<Vec<u8>> = None;
+        for kv in it {
+            let (k, _) = kv.map_err(engine_err)?;
+            if n == max {
+                more = last.take().map(|k: Vec<u8>| k[2..].to_vec());
+                break;
+            }
+            last = Some(k.clone());
+            b.delete(k);
+            n += 1;
+        }
+        if n > 0 {
+            let seq = self.db.write_deferred(b).map_err(engine_err)?;
+            self.last_written = self.last_written.max(seq);
+            if self.durable {
+                // Nobody waits for these deletes, but a persist must make them durable and
+                // visible.
+                self.waiting
+                    .push_back((seq, Target::Internal, Response::Accepted));
+                self.request_persist(out);
+            }
+        }
+        Ok(more)
+    }
+
+    /// Timeouts and chores of hand-offs: retry a step that got no answer, repeat `MoveReady`,
+    /// send tails whose writes became durable, and delete handed-away partitions.
+    fn handoff_tick(&mut self, now: u64, out: &mut Vec<Output>) {
+        // The old owner's frozen partitions: the tail leaves once their writes are durable.
+        let durable_upto = if self.durable {
+            self.persisted_upto
+        } else {
+            u64::MAX
+        };
+        let ready: Vec<u16> = self
+            .cl
+            .outgoing
+            .iter()
+            .filter(|(_, o)| o.frozen.is_some_and(|f| !f.sent && f.upto <= durable_upto))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in ready {
+            let Some(o) = self.cl.outgoing.get_mut(&p) else {
+                continue;
+            };
+            let Some(f) = o.frozen.as_mut() else { continue };
+            // Sent once; stays frozen until the map flips or the move is aborted.
+            f.sent = true;
+            let id = f.id;
+            let to = o.to.clone();
+            let keys: Vec<Vec<u8>> = std::mem::take(&mut o.written).into_iter().collect();
+            let mut items = Vec::with_capacity(keys.len());
+            for k in keys {
+                let ikey = self.reader.internal_key(&k);
+                match self.db.get_latest(&ikey) {
+                    Ok(v) => items.push((k, v.map(|(_, raw)| raw))),
+                    Err(e) => {
+                        let reason = format!("cannot read the tail: {e}");
+                        out.push(Output::Send {
+                            to: to.clone(),
+                            message: PeerMessage::PartRefused {
+                                id,
+                                partition: p,
+                                reason,
+                            },
+                        });
+                        items.clear();
+                        break;
+                    }
+                }
+            }
+            out.push(Output::Send {
+                to,
+                message: PeerMessage::PartTail {
+                    id,
+                    partition: p,
+                    items,
+                },
+            });
+        }
+        // The new owner's side.
+        let leader = self.cl.state.as_ref().map(|s| s.leader.clone());
+        let parts: Vec<u16> = self.cl.incoming.keys().copied().collect();
+        for p in parts {
+            let Some(m) = self.cl.incoming.get(&p) else {
+                continue;
+            };
+            match m.phase {
+                Phase::Applying { upto } if upto <= durable_upto => {
+                    if let Some(m) = self.cl.incoming.get_mut(&p) {
+                        m.phase = Phase::Ready;
+                        m.deadline = now;
+                    }
+                }
+                _ => {}
+            }
+            let Some(m) = self.cl.incoming.get(&p) else {
+                continue;
+            };
+            if m.deadline > now {
+                continue;
+            }
+            match m.phase {
+                Phase::Ready => {
+                    if let Some(l) = &leader {
+                        out.push(Output::Send {
+                            to: l.clone(),
+                            message: PeerMessage::MoveReady { partition: p },
+                        });
+                    }
+                    if let Some(m) = self.cl.incoming.get_mut(&p) {
+                        m.deadline = now + MOVE_READY_EVERY_MS;
+                    }
+                }
+                Phase::Applying { .. } => {
+                    if let Some(m) = self.cl.incoming.get_mut(&p) {
+                        m.deadline = now + MOVE_READY_EVERY_MS;
+                    }
+                }
+                Phase::Copying | Phase::Freezing => {
+                    // No answer (or refused): start over from a clean copy.
+                    let from = m.from.clone();
+                    self.cl.incoming.remove(&p);
+                    self.start_incoming(now, p, from, out);
+                }
+            }
+        }
+        // Partitions handed away: delete a chunk at a time.
+        if let Some((&p, after)) = self.cl.cleanup.iter().next() {
+            let after = after.clone();
+            match self.delete_partition(p, CLEANUP_CHUNK, after.as_deref(), out) {
+                Ok(Some(last)) => {
+                    self.cl.cleanup.insert(p, Some(last));
+                }
+                Ok(None) | Err(_) => {
+                    self.cl.cleanup.remove(&p);
+                }
+            }
+        }
+    }
+
+    /// Old owner: a page of `p` for its new owner.
+    #[allow(clippy::too_many_arguments)]
+    fn on_fetch_part(
+        &mut self,
+        from: String,
+        id: u64,
+        p: u16,
+        after: Option<Vec<u8>>,
+        limit: u32,
+        out: &mut Vec<Output>,
+    ) {
+        let refuse = |reason: &str, out: &mut Vec<Output>| {
+            out.push(Output::Send {
+                to: from.clone(),
+                message: PeerMessage::PartRefused {
+                    id,
+                    partition: p,
+                    reason: reason.to_string(),
+                },
+            })
+        };
+        let ok = self.routable().is_ok_and(|s| {
+            s.owners.get(usize::from(p)) == Some(&self.cfg.node_id)
+                && s.moving.get(&p) == Some(&from)
+        });
+        if !ok {
+            return refuse("no such move in this node's partition map", out);
+        }
+        if after.is_none() {
+            // The copy (re)starts: record writes from now on. A frozen partition stays frozen.
+            let frozen = self.cl.outgoing.get(&p).and_then(|o| o.frozen);
+            self.cl.outgoing.insert(
+                p,
+                Outgoing {
+                    to: from.clone(),
+                    written: BTreeSet::new(),
+                    frozen,
+                },
+            );
+        } else if !self.cl.outgoing.contains_key(&p) {
+            return refuse("the copy was not started", out);
+        }
+        let (lo, hi) = partition_range(p, after.as_deref());
+        let snap = self.db.snapshot();
+        let it = match snap.scan(
+            lo.as_ref().map(Vec::as_slice),
+            hi.as_ref().map(Vec::as_slice),
+        ) {
+            Ok(it) => it,
+            Err(e) => return refuse(&format!("cannot read the partition: {e}"), out),
+        };
+        let limit = limit.clamp(1, 100_000) as usize;
+        let mut items = Vec::new();
+        let mut bytes = 0usize;
+        let mut done = true;
+        for kv in it {
+            let (k, v) = match kv {
+                Ok(kv) => kv,
+                Err(e) => return refuse(&format!("cannot read the partition: {e}"), out),
+            };
+            if items.len() >= limit || bytes > (8 << 20) {
+                done = false;
+                break;
+            }
+            bytes += k.len() + v.len();
+            items.push((k[2..].to_vec(), v));
+        }
+        out.push(Output::Send {
+            to: from,
+            message: PeerMessage::PartPage {
+                id,
+                partition: p,
+                items,
+                done,
+            },
+        });
+    }
+
+    /// Old owner: stop writes to `p`; the tail leaves once they are durable (`handoff_tick`).
+    fn on_freeze_part(&mut self, now: u64, from: String, id: u64, p: u16, out: &mut Vec<Output>) {
+        let upto = self.last_written;
+        match self.cl.outgoing.get_mut(&p) {
+            Some(o) if o.to == from => {
+                o.frozen = Some(Frozen {
+                    id,
+                    upto,
+                    sent: false,
+                });
+                if self.durable && upto > self.persisted_upto {
+                    // Make sure a persist covers every write made before the freeze.
+                    self.waiting
+                        .push_back((upto, Target::Internal, Response::Accepted));
+                    self.request_persist(out);
+                }
+                self.publish_routes();
+                self.handoff_tick(now, out);
+            }
+            _ => out.push(Output::Send {
+                to: from,
+                message: PeerMessage::PartRefused {
+                    id,
+                    partition: p,
+                    reason: "the copy was not started".into(),
+                },
+            }),
+        }
+    }
+
+    /// New owner: apply a page, then ask for the next one or freeze.
+    #[allow(clippy::too_many_arguments)]
+    fn on_part_page(
+        &mut self,
+        now: u64,
+        from: &str,
+        id: u64,
+        p: u16,
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+        done: bool,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(m) = self.cl.incoming.get(&p) else {
+            return;
+        };
+        if m.req != id || m.from != from || m.phase != Phase::Copying {
+            return;
+        }
+        let last = items.last().map(|(k, _)| k.clone());
+        if !items.is_empty() {
+            let mut b = WriteBatch::new();
+            for (k, v) in items {
+                let mut ik = p.to_be_bytes().to_vec();
+                ik.extend_from_slice(&k);
+                b.put(ik, v);
+            }
+            match self.db.write_deferred(b) {
+                Ok(seq) => self.last_written = self.last_written.max(seq),
+                Err(_) => {
+                    // Try again later from scratch.
+                    if let Some(m) = self.cl.incoming.get_mut(&p) {
+                        m.req = u64::MAX;
+                        m.deadline = now + MOVE_READY_EVERY_MS;
+                    }
+                    return;
+                }
+            }
+        }
+        let next_id = self.cl.next_fid;
+        self.cl.next_fid += 1;
+        let message = if done {
+            PeerMessage::FreezePart {
+                id: next_id,
+                partition: p,
+            }
+        } else {
+            PeerMessage::FetchPart {
+                id: next_id,
+                partition: p,
+                after: last,
+                limit: PART_PAGE,
+            }
+        };
+        out.push(Output::Send {
+            to: from.to_string(),
+            message,
+        });
+        if let Some(m) = self.cl.incoming.get_mut(&p) {
+            m.req = next_id;
+            m.deadline = now + MOVE_STEP_TIMEOUT_MS;
+            if done {
+                m.phase = Phase::Freezing;
+            }
+        }
+    }
+
+    /// New owner: apply the tail; once durable, tell the leader (`handoff_tick`).
+    fn on_part_tail(
+        &mut self,
+        now: u64,
+        from: &str,
+        id: u64,
+        p: u16,
+        items: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(m) = self.cl.incoming.get(&p) else {
+            return;
+        };
+        if m.req != id || m.from != from || m.phase != Phase::Freezing {
+            return;
+        }
+        let mut upto = self.last_written;
+        if !items.is_empty() {
+            let mut b = WriteBatch::new();
+            for (k, v) in items {
+                let mut ik = p.to_be_bytes().to_vec();
+                ik.extend_from_slice(&k);
+                match v {
+                    Some(v) => b.put(ik, v),
+                    None => b.delete(ik),
+                };
+            }
+            match self.db.write_deferred(b) {
+                Ok(seq) => {
+                    self.last_written = self.last_written.max(seq);
+                    upto = seq;
+                }
+                Err(_) => {
+                    if let Some(m) = self.cl.incoming.get_mut(&p) {
+                        m.req = u64::MAX;
+                        m.deadline = now + MOVE_READY_EVERY_MS;
+                    }
+                    return;
+                }
+            }
+        }
+        if self.durable && upto > self.persisted_upto {
+            self.waiting
+                .push_back((upto, Target::Internal, Response::Accepted));
+            self.request_persist(out);
+        }
+        if let Some(m) = self.cl.incoming.get_mut(&p) {
+            m.phase = Phase::Applying { upto };
+            m.deadline = now;
+        }
+        self.handoff_tick(now, out);
+    }
+
     // ---- local execution
 
     /// Runs a request whose partitions this node owns, answering `target`.
     fn execute(&mut self, now: u64, target: Target, request: Request, out: &mut Vec<Output>) {
+        let tracked: Vec<(u16, Vec<u8>)> = if self.cl.outgoing.is_empty() {
+            Vec::new()
+        } else {
+            request_keys(&request)
+                .into_iter()
+                .map(|k| (self.partition_of(k), k.to_vec()))
+                .filter(|(p, _)| self.cl.outgoing.contains_key(p))
+                .collect()
+        };
         let result = match request {
             Request::Get { key } => self.reader.get(&key).map(|r| (r, None)),
             Request::Put { key, value, cond } => self.put(&key, &value, &cond, now),
@@ -1330,6 +2085,11 @@ impl Node {
         let (response, seq) = result.unwrap_or_else(|r| (r, None));
         if let Some(seq) = seq {
             self.last_written = self.last_written.max(seq);
+            for (p, k) in tracked {
+                if let Some(o) = self.cl.outgoing.get_mut(&p) {
+                    o.written.insert(k);
+                }
+            }
         }
         match seq {
             Some(seq) if self.durable => {
@@ -1699,6 +2459,7 @@ mod tests {
         stored: Option<ClusterState>,
         stamp: i64,
         replies: Vec<(usize, u64, Response)>,
+        now: u64,
     }
 
     impl Net {
@@ -1716,8 +2477,62 @@ mod tests {
                 stored: None,
                 stamp: -1,
                 replies: Vec::new(),
+                now: 1_000,
             };
             for id in ids {
+                net.add_node(id);
+            }
+            for i in 0..ids.len() {
+                net.input(i, Input::Coordinator(CoordEvent::Connected));
+                net.input(i, Input::Coordinator(CoordEvent::Members(members.clone())));
+                let st = CoordEvent::State {
+                    state: None,
+                    stamp: -1,
+                };
+                net.input(i, Input::Coordinator(st));
+            }
+            net
+        }
+
+        fn members(&self) -> Vec<Member> {
+            self.nodes
+                .iter()
+                .map(|n| Member {
+                    id: n.cfg.node_id.clone(),
+                    http: String::new(),
+                    peer: String::new(),
+                })
+                .collect()
+        }
+
+        /// A new node joins: connects, sees the members and the state; everyone sees it.
+        fn join(&mut self, id: &str) {
+            self.add_node(id);
+            let i = self.nodes.len() - 1;
+            self.input(i, Input::Coordinator(CoordEvent::Connected));
+            let st = CoordEvent::State {
+                state: self.stored.clone(),
+                stamp: self.stamp,
+            };
+            self.input(i, Input::Coordinator(st));
+            let ms = self.members();
+            for j in 0..self.nodes.len() {
+                self.input(j, Input::Coordinator(CoordEvent::Members(ms.clone())));
+            }
+        }
+
+        /// Time passes: every node gets timeouts until nothing is due.
+        fn settle(&mut self) {
+            for _ in 0..200 {
+                self.now += 100;
+                for j in 0..self.nodes.len() {
+                    self.input(j, Input::Timeout);
+                }
+            }
+        }
+
+        fn add_node(&mut self, id: &str) {
+            {
                 let db = Arc::new(
                     Db::open(
                         Arc::new(SimDisk::new()),
@@ -1737,59 +2552,55 @@ mod tests {
                         ..NodeConfig::default()
                     },
                 );
-                net.nodes.push(n);
+                self.nodes.push(n);
             }
-            for i in 0..ids.len() {
-                net.input(i, Input::Coordinator(CoordEvent::Connected));
-                net.input(i, Input::Coordinator(CoordEvent::Members(members.clone())));
-                let st = CoordEvent::State {
-                    state: None,
-                    stamp: -1,
-                };
-                net.input(i, Input::Coordinator(st));
-            }
-            net
         }
 
         fn index(&self, id: &str) -> usize {
             self.nodes.iter().position(|n| n.cfg.node_id == id).unwrap()
         }
 
-        /// Feeds one input and carries out every output, recursively, until all is quiet.
+        /// Feeds one input and carries out every output, in FIFO order, until all is quiet.
         fn input(&mut self, i: usize, input: Input) {
-            let mut out = Vec::new();
-            self.nodes[i].handle(1_000, input, &mut out);
-            for o in out {
-                match o {
-                    Output::Reply { id, response } => self.replies.push((i, id, response)),
-                    Output::Persist => {
-                        let upto = self.nodes[i].db().persist().unwrap();
-                        self.input(i, Input::Persisted { upto });
-                    }
-                    Output::Background => {}
-                    Output::Send { to, message } => {
-                        let from = self.nodes[i].cfg.node_id.clone();
-                        let j = self.index(&to);
-                        self.input(j, Input::Peer { from, message });
-                    }
-                    Output::Coordinator(CoordCommand::WriteState { state, expected }) => {
-                        let ok = expected == self.stamp;
-                        if ok {
-                            self.stored = Some(state);
-                            self.stamp += 1;
+            let mut queue = VecDeque::from([(i, input)]);
+            let mut steps = 0;
+            while let Some((i, input)) = queue.pop_front() {
+                steps += 1;
+                assert!(steps < 1_000_000, "the cluster never went quiet");
+                let mut out = Vec::new();
+                self.nodes[i].handle(self.now, input, &mut out);
+                for o in out {
+                    match o {
+                        Output::Reply { id, response } => self.replies.push((i, id, response)),
+                        Output::Persist => {
+                            let upto = self.nodes[i].db().persist().unwrap();
+                            queue.push_back((i, Input::Persisted { upto }));
                         }
-                        let done = CoordEvent::WriteDone {
-                            ok,
-                            message: String::new(),
-                        };
-                        self.input(i, Input::Coordinator(done));
-                        if ok {
-                            for j in 0..self.nodes.len() {
-                                let st = CoordEvent::State {
-                                    state: self.stored.clone(),
-                                    stamp: self.stamp,
-                                };
-                                self.input(j, Input::Coordinator(st));
+                        Output::Background => {}
+                        Output::Send { to, message } => {
+                            let from = self.nodes[i].cfg.node_id.clone();
+                            let j = self.index(&to);
+                            queue.push_back((j, Input::Peer { from, message }));
+                        }
+                        Output::Coordinator(CoordCommand::WriteState { state, expected }) => {
+                            let ok = expected == self.stamp;
+                            if ok {
+                                self.stored = Some(state);
+                                self.stamp += 1;
+                            }
+                            let done = CoordEvent::WriteDone {
+                                ok,
+                                message: String::new(),
+                            };
+                            queue.push_back((i, Input::Coordinator(done)));
+                            if ok {
+                                for j in 0..self.nodes.len() {
+                                    let st = CoordEvent::State {
+                                        state: self.stored.clone(),
+                                        stamp: self.stamp,
+                                    };
+                                    queue.push_back((j, Input::Coordinator(st)));
+                                }
                             }
                         }
                     }
@@ -1887,6 +2698,110 @@ mod tests {
                 }
             ),
             Response::NotFound
+        );
+    }
+
+    #[test]
+    fn a_joining_node_gets_partitions_by_hand_off_with_every_key_intact() {
+        let mut net = Net::new(&["a", "b"]);
+        net.input(0, Input::Coordinator(CoordEvent::Elected));
+        for k in 0..400u64 {
+            let key = format!("key{k:03}");
+            let r = net.call((k % 2) as usize, k, put(&key, &format!("v{k}")));
+            assert!(matches!(r, Response::Written { .. }), "{r:?}");
+        }
+        for k in 0..50u64 {
+            let key = format!("key{k:03}");
+            net.call(
+                0,
+                10_000 + k,
+                Request::Delete {
+                    key: key.into(),
+                    cond: Condition::None,
+                },
+            );
+        }
+        net.join("c");
+        net.settle();
+        let view = net.nodes[0].cluster();
+        assert!(view.moving.is_empty(), "moves left: {:?}", view.moving);
+        for id in ["a", "b", "c"] {
+            let n = view.owners.iter().filter(|o| *o == id).count();
+            assert!((5..=6).contains(&n), "{id} owns {n} of 16");
+        }
+        for via in 0..3 {
+            for k in 0..400u64 {
+                let key = format!("key{k:03}");
+                let r = net.call(
+                    via,
+                    20_000 + k,
+                    Request::Get {
+                        key: key.clone().into(),
+                    },
+                );
+                if k < 50 {
+                    assert_eq!(r, Response::NotFound, "{key} was deleted (via {via})");
+                } else {
+                    let Response::Value { value, .. } = r else {
+                        panic!("{key} via {via}: {r:?}")
+                    };
+                    assert_eq!(value, format!("v{k}").as_bytes());
+                }
+            }
+        }
+        // The old owners dropped their copies of the moved partitions.
+        let c_parts: Vec<u16> = (0..16u16)
+            .filter(|p| view.owners[*p as usize] == "c")
+            .collect();
+        for n in &net.nodes[..2] {
+            for p in &c_parts {
+                let pre = p.to_be_bytes();
+                let left = n.db().scan_prefix(&pre).unwrap().count();
+                assert_eq!(left, 0, "{} still holds partition {p}", n.cfg.node_id);
+            }
+        }
+    }
+
+    #[test]
+    fn a_decommissioned_node_is_emptied() {
+        let mut net = Net::new(&["a", "b", "c"]);
+        net.input(0, Input::Coordinator(CoordEvent::Elected));
+        for k in 0..300u64 {
+            net.call((k % 3) as usize, k, put(&format!("k{k}"), "v"));
+        }
+        // Asked through a follower: it goes to the leader.
+        net.input(
+            2,
+            Input::Admin {
+                id: 77,
+                command: AdminCommand::Decommission { node: "c".into() },
+            },
+        );
+        assert!(net
+            .replies
+            .iter()
+            .any(|(_, id, r)| *id == 77 && *r == Response::Accepted));
+        net.settle();
+        let view = net.nodes[1].cluster();
+        assert!(view.owners.iter().all(|o| o != "c"), "{:?}", view.owners);
+        assert!(view.moving.is_empty());
+        for k in 0..300u64 {
+            let r = net.call(
+                1,
+                1_000 + k,
+                Request::Get {
+                    key: format!("k{k}").into(),
+                },
+            );
+            assert!(matches!(r, Response::Value { .. }), "k{k}: {r:?}");
+        }
+        assert_eq!(
+            net.nodes[2]
+                .db()
+                .scan(Bound::Unbounded, Bound::Unbounded)
+                .unwrap()
+                .count(),
+            0
         );
     }
 

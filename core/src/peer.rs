@@ -49,6 +49,40 @@ pub enum PeerMessage {
         after: Option<Vec<u8>>,
         limit: u64,
     },
+    /// Hand-off, new owner → old owner: the next page of `partition` after `after` (`None`:
+    /// the first page, which also starts recording the keys written to it from now on).
+    FetchPart {
+        id: u64,
+        partition: u16,
+        after: Option<Vec<u8>>,
+        limit: u32,
+    },
+    /// A page of a partition: user keys with their stored (enveloped) values.
+    PartPage {
+        id: u64,
+        partition: u16,
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+        done: bool,
+    },
+    /// Hand-off: stop taking writes to `partition` and send the keys written since the copy
+    /// began.
+    FreezePart { id: u64, partition: u16 },
+    /// The writes since the copy began: each key's current stored value, or `None` if deleted.
+    PartTail {
+        id: u64,
+        partition: u16,
+        items: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    },
+    /// The old owner cannot serve this hand-off step (not the owner, no move recorded, ...).
+    PartRefused {
+        id: u64,
+        partition: u16,
+        reason: String,
+    },
+    /// New owner → leader: `partition` is copied and durable here; flip the map.
+    MoveReady { partition: u16 },
+    /// Any node → leader: move every partition off `node`.
+    Decommission { node: String },
 }
 
 /// Why a frame did not decode.
@@ -143,6 +177,54 @@ pub fn decode_message(payload: &[u8]) -> Result<PeerMessage, ProtocolError> {
                 limit: r.u64()?,
             }
         }
+        6 => PeerMessage::FetchPart {
+            id: r.u64()?,
+            partition: r.u16()?,
+            after: r.opt_bytes()?,
+            limit: r.u32()?,
+        },
+        7 => {
+            let id = r.u64()?;
+            let partition = r.u16()?;
+            let n = r.count(8)?;
+            let mut items = Vec::with_capacity(n);
+            for _ in 0..n {
+                items.push((r.bytes()?, r.bytes()?));
+            }
+            PeerMessage::PartPage {
+                id,
+                partition,
+                items,
+                done: r.u8()? != 0,
+            }
+        }
+        8 => PeerMessage::FreezePart {
+            id: r.u64()?,
+            partition: r.u16()?,
+        },
+        9 => {
+            let id = r.u64()?;
+            let partition = r.u16()?;
+            let n = r.count(5)?;
+            let mut items = Vec::with_capacity(n);
+            for _ in 0..n {
+                items.push((r.bytes()?, r.opt_bytes()?));
+            }
+            PeerMessage::PartTail {
+                id,
+                partition,
+                items,
+            }
+        }
+        10 => PeerMessage::PartRefused {
+            id: r.u64()?,
+            partition: r.u16()?,
+            reason: r.string()?,
+        },
+        11 => PeerMessage::MoveReady {
+            partition: r.u16()?,
+        },
+        12 => PeerMessage::Decommission { node: r.string()? },
         t => return Err(perr(format!("unknown message tag {t}"))),
     };
     if !r.buf.is_empty() {
@@ -201,6 +283,71 @@ fn encode_message(msg: &PeerMessage, out: &mut Vec<u8>) {
             w.opt_bytes(after);
             w.u64(*limit);
         }
+        PeerMessage::FetchPart {
+            id,
+            partition,
+            after,
+            limit,
+        } => {
+            w.u8(6);
+            w.u64(*id);
+            w.u16(*partition);
+            w.opt_bytes(after);
+            w.out.extend_from_slice(&limit.to_le_bytes());
+        }
+        PeerMessage::PartPage {
+            id,
+            partition,
+            items,
+            done,
+        } => {
+            w.u8(7);
+            w.u64(*id);
+            w.u16(*partition);
+            w.out.extend_from_slice(&(items.len() as u32).to_le_bytes());
+            for (k, v) in items {
+                w.bytes(k);
+                w.bytes(v);
+            }
+            w.u8(u8::from(*done));
+        }
+        PeerMessage::FreezePart { id, partition } => {
+            w.u8(8);
+            w.u64(*id);
+            w.u16(*partition);
+        }
+        PeerMessage::PartTail {
+            id,
+            partition,
+            items,
+        } => {
+            w.u8(9);
+            w.u64(*id);
+            w.u16(*partition);
+            w.out.extend_from_slice(&(items.len() as u32).to_le_bytes());
+            for (k, v) in items {
+                w.bytes(k);
+                w.opt_bytes(v);
+            }
+        }
+        PeerMessage::PartRefused {
+            id,
+            partition,
+            reason,
+        } => {
+            w.u8(10);
+            w.u64(*id);
+            w.u16(*partition);
+            w.bytes(reason.as_bytes());
+        }
+        PeerMessage::MoveReady { partition } => {
+            w.u8(11);
+            w.u16(*partition);
+        }
+        PeerMessage::Decommission { node } => {
+            w.u8(12);
+            w.bytes(node.as_bytes());
+        }
     }
 }
 
@@ -213,6 +360,9 @@ impl Writer<'_> {
         self.out.push(v);
     }
     fn u64(&mut self, v: u64) {
+        self.out.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u16(&mut self, v: u16) {
         self.out.extend_from_slice(&v.to_le_bytes());
     }
     fn bytes(&mut self, b: &[u8]) {
@@ -303,6 +453,7 @@ impl Writer<'_> {
                 self.u64(*modified_ms);
             }
             Response::NotFound => self.u8(2),
+            Response::Accepted => self.u8(8),
             Response::Written { version } => {
                 self.u8(3);
                 self.u64(*version);
@@ -364,6 +515,10 @@ impl Reader<'_> {
     }
     fn u8(&mut self) -> Result<u8, ProtocolError> {
         Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, ProtocolError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
     }
     fn u32(&mut self) -> Result<u32, ProtocolError> {
         let b = self.take(4)?;
@@ -449,6 +604,7 @@ impl Reader<'_> {
                 modified_ms: self.u64()?,
             },
             2 => Response::NotFound,
+            8 => Response::Accepted,
             3 => Response::Written {
                 version: self.u64()?,
             },
@@ -563,6 +719,34 @@ mod tests {
                 after: Some(b"m".to_vec()),
                 limit: 100,
             },
+            PeerMessage::FetchPart {
+                id: 15,
+                partition: 7,
+                after: None,
+                limit: 500,
+            },
+            PeerMessage::PartPage {
+                id: 15,
+                partition: 7,
+                items: vec![(b"k".to_vec(), vec![1, 2, 3]), (Vec::new(), Vec::new())],
+                done: true,
+            },
+            PeerMessage::FreezePart {
+                id: 16,
+                partition: 7,
+            },
+            PeerMessage::PartTail {
+                id: 16,
+                partition: 7,
+                items: vec![(b"k".to_vec(), None), (b"j".to_vec(), Some(vec![9]))],
+            },
+            PeerMessage::PartRefused {
+                id: 17,
+                partition: 7,
+                reason: "not the owner".into(),
+            },
+            PeerMessage::MoveReady { partition: 7 },
+            PeerMessage::Decommission { node: "n3".into() },
         ]
     }
 
@@ -595,9 +779,8 @@ mod tests {
             for bit in 0..8 {
                 let mut f = frame.clone();
                 f[i] ^= 1 << bit;
-                match decode_frame(&f) {
-                    Ok(Some((m, _))) => panic!("flip at {i}:{bit} decoded as {m:?}"),
-                    Ok(None) | Err(_) => {}
+                if let Ok(Some((m, _))) = decode_frame(&f) {
+                    panic!("flip at {i}:{bit} decoded as {m:?}");
                 }
             }
         }

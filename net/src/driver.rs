@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use corecache_core::cluster::{CoordEvent, Member};
 use corecache_core::node::{
-    ClusterView, ErrorKind, Input, Node, NodeStats, Output, Reader, Request, Response,
+    AdminCommand, ClusterView, ErrorKind, Input, Node, NodeStats, Output, Reader, Request, Response,
 };
 use corecache_core::Db;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -27,6 +27,10 @@ enum Msg {
     },
     Persisted(Result<u64, String>),
     Coord(CoordEvent),
+    Admin {
+        command: AdminCommand,
+        reply: oneshot::Sender<Response>,
+    },
     Peer(PeerEvent),
     BackgroundDone(Result<usize, String>),
     Stats(oneshot::Sender<NodeStats>),
@@ -62,6 +66,15 @@ impl NodeHandle {
         };
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Msg::Client { request, reply }).await.is_err() {
+            return stopped();
+        }
+        rx.await.unwrap_or_else(|_| stopped())
+    }
+
+    /// Runs an operator command through the node.
+    pub async fn admin(&self, command: AdminCommand) -> Response {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Admin { command, reply }).await.is_err() {
             return stopped();
         }
         rx.await.unwrap_or_else(|_| stopped())
@@ -203,6 +216,12 @@ pub fn spawn(
                 }
                 Some(Msg::BackgroundDone(result)) => {
                     node.handle(now, Input::BackgroundDone { result }, &mut out)
+                }
+                Some(Msg::Admin { command, reply }) => {
+                    let id = next_id;
+                    next_id += 1;
+                    replies.insert(id, reply);
+                    node.handle(now, Input::Admin { id, command }, &mut out);
                 }
                 Some(Msg::Coord(event)) => {
                     if let (CoordEvent::Members(ms), Some(net)) = (&event, &peer_net) {

@@ -47,6 +47,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz).fallback(method_not_allowed))
         .route("/metrics", get(metrics).fallback(method_not_allowed))
         .route("/v1/status", get(status).fallback(method_not_allowed))
+        .route(
+            "/v1/admin/decommission",
+            post(decommission).fallback(method_not_allowed),
+        )
         .fallback(not_found_route)
         .with_state(state)
 }
@@ -275,6 +279,11 @@ fn to_http(r: Response) -> HttpResponse {
             resp
         }
         Response::NotFound => error(StatusCode::NOT_FOUND, "not_found", "key not found"),
+        Response::Accepted => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({ "status": "accepted" })),
+        )
+            .into_response(),
         Response::Written { version } => {
             let mut resp =
                 (StatusCode::OK, axum::Json(json!({ "version": version }))).into_response();
@@ -569,6 +578,40 @@ async fn metrics(State(state): State<AppState>) -> HttpResponse {
     resp
 }
 
+/// `POST /v1/admin/decommission[?node=ID]`: move every partition off `node` (default: this
+/// node). Answers 202 at once; `/v1/status` shows the partitions leaving it.
+async fn decommission(
+    State(state): State<AppState>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> HttpResponse {
+    let Some(n) = state.node.get() else {
+        return not_ready();
+    };
+    let mut node = n.node_id().to_string();
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match (k, percent_decode(v, true).map(String::from_utf8)) {
+            ("node", Ok(Ok(v))) if !v.is_empty() => node = v,
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_query",
+                    format!("unexpected query parameter `{pair}` (only node=ID)"),
+                )
+            }
+        }
+    }
+    to_http(
+        n.admin(corecache_core::node::AdminCommand::Decommission { node })
+            .await,
+    )
+}
+
 async fn status(State(state): State<AppState>) -> HttpResponse {
     let Some(n) = state.node.get() else {
         return not_ready();
@@ -592,6 +635,8 @@ async fn status(State(state): State<AppState>) -> HttpResponse {
         "partition_count": c.owners.len(),
         "partition_map_version": c.map_version,
         "partitions": partitions,
+        "moving": c.moving.iter().map(|(p, to)| (p.to_string(), json!(to))).collect::<serde_json::Map<_, _>>(),
+        "leaving": c.leaving,
         "engine": {
             "last_seq": s.last_seq,
             "memtable_bytes": s.memtable_bytes,

@@ -72,6 +72,8 @@ pub fn state_to_json(s: &ClusterState) -> Vec<u8> {
         "version": s.version,
         "leader": s.leader,
         "owners": s.owners,
+        "moving": s.moving.iter().map(|(p, to)| (p.to_string(), json!(to))).collect::<serde_json::Map<_, _>>(),
+        "leaving": s.leaving,
     })
     .to_string()
     .into_bytes()
@@ -96,7 +98,36 @@ pub fn state_from_json(data: &[u8]) -> Result<ClusterState, String> {
     if owners.is_empty() || owners.len() > usize::from(u16::MAX) {
         return Err(format!("cluster state has {} partitions", owners.len()));
     }
+    let mut moving = std::collections::BTreeMap::new();
+    if let Some(m) = v.get("moving") {
+        let m = m
+            .as_object()
+            .ok_or("cluster state `moving` must be an object")?;
+        for (p, to) in m {
+            let p: u16 = p
+                .parse()
+                .ok()
+                .filter(|p| usize::from(*p) < owners.len())
+                .ok_or_else(|| format!("cluster state `moving` names partition `{p}`"))?;
+            let to = to
+                .as_str()
+                .ok_or("cluster state `moving` targets must be strings")?;
+            moving.insert(p, to.to_string());
+        }
+    }
+    let leaving = match v.get("leaving") {
+        None => Vec::new(),
+        Some(l) => l
+            .as_array()
+            .ok_or("cluster state `leaving` must be an array")?
+            .iter()
+            .map(|x| x.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or("cluster state `leaving` must be strings")?,
+    };
     Ok(ClusterState {
+        moving,
+        leaving,
         epoch: num("epoch")?,
         version: num("version")?,
         leader: v
@@ -445,6 +476,8 @@ mod tests {
             version: 9,
             leader: "n1".into(),
             owners: vec!["n1".into(), "n2".into()],
+            moving: [(1u16, "n3".to_string())].into_iter().collect(),
+            leaving: vec!["n2".into()],
         };
         assert_eq!(state_from_json(&state_to_json(&s)).unwrap(), s);
         assert!(state_from_json(b"{}").is_err());
