@@ -71,6 +71,17 @@ enum Command {
         #[command(flatten)]
         ep: Endpoint,
     },
+    /// Move every partition off a node (default: the one at --endpoint) so it can be stopped;
+    /// waits until it owns none (at most --timeout-secs).
+    Decommission {
+        /// The node id to empty (default: the node at --endpoint).
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+        #[command(flatten)]
+        ep: Endpoint,
+    },
 }
 
 #[derive(Args)]
@@ -373,6 +384,56 @@ fn client_cmd(cmd: Command) -> Result<bool, String> {
                 .and_then(|()| std::io::stdout().write_all(b"\n"))
                 .map_err(|e| e.to_string())?;
             Ok(true)
+        }
+        Command::Decommission {
+            node,
+            timeout_secs,
+            ep,
+        } => {
+            let status = |ep: &str| -> Result<serde_json::Value, String> {
+                let r = client::request(ep, "GET", "/v1/status", b"")?;
+                if r.status != 200 {
+                    return Err(fail(&r));
+                }
+                serde_json::from_slice(&r.body).map_err(|e| format!("bad status reply: {e}"))
+            };
+            let node = match node {
+                Some(n) => n,
+                None => status(&ep.endpoint)?["node_id"]
+                    .as_str()
+                    .ok_or("the status has no node_id")?
+                    .to_string(),
+            };
+            let r = client::request(
+                &ep.endpoint,
+                "POST",
+                &format!(
+                    "/v1/admin/decommission?node={}",
+                    client::encode(node.as_bytes())
+                ),
+                b"",
+            )?;
+            if r.status != 202 {
+                return Err(fail(&r));
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_secs);
+            loop {
+                let st = status(&ep.endpoint)?;
+                let owned = st["partitions"].as_object().map_or(0, |m| {
+                    m.values().filter(|o| o.as_str() == Some(&node)).count()
+                });
+                let moving = st["moving"].as_object().map_or(0, |m| m.len());
+                if owned == 0 && moving == 0 {
+                    eprintln!("{node} owns no partitions; it can be stopped");
+                    return Ok(true);
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(format!(
+                        "{node} still owns {owned} partitions ({moving} moving) after {timeout_secs} s"
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
         }
         Command::Serve(_) => unreachable!("handled in main"),
     }
