@@ -624,8 +624,14 @@ struct Forwarded {
 }
 
 enum FwdKind {
-    Single { client: u64, request: Request },
-    ScanPart { scan: u64 },
+    Single {
+        client: u64,
+        request: Request,
+        give_up: u64,
+    },
+    ScanPart {
+        scan: u64,
+    },
 }
 
 /// A scan fanned out over several owners: their pages, merged when all are in.
@@ -929,7 +935,7 @@ impl Node {
     /// The one door. `now` is the driver's wall clock in milliseconds since the Unix epoch.
     pub fn handle(&mut self, now: u64, input: Input, out: &mut Vec<Output>) {
         match input {
-            Input::Client { id, request } => self.route(now, id, request, out),
+            Input::Client { id, request } => self.route(now, id, request, None, out),
             Input::Peer { from, message } => self.on_peer(now, from, message, out),
             Input::PeerDown { peer } => self.on_peer_down(&peer, out),
             Input::Coordinator(event) => self.on_coordinator(now, event, out),
@@ -1178,7 +1184,17 @@ impl Node {
     }
 
     /// A client request: run here, forward to the owner, or fan out (scans).
-    fn route(&mut self, now: u64, id: u64, request: Request, out: &mut Vec<Output>) {
+    /// `give_up`: when a request that has to wait (for a hand-off, for a newer map) fails; set
+    /// on its first wait and kept through every retry.
+    fn route(
+        &mut self,
+        now: u64,
+        id: u64,
+        request: Request,
+        give_up: Option<u64>,
+        out: &mut Vec<Output>,
+    ) {
+        let give_up = give_up.unwrap_or(now + PARK_TIMEOUT_MS);
         if let Request::Scan {
             start,
             end,
@@ -1197,7 +1213,7 @@ impl Node {
                 // Being handed off: wait for the map to flip, then go to the new owner.
                 self.cl
                     .parked
-                    .push((now + PARK_RETRY_MS, now + PARK_TIMEOUT_MS, id, request));
+                    .push((now + PARK_RETRY_MS, give_up, id, request));
                 return;
             }
             return self.execute(now, Target::Client(id), request, out);
@@ -1230,6 +1246,7 @@ impl Node {
                 kind: FwdKind::Single {
                     client: id,
                     request,
+                    give_up,
                 },
             },
         );
@@ -1413,14 +1430,15 @@ impl Node {
             PeerMessage::NotOwner { id, map_version: _ } => {
                 if let Some(f) = self.cl.forwards.remove(&id) {
                     match f.kind {
-                        FwdKind::Single { client, request } => {
+                        FwdKind::Single {
+                            client,
+                            request,
+                            give_up,
+                        } => {
                             // Our map is behind (or theirs is): wait for a newer one and retry.
-                            self.cl.parked.push((
-                                now + PARK_RETRY_MS,
-                                now + PARK_TIMEOUT_MS,
-                                client,
-                                request,
-                            ));
+                            self.cl
+                                .parked
+                                .push((now + PARK_RETRY_MS, give_up, client, request));
                         }
                         FwdKind::ScanPart { scan } => {
                             let e = err(
@@ -1491,7 +1509,7 @@ impl Node {
                     ),
                 });
             } else if all || retry_at <= now {
-                self.route(now, client, request, out);
+                self.route(now, client, request, Some(give_up), out);
             } else {
                 self.cl.parked.push((retry_at, give_up, client, request));
             }
