@@ -170,4 +170,74 @@ fn main() {
         }
         drop(db);
     }
+    peer_seeds(&root.join("peer_frame"));
+}
+
+/// One payload per peer message kind (the target also reads them as frame streams), and one
+/// stream of whole frames.
+fn peer_seeds(dir: &Path) {
+    use corecache_core::node::{BatchOp, Condition, Request, Response};
+    use corecache_core::peer::{encode_frame, PeerMessage};
+    let msgs = vec![
+        PeerMessage::Hello {
+            from: "n1".into(),
+            cluster: "c".into(),
+        },
+        PeerMessage::Forward {
+            id: 1,
+            map_version: 2,
+            request: Request::Put {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                cond: Condition::IfMatch(3),
+            },
+        },
+        PeerMessage::Forward {
+            id: 2,
+            map_version: 2,
+            request: Request::Batch {
+                ops: vec![
+                    BatchOp::Put(b"a".to_vec(), b"1".to_vec()),
+                    BatchOp::Delete(b"b".to_vec()),
+                ],
+            },
+        },
+        PeerMessage::Reply {
+            id: 1,
+            response: Response::Written { version: 9 },
+        },
+        PeerMessage::ScanParts {
+            id: 3,
+            map_version: 2,
+            partitions: vec![0, 5],
+            start: b"a".to_vec(),
+            end: None,
+            after: Some(b"b".to_vec()),
+            limit: 10,
+        },
+        PeerMessage::PartPage {
+            id: 4,
+            partition: 5,
+            items: vec![(b"k".to_vec(), vec![1; 17])],
+            done: false,
+        },
+        PeerMessage::PartTail {
+            id: 5,
+            partition: 5,
+            items: vec![(b"k".to_vec(), None)],
+        },
+    ];
+    std::fs::create_dir_all(dir).unwrap();
+    let mut stream = Vec::new();
+    for (i, m) in msgs.iter().enumerate() {
+        let mut frame = Vec::new();
+        encode_frame(m, &mut frame);
+        let path = dir.join(format!("payload-{i}"));
+        std::fs::write(&path, &frame[8..]).unwrap();
+        println!("{} ({} bytes)", path.display(), frame.len() - 8);
+        stream.extend_from_slice(&frame);
+    }
+    let path = dir.join("frames");
+    std::fs::write(&path, &stream).unwrap();
+    println!("{} ({} bytes)", path.display(), stream.len());
 }
