@@ -41,6 +41,12 @@ fn every_checked_in_fuzz_input_decodes_without_panicking() {
         let _ = corecache_core::decode::wal(b);
     }) + replay("manifest", |b| {
         let _ = corecache_core::decode::manifest(b);
+    }) + replay("peer_frame", |b| {
+        let mut rest = b;
+        while let Ok(Some((_, used))) = corecache_core::peer::decode_frame(rest) {
+            rest = &rest[used..];
+        }
+        let _ = corecache_core::peer::decode_message(b);
     });
     assert!(
         n >= 3,
@@ -83,4 +89,32 @@ fn the_seed_files_are_valid() {
         n += 1;
     }
     assert!(n >= 3, "no seed files found under fuzz/corpus");
+}
+
+#[test]
+fn the_peer_seeds_decode() {
+    let files: Vec<PathBuf> = inputs("peer_frame")
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("/corpus/"))
+        .collect();
+    assert!(files.len() >= 2, "peer_frame seeds missing");
+    for f in files {
+        let b = std::fs::read(&f).unwrap();
+        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name == "frames" {
+            let mut rest = b.as_slice();
+            let mut n = 0;
+            while let Some((_, used)) = corecache_core::peer::decode_frame(rest).unwrap() {
+                rest = &rest[used..];
+                n += 1;
+            }
+            assert!(n > 1 && rest.is_empty(), "{}", f.display());
+        } else {
+            assert!(
+                corecache_core::peer::decode_message(&b).is_ok(),
+                "{}",
+                f.display()
+            );
+        }
+    }
 }
