@@ -576,6 +576,8 @@ struct Cluster {
     write_in_flight: bool,
     /// By partition: owned by this node in the last map seen (`None` before the first).
     owned_before: Option<Vec<bool>>,
+    /// The map or the members changed since the leader last planned.
+    plan_due: bool,
 }
 
 /// The old owner's side of a hand-off.
@@ -852,6 +854,7 @@ impl Node {
                 cleanup: BTreeMap::new(),
                 write_in_flight: false,
                 owned_before: None,
+                plan_due: true,
             },
             persisted_upto: 0,
         }
@@ -1043,7 +1046,10 @@ impl Node {
                     self.cl.need_claim = true;
                 }
             }
-            CoordEvent::Members(members) => self.cl.members = members,
+            CoordEvent::Members(members) => {
+                self.cl.members = members;
+                self.cl.plan_due = true;
+            }
             CoordEvent::State { state, stamp } => {
                 if let (Some(s), Some(new)) = (&self.cl.state, &state) {
                     if new.version < s.version {
@@ -1060,12 +1066,14 @@ impl Node {
                 self.cl.state = state;
                 self.cl.stamp = stamp;
                 self.cl.state_seen = true;
+                self.cl.plan_due = true;
                 self.on_map_change(now, out);
                 self.publish_routes();
                 self.retry_parked(now, true, out);
             }
             CoordEvent::WriteDone { ok, message: _ } => {
                 self.cl.write_in_flight = false;
+                self.cl.plan_due = true;
                 if self.cl.claim_in_flight {
                     self.cl.claim_in_flight = false;
                     if ok && self.cl.need_claim && self.cl.connected {
@@ -1083,7 +1091,12 @@ impl Node {
     fn lead(&mut self, out: &mut Vec<Output>) {
         let c = &mut self.cl;
         if c.leading && c.connected && c.state_seen && !c.write_in_flight {
-            // Rebalance: start or abort moves as membership requires.
+            // Rebalance: start or abort moves as membership requires (only when something
+            // changed: this runs after every input).
+            if !c.plan_due {
+                return;
+            }
+            c.plan_due = false;
             let live: Vec<String> = c.members.iter().map(|m| m.id.clone()).collect();
             if let Some(next) = c.state.as_ref().and_then(|s| s.plan(&live)) {
                 c.write_in_flight = true;
