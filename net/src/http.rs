@@ -227,6 +227,10 @@ pub fn parse_batch_body(body: &[u8]) -> Result<Vec<BatchOp>, String> {
 /// stored as their UTF-8 bytes; other fields are ignored), as `(key, value)`. Errors are the
 /// 400 message.
 pub fn parse_seed_add(body: &[u8]) -> Result<(String, String), String> {
+    // serde would also build the struct from a two-element array; only an object is meant.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err("expected a JSON object {\"key\", \"value\"}".into());
+    }
     let add: SeedAdd = serde_json::from_slice(body)
         .map_err(|e| format!("expected JSON {{\"key\", \"value\"}}: {e}"))?;
     Ok((add.key, add.value))
@@ -659,6 +663,16 @@ async fn status(State(state): State<AppState>) -> HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_seed_add_body_must_be_an_object() {
+        assert_eq!(
+            parse_seed_add(br#" {"key":"a","value":"b"}"#).unwrap(),
+            ("a".to_string(), "b".to_string())
+        );
+        assert!(parse_seed_add(br#"["a","b"]"#).is_err());
+        assert!(parse_seed_add(b"").is_err());
+    }
 
     #[test]
     fn percent_decoding_is_strict_and_byte_exact() {
