@@ -145,6 +145,12 @@ struct ServeArgs {
     /// human | json
     #[arg(long)]
     log_format: Option<String>,
+    /// Redis protocol address (HOST:PORT or off; default 127.0.0.1:7379 without --zookeeper).
+    #[arg(long)]
+    resp_listen: Option<String>,
+    /// true: RESP FLUSHDB may delete every key (default false).
+    #[arg(long)]
+    resp_flushdb: Option<String>,
 }
 
 fn load_config(a: &ServeArgs) -> Result<Config, String> {
@@ -174,6 +180,8 @@ fn load_config(a: &ServeArgs) -> Result<Config, String> {
         ("max_value_bytes", &a.max_value_bytes),
         ("max_body_bytes", &a.max_body_bytes),
         ("log_format", &a.log_format),
+        ("resp_listen", &a.resp_listen),
+        ("resp_flushdb", &a.resp_flushdb),
     ];
     for (name, value) in flags {
         if let Some(v) = value {
@@ -234,10 +242,17 @@ fn serve(args: ServeArgs) -> ExitCode {
     rt.block_on(async move {
         let data_dir = cfg.data_dir.clone();
         let sync = cfg.sync.clone();
-        let running = corecache_net::serve(cfg, |addr| {
-            // The first line on stdout: scripts and tests read the address from it.
-            println!("listening on http://{addr}");
-            let _ = std::io::stdout().flush();
+        let running = corecache_net::serve(cfg, |addr, resp| {
+            // The first line on stdout: scripts and tests read the address from it. The RESP
+            // line follows in the same write, so a reader that takes only the first line and
+            // closes the pipe cannot make a second write fail.
+            let mut text = format!("listening on http://{addr}\n");
+            if let Some(resp) = resp {
+                text.push_str(&format!("resp listening on {resp}\n"));
+            }
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
         })
         .await;
         let running = match running {

@@ -41,6 +41,11 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// `human` or `json`.
     pub log_format: String,
+    /// Where the Redis protocol front-end listens: `None` = not set (then 127.0.0.1:7379 in the
+    /// embedded default, off in cluster mode; see [`Config::resp_addr`]), `off` = never.
+    pub resp_listen: Option<String>,
+    /// Whether RESP `FLUSHDB` may delete every key.
+    pub resp_flushdb: bool,
 }
 
 impl Default for Config {
@@ -64,6 +69,8 @@ impl Default for Config {
             max_value_bytes: 1 << 20,
             max_body_bytes: 3 << 19,
             log_format: "human".into(),
+            resp_listen: None,
+            resp_flushdb: false,
         }
     }
 }
@@ -88,6 +95,8 @@ pub const SETTINGS: &[&str] = &[
     "max_value_bytes",
     "max_body_bytes",
     "log_format",
+    "resp_listen",
+    "resp_flushdb",
 ];
 
 fn num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
@@ -229,6 +238,23 @@ impl Config {
                     ))
                 }
             },
+            "resp_listen" => {
+                if value != "off" {
+                    value.parse::<std::net::SocketAddr>().map_err(|_| {
+                        format!("setting `resp_listen`: `{value}` is not HOST:PORT or off")
+                    })?;
+                }
+                self.resp_listen = Some(value.into());
+            }
+            "resp_flushdb" => match value {
+                "true" => self.resp_flushdb = true,
+                "false" => self.resp_flushdb = false,
+                _ => {
+                    return Err(format!(
+                        "setting `resp_flushdb`: `{value}` is not true or false"
+                    ))
+                }
+            },
             other => {
                 return Err(format!(
                     "unknown setting `{other}` (known: {})",
@@ -286,6 +312,17 @@ impl Config {
         Ok(())
     }
 
+    /// Where the RESP front-end listens, if anywhere, and whether that address was set
+    /// (`false`: the embedded default's 127.0.0.1:7379).
+    pub fn resp_addr(&self) -> Option<(&str, bool)> {
+        match self.resp_listen.as_deref() {
+            Some("off") => None,
+            Some(addr) => Some((addr, true)),
+            None if self.zookeeper.is_none() => Some(("127.0.0.1:7379", false)),
+            None => None,
+        }
+    }
+
     pub fn sync_mode(&self) -> corecache_core::SyncMode {
         match self.sync.as_str() {
             "none" => corecache_core::SyncMode::None,
@@ -320,5 +357,25 @@ mod tests {
         assert!(e.contains("CORECACHE_SYNC") && e.contains("sync"), "{e}");
         assert!(c.set("listen", "nope").unwrap_err().contains("listen"));
         assert!(c.set("partitions", "0").is_err());
+    }
+
+    #[test]
+    fn resp_listens_by_default_only_in_the_embedded_node() {
+        let mut c = Config::default();
+        assert_eq!(c.resp_addr(), Some(("127.0.0.1:7379", false)));
+        c.set("zookeeper", "127.0.0.1:2181").unwrap();
+        assert_eq!(c.resp_addr(), None);
+        c.set("resp_listen", "127.0.0.1:0").unwrap();
+        assert_eq!(c.resp_addr(), Some(("127.0.0.1:0", true)));
+        c.set("resp_listen", "off").unwrap();
+        assert_eq!(c.resp_addr(), None);
+        assert!(c
+            .set("resp_listen", "nope")
+            .unwrap_err()
+            .contains("resp_listen"));
+        assert!(!c.resp_flushdb);
+        c.set("resp_flushdb", "true").unwrap();
+        assert!(c.resp_flushdb);
+        assert!(c.set("resp_flushdb", "yes").is_err());
     }
 }

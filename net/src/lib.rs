@@ -13,6 +13,7 @@ pub mod driver;
 pub mod http;
 pub mod metrics;
 pub mod peer;
+pub mod resp;
 pub mod server;
 pub mod zk;
 
@@ -114,6 +115,9 @@ async fn cluster_io(cfg: &Config, id: &str, http: SocketAddr) -> Result<driver::
 /// A running node: where it listens, and how to stop it.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where the Redis protocol front-end listens, if it does.
+    pub resp_addr: Option<SocketAddr>,
+    resp: Option<tokio::task::JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
     node_stop: watch::Sender<bool>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -128,6 +132,9 @@ impl Running {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(format!("server error: {e}")),
             Err(e) => return Err(format!("server task failed: {e}")),
+        }
+        if let Some(resp) = self.resp {
+            let _ = resp.await;
         }
         // Only now, with every request answered, stop the node task.
         let _ = self.node_stop.send(true);
@@ -147,9 +154,13 @@ impl Running {
     }
 }
 
-/// Binds the listener, calls `announce` with its address, starts serving (503 until ready),
-/// opens the engine, and returns once the node is ready.
-pub async fn serve(cfg: Config, announce: impl FnOnce(SocketAddr)) -> Result<Running, String> {
+/// Binds the listeners, calls `announce` with their addresses (HTTP, and RESP if enabled),
+/// starts serving (503 / `-LOADING` until ready), opens the engine, and returns once the node is
+/// ready.
+pub async fn serve(
+    cfg: Config,
+    announce: impl FnOnce(SocketAddr, Option<SocketAddr>),
+) -> Result<Running, String> {
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| format!("cannot create {}: {e}", cfg.data_dir.display()))?;
     let id = node_id(&cfg.data_dir, cfg.node_id.as_deref())?;
@@ -157,7 +168,24 @@ pub async fn serve(cfg: Config, announce: impl FnOnce(SocketAddr)) -> Result<Run
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    announce(addr);
+    // The RESP listener: a failure to bind an address that was set stops the node; the embedded
+    // default's 127.0.0.1:7379 being taken (another node, a Redis) only costs the front-end.
+    let resp_listener = match cfg.resp_addr() {
+        None => None,
+        Some((at, set)) => match TcpListener::bind(at).await {
+            Ok(l) => Some(l),
+            Err(e) if set => return Err(format!("cannot listen for RESP on {at}: {e}")),
+            Err(e) => {
+                tracing::warn!(addr = %at, error = %e, "the Redis protocol front-end is off: cannot listen");
+                None
+            }
+        },
+    };
+    let resp_addr = match &resp_listener {
+        Some(l) => Some(l.local_addr().map_err(|e| e.to_string())?),
+        None => None,
+    };
+    announce(addr, resp_addr);
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (node_stop, node_stop_rx) = watch::channel(false);
@@ -171,6 +199,16 @@ pub async fn serve(cfg: Config, announce: impl FnOnce(SocketAddr)) -> Result<Run
         max_body_bytes: cfg.max_body_bytes,
     };
     let app = http::router(state);
+    let resp = resp_listener.map(|l| {
+        let st = Arc::new(resp::RespState::new(
+            node_cell.clone(),
+            resp::limits_for(cfg.max_key_bytes, cfg.max_value_bytes, cfg.max_body_bytes),
+            cfg.resp_flushdb,
+            cfg.sync.clone(),
+            resp_addr.map_or(0, |a| a.port()),
+        ));
+        tokio::spawn(resp::serve(l, st, shutdown_rx.clone()))
+    });
     let mut stop_rx = shutdown_rx.clone();
     let server = tokio::spawn(async move {
         server::serve(listener, app, async move {
@@ -225,6 +263,8 @@ pub async fn serve(cfg: Config, announce: impl FnOnce(SocketAddr)) -> Result<Run
     tracing::info!(node_id = %id, %addr, "ready");
     Ok(Running {
         addr,
+        resp_addr,
+        resp,
         shutdown,
         node_stop,
         server,
