@@ -22,6 +22,16 @@ fi
 ls -l /usr/share/java/zookeeper.jar
 java -version 2>&1 | head -1
 
+step "redis-cli (Debian's redis-tools; tests/tests/resp.rs drives the RESP front-end with it)"
+if ! command -v redis-cli >/dev/null; then
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-tools >/dev/null
+fi
+command -v redis-cli >/dev/null || { echo "redis-cli is missing: apt-get install -y redis-tools" >&2; exit 1; }
+redis-cli --version
+
 step "format"
 cargo fmt --all -- --check
 

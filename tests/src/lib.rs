@@ -414,6 +414,8 @@ fn dechunk(mut data: &[u8]) -> std::io::Result<Vec<u8>> {
 pub struct Server {
     child: Option<Child>,
     addr: SocketAddr,
+    /// The Redis protocol address (from the second stdout line), unless turned off.
+    resp: Option<SocketAddr>,
     dir: tempfile::TempDir,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
@@ -442,6 +444,7 @@ impl Server {
         let mut s = Server {
             child: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            resp: None,
             dir,
             args: args.iter().map(OsString::from).collect(),
             envs: envs
@@ -490,12 +493,24 @@ impl Server {
             Ok(f) => f,
             Err(e) => panic!("cannot open the stderr log: {e}"),
         };
+        // The RESP front-end listens by default on 127.0.0.1:7379; tests in parallel must not
+        // share it, so it gets port 0 unless the test sets it.
+        let resp_set = self.args.iter().any(|a| a == "--resp-listen");
+        let resp_off = self
+            .args
+            .windows(2)
+            .any(|w| w[0] == "--resp-listen" && w[1] == "off");
         let mut cmd = Command::new(&bin);
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(self.data_dir())
+            .args(if resp_set {
+                &[][..]
+            } else {
+                &["--resp-listen", "127.0.0.1:0"][..]
+            })
             .args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -513,6 +528,9 @@ impl Server {
             let mut lines = BufReader::new(stdout).lines();
             let first = lines.next();
             let _ = tx.send(first);
+            if !resp_off {
+                let _ = tx.send(lines.next()); // `resp listening on ADDR`
+            }
             // Keep draining so that later output never blocks the server.
             for _ in lines {}
         });
@@ -543,6 +561,28 @@ impl Server {
                      stderr:\n{}",
                     self.tail_log()
                 );
+            }
+        }
+        self.resp = None;
+        if !resp_off {
+            let line = rx.recv_timeout(START_TIMEOUT);
+            let resp = match &line {
+                Ok(Some(Ok(l))) => l
+                    .strip_prefix("resp listening on ")
+                    .and_then(|a| a.trim().parse::<SocketAddr>().ok()),
+                _ => None,
+            };
+            match resp {
+                Some(a) if a.port() != 0 => self.resp = Some(a),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "second stdout line is not `resp listening on 127.0.0.1:PORT`: {line:?}\n\
+                         stderr:\n{}",
+                        self.tail_log()
+                    );
+                }
             }
         }
         self.child = Some(child);
@@ -577,6 +617,14 @@ impl Server {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The Redis protocol address (panics if the test turned it off).
+    pub fn resp_addr(&self) -> SocketAddr {
+        match self.resp {
+            Some(a) => a,
+            None => panic!("this server has no RESP listener"),
+        }
     }
 
     pub fn pid(&self) -> Option<u32> {
