@@ -112,6 +112,16 @@ fn every_command_with_redis_semantics() {
     let _: redis::Value = redis::cmd("COMMAND").arg("DOCS").query(&mut c).unwrap();
     let all: Vec<redis::Value> = redis::cmd("COMMAND").query(&mut c).unwrap();
     assert_eq!(all.len() as i64, count);
+    let conf: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("save")
+        .arg("append*")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(
+        conf,
+        ["save", "", "appendonly", "yes", "appendfsync", "always"]
+    );
     let info: String = redis::cmd("INFO").query(&mut c).unwrap();
     for section in ["# Server", "# Persistence", "# Stats", "# Keyspace"] {
         assert!(info.contains(section), "{info}");

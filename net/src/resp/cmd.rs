@@ -575,8 +575,32 @@ pub async fn exec(st: &RespState, c: &mut Conn, args: Vec<Vec<u8>>) -> (Reply, A
             )),
         },
         "config" => match upper(&a[0]).as_str() {
-            // Enough for tools that ask (redis-benchmark reads `save` and `appendonly`).
-            "GET" => Reply::Map(Vec::new()),
+            // Enough for tools that ask (redis-benchmark reads `save` and `appendonly`): the
+            // log is always on; how often it is synced follows `sync`.
+            "GET" if a.len() >= 2 => {
+                let fsync = match st.sync.as_str() {
+                    "always" => "always",
+                    "interval" => "everysec",
+                    _ => "no",
+                };
+                let table = [
+                    ("save", ""),
+                    ("appendonly", "yes"),
+                    ("appendfsync", fsync),
+                    ("databases", "1"),
+                ];
+                let mut pairs = Vec::new();
+                for (k, v) in table {
+                    if a[1..]
+                        .iter()
+                        .any(|p| glob::matches(&p.to_ascii_lowercase(), k.as_bytes()))
+                    {
+                        pairs.push((Reply::bulk(k), Reply::bulk(v)));
+                    }
+                }
+                Reply::Map(pairs)
+            }
+            "GET" => wrong_args("config|get"),
             sub => Reply::err(format!(
                 "CONFIG {sub} is not supported by CoreCache (its settings are in corecache serve)"
             )),
