@@ -287,6 +287,13 @@ fn prototype_flaw_failover_leaves_the_cluster_usable() {
     // The dead node returns with its id and its data.
     nodes[li].restart();
     let probe = &nodes[survivors[0]];
+    // The restarted node is ready as soon as it reads the map; the others learn it is back
+    // from ZooKeeper's membership watch a moment later (until then its keys answer 503).
+    wait_for(
+        "the others to see the node back",
+        Duration::from_secs(10),
+        || members(&status(probe)).contains(&leader),
+    );
     for i in 0..200 {
         let k = key(i);
         let r = probe.get_kv(&k);
