@@ -55,6 +55,35 @@ fn wall_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Where the driver runs the node's blocking work (`Db::persist`, flushes, compactions).
+#[derive(Clone, Copy, Debug)]
+pub enum Blocking {
+    /// On tokio's blocking threads: the event loop never waits for a disk.
+    Threads,
+    /// On the event loop itself, in a task that first sleeps `fsync_delay` (on tokio's clock).
+    /// For the simulation: no threads, so one seed replays exactly, and the delay lets writes
+    /// arrive while a sync is "in flight".
+    Inline { fsync_delay: Duration },
+}
+
+/// What the driver takes from its surroundings: a clock and a place for blocking work. The
+/// real runtime uses [`Env::real`]; the simulation passes its simulated clock.
+#[derive(Clone, Copy, Debug)]
+pub struct Env {
+    /// Wall-clock milliseconds: the node's `now`.
+    pub now_ms: fn() -> u64,
+    pub blocking: Blocking,
+}
+
+impl Env {
+    pub fn real() -> Env {
+        Env {
+            now_ms: wall_ms,
+            blocking: Blocking::Threads,
+        }
+    }
+}
+
 impl NodeHandle {
     /// Sends a request and waits for its reply. Reads are answered right here, on the calling
     /// task (they need no ordering with other requests: they see persisted writes only); writes
@@ -136,13 +165,26 @@ pub struct ClusterIo {
     pub peers: Option<(PeerNet, mpsc::Receiver<PeerEvent>)>,
 }
 
-/// Starts the node task. It ends when `shutdown` turns true.
+/// Starts the node task on the real clock and blocking threads. It ends when `shutdown` turns
+/// true.
 pub fn spawn(
+    node: Node,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+    io: ClusterIo,
+) -> NodeHandle {
+    spawn_with(node, metrics, shutdown, io, Env::real())
+}
+
+/// Starts the node task with the given clock and blocking-work policy.
+pub fn spawn_with(
     node: Node,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
     io: ClusterIo,
+    env: Env,
 ) -> NodeHandle {
+    let wall_ms = env.now_ms;
     let (tx, mut rx) = mpsc::channel::<Msg>(8192);
     let ready = Arc::new(AtomicBool::new(false));
     let handle = NodeHandle {
@@ -261,20 +303,42 @@ pub fn spawn(
                         let db = node.db().clone();
                         let tx = tx.clone();
                         let metrics = metrics.clone();
-                        tokio::task::spawn_blocking(move || {
-                            let start = Instant::now();
-                            let r = db.persist().map_err(|e| e.to_string());
-                            metrics.observe_fsync(start.elapsed());
-                            let _ = tx.blocking_send(Msg::Persisted(r));
-                        });
+                        match env.blocking {
+                            Blocking::Threads => {
+                                tokio::task::spawn_blocking(move || {
+                                    let start = Instant::now();
+                                    let r = db.persist().map_err(|e| e.to_string());
+                                    metrics.observe_fsync(start.elapsed());
+                                    let _ = tx.blocking_send(Msg::Persisted(r));
+                                });
+                            }
+                            Blocking::Inline { fsync_delay } => {
+                                tokio::spawn(async move {
+                                    tokio::time::sleep(fsync_delay).await;
+                                    let r = db.persist().map_err(|e| e.to_string());
+                                    let _ = tx.send(Msg::Persisted(r)).await;
+                                });
+                            }
+                        }
                     }
                     Output::Background => {
                         let db = node.db().clone();
                         let tx = tx.clone();
-                        tokio::task::spawn_blocking(move || {
-                            let r = db.do_background_work().map_err(|e| e.to_string());
-                            let _ = tx.blocking_send(Msg::BackgroundDone(r));
-                        });
+                        match env.blocking {
+                            Blocking::Threads => {
+                                tokio::task::spawn_blocking(move || {
+                                    let r = db.do_background_work().map_err(|e| e.to_string());
+                                    let _ = tx.blocking_send(Msg::BackgroundDone(r));
+                                });
+                            }
+                            Blocking::Inline { fsync_delay } => {
+                                tokio::spawn(async move {
+                                    tokio::time::sleep(fsync_delay).await;
+                                    let r = db.do_background_work().map_err(|e| e.to_string());
+                                    let _ = tx.send(Msg::BackgroundDone(r)).await;
+                                });
+                            }
+                        }
                     }
                 }
             }

@@ -7,6 +7,8 @@
 //! generic over the stream type, so the simulation runs the same code over turmoil's network.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +21,38 @@ use tokio::sync::mpsc;
 /// Messages queued for one peer before sends are refused (the peer is too slow or gone).
 const QUEUE: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// An idle outbound connection sends a `Hello` this often, so the reading side can tell a live
+/// but quiet peer from a connection that went silent (a partition that swallows packets
+/// without a reset, a peer frozen by SIGSTOP).
+pub const KEEPALIVE: Duration = Duration::from_secs(1);
+/// A reading side that hears nothing for this long drops the connection; the writer notices
+/// the close, reports the peer `Down` and reconnects on the next send.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A byte stream the peer transport can run over (TCP, or turmoil's in the simulation).
+pub trait PeerStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> PeerStream for T {}
+
+/// A connection in the making.
+pub type Connecting = Pin<Box<dyn Future<Output = std::io::Result<Box<dyn PeerStream>>> + Send>>;
+
+/// Opens outbound peer connections.
+pub trait Connector: Send + Sync + 'static {
+    fn connect(&self, addr: String) -> Connecting;
+}
+
+/// The real network.
+pub struct TcpConnector;
+
+impl Connector for TcpConnector {
+    fn connect(&self, addr: String) -> Connecting {
+        Box::pin(async move {
+            let stream = TcpStream::connect(&addr).await?;
+            let _ = stream.set_nodelay(true);
+            Ok(Box::new(stream) as Box<dyn PeerStream>)
+        })
+    }
+}
 
 /// What the transport reports to the node's driver.
 #[derive(Debug)]
@@ -33,8 +67,9 @@ pub enum PeerEvent {
     },
 }
 
-/// Reads frames from `stream` until it ends or breaks. The first must be `Hello` naming the
-/// same cluster; every later one is reported as from that peer.
+/// Reads frames from `stream` until it ends, breaks, or stays silent for [`IDLE_TIMEOUT`]. The
+/// first must be `Hello` naming the same cluster; later ones are keepalives; every other frame
+/// is reported as from that peer.
 pub async fn read_frames<S: AsyncRead + Unpin>(
     mut stream: S,
     cluster: &str,
@@ -65,6 +100,7 @@ pub async fn read_frames<S: AsyncRead + Unpin>(
                             from = Some(f);
                         }
                         (None, _) => return Err("the first frame was not Hello".into()),
+                        (Some(_), PeerMessage::Hello { .. }) => {}
                         (Some(f), message) => {
                             let ev = PeerEvent::Message {
                                 from: f.clone(),
@@ -81,9 +117,9 @@ pub async fn read_frames<S: AsyncRead + Unpin>(
         if buf.len() > MAX_FRAME + 8 {
             return Err("frame larger than the limit".into());
         }
-        let n = stream
-            .read(&mut chunk)
+        let n = tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut chunk))
             .await
+            .map_err(|_| format!("no frame for {IDLE_TIMEOUT:?}"))?
             .map_err(|e| format!("read: {e}"))?;
         if n == 0 {
             return Ok(());
@@ -92,7 +128,8 @@ pub async fn read_frames<S: AsyncRead + Unpin>(
     }
 }
 
-/// Writes `Hello`, then every queued message, batching whatever is queued into one write.
+/// Writes `Hello`, then every queued message, batching whatever is queued into one write, and
+/// `Hello` again as a keepalive whenever nothing was queued for [`KEEPALIVE`].
 pub async fn write_frames<S: AsyncWrite + Unpin>(
     mut stream: S,
     hello: PeerMessage,
@@ -104,7 +141,12 @@ pub async fn write_frames<S: AsyncWrite + Unpin>(
         .write_all(&buf)
         .await
         .map_err(|e| format!("write: {e}"))?;
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = match tokio::time::timeout(KEEPALIVE, rx.recv()).await {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(_) => hello.clone(),
+        };
         buf.clear();
         encode_frame(&first, &mut buf);
         while buf.len() < (1 << 20) {
@@ -156,16 +198,28 @@ pub struct PeerNet {
     addrs: Arc<Mutex<BTreeMap<String, String>>>,
     /// Peer id → the queue of its open (or opening) connection.
     conns: Arc<Mutex<BTreeMap<String, mpsc::Sender<PeerMessage>>>>,
+    connector: Arc<dyn Connector>,
 }
 
 impl PeerNet {
     pub fn new(me: String, cluster: String, events: mpsc::Sender<PeerEvent>) -> PeerNet {
+        PeerNet::with_connector(me, cluster, events, Arc::new(TcpConnector))
+    }
+
+    /// A transport whose outbound connections come from `connector`.
+    pub fn with_connector(
+        me: String,
+        cluster: String,
+        events: mpsc::Sender<PeerEvent>,
+        connector: Arc<dyn Connector>,
+    ) -> PeerNet {
         PeerNet {
             me,
             cluster,
             events,
             addrs: Arc::default(),
             conns: Arc::default(),
+            connector,
         }
     }
 
@@ -234,14 +288,14 @@ impl PeerNet {
         };
         let events = self.events.clone();
         let conns = self.conns.clone();
+        let connector = self.connector.clone();
         tokio::spawn(async move {
             let r = async {
                 let addr = addr.ok_or_else(|| format!("no address known for {to}"))?;
-                let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
+                let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(addr.clone()))
                     .await
                     .map_err(|_| format!("connecting to {addr} timed out"))?
                     .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-                let _ = stream.set_nodelay(true);
                 run_outbound(stream, hello, &mut rx).await
             }
             .await;

@@ -24,6 +24,7 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
@@ -45,9 +46,23 @@ fn per_connection(e: &io::Error) -> bool {
     )
 }
 
+/// A source of connections: TCP here, turmoil's listener in the simulation.
+pub trait Listen: Send + 'static {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept(&mut self) -> impl Future<Output = io::Result<Self::Io>> + Send;
+}
+
+impl Listen for TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept(&mut self) -> io::Result<Self::Io> {
+        let (stream, _peer) = TcpListener::accept(self).await?;
+        Ok(stream)
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves, then drains connections gracefully.
-pub async fn serve(
-    listener: TcpListener,
+pub async fn serve<L: Listen>(
+    mut listener: L,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
@@ -66,7 +81,7 @@ pub async fn serve(
         };
         let stream = tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, _peer)) => stream,
+                Ok(stream) => stream,
                 Err(e) if per_connection(&e) => continue,
                 Err(e) => {
                     // Out of file descriptors, say: wait rather than spin.

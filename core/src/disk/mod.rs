@@ -17,7 +17,7 @@ mod std_disk;
 use std::io;
 use std::sync::Arc;
 
-pub use sim::SimDisk;
+pub use sim::{CrashReport, SimDisk};
 pub use std_disk::StdDisk;
 
 /// An open file. Reads and appends may come from several threads at once.

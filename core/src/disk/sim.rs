@@ -54,6 +54,17 @@ fn apply(map: &mut BTreeMap<String, InodeRef>, op: &DirOp) {
     }
 }
 
+/// What a [`SimDisk::crash`] threw away.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CrashReport {
+    /// Unsynced bytes lost.
+    pub lost_bytes: u64,
+    /// Files that kept part of their unsynced bytes: a write torn somewhere in the middle.
+    pub torn_files: usize,
+    /// Directory changes (creates, renames, removes) lost.
+    pub lost_dir_ops: usize,
+}
+
 /// A cheap handle: clones share the same disk.
 #[derive(Clone, Default)]
 pub struct SimDisk {
@@ -164,7 +175,9 @@ impl SimDisk {
 
     /// A power cut. Unsynced bytes and directory changes are lost, except for a seeded random
     /// prefix of them, which may end in the middle of a write. Every open handle goes stale.
-    pub fn crash(&self, seed: u64) {
+    /// Says what was lost.
+    pub fn crash(&self, seed: u64) -> CrashReport {
+        let mut report = CrashReport::default();
         let mut rng = Rng(seed);
         let mut dir = self.dir.lock();
         self.epoch.fetch_add(1, Ordering::SeqCst);
@@ -195,11 +208,16 @@ impl SimDisk {
                 rng.below(pending as u64 + 1) as usize
             };
             let new_len = f.synced + keep;
+            report.lost_bytes += (pending - keep) as u64;
+            if keep > 0 && keep < pending {
+                report.torn_files += 1;
+            }
             f.data.truncate(new_len);
             f.synced = new_len;
         }
         // Directory: durable entries plus a prefix of the changes since the last sync_dir.
         let keep_ops = rng.below(dir.pending.len() as u64 + 1) as usize;
+        report.lost_dir_ops = dir.pending.len() - keep_ops;
         let ops: Vec<DirOp> = dir.pending.drain(..).take(keep_ops).collect();
         let mut durable = std::mem::take(&mut dir.durable);
         for op in &ops {
@@ -207,6 +225,7 @@ impl SimDisk {
         }
         dir.live = durable.clone();
         dir.durable = durable;
+        report
     }
 
     /// Like [`crash`](Self::crash), but every unsynced byte and directory change is lost.

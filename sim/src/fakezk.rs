@@ -1,0 +1,526 @@
+//! A fake ZooKeeper that runs as its own host inside the simulation, and the node-side
+//! [`Coordinator`] that talks to it over turmoil's network.
+//!
+//! It keeps what matters of ZooKeeper's behaviour for CoreCache:
+//! - **Sessions** with a timeout. The server expires a session it has not heard from for the
+//!   timeout (a crashed node, a node cut off from it), deleting its ephemeral entries: the
+//!   member entry and the election candidacy. The client pings every third of the timeout and
+//!   reports `Disconnected` after two thirds of it without hearing from the server, so a cut-off
+//!   leader steps down before its session can expire. A client that comes back after expiry is
+//!   told `Expired` and must open a new session.
+//! - **Election** by the lowest candidacy sequence number among live sessions, as in the
+//!   ZooKeeper recipe; a restarted node with its old session still alive waits behind it.
+//! - **Conditional writes** of the state with a version stamp (`-1`: create).
+//! - **Watches**: the server pushes the current member list and state after each change. A
+//!   client that was away gets the then-current value on reconnection, never the intermediate
+//!   ones, which is what a one-shot watch followed by a re-read gives. Every push crosses the
+//!   simulated network, so it arrives late, or is held by a partition.
+//!
+//! Every successful write is logged (epoch, leader named in the state, session that wrote it)
+//! for the one-leader-per-epoch check.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use corecache_core::cluster::{ClusterState, CoordCommand, CoordEvent, Member};
+use corecache_net::coord::Coordinator;
+use corecache_net::zk::{state_from_json, state_to_json};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use turmoil::net::{TcpListener, TcpStream};
+
+/// The fake's host name and port in the simulation.
+pub const HOST: &str = "zk";
+pub const PORT: u16 = 2181;
+const MAX_FRAME: usize = 1 << 20;
+
+#[derive(Serialize, Deserialize, Debug)]
+enum ToServer {
+    Connect {
+        session: Option<u64>,
+        member: (String, String, String),
+        timeout_ms: u64,
+    },
+    Ping,
+    Write {
+        state: String,
+        expected: i64,
+    },
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+enum ToClient {
+    Session { id: u64 },
+    Expired,
+    Pong,
+    Members(Vec<(String, String, String)>),
+    State { state: Option<String>, stamp: i64 },
+    Elected,
+    WriteDone { ok: bool, message: String },
+}
+
+async fn write_frame<W: AsyncWriteExt + Unpin, T: Serialize>(w: &mut W, msg: &T) -> bool {
+    let Ok(body) = serde_json::to_vec(msg) else {
+        return false;
+    };
+    let mut buf = (body.len() as u32).to_be_bytes().to_vec();
+    buf.extend_from_slice(&body);
+    w.write_all(&buf).await.is_ok()
+}
+
+async fn read_frame<R: AsyncReadExt + Unpin, T: for<'a> Deserialize<'a>>(r: &mut R) -> Option<T> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await.ok()?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return None;
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await.ok()?;
+    serde_json::from_slice(&body).ok()
+}
+
+/// One successful state write, as the server saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct StateWrite {
+    pub epoch: u64,
+    pub version: u64,
+    /// The leader the state names.
+    pub leader: String,
+    /// The member whose session wrote it.
+    pub writer: String,
+}
+
+/// What the server did, for the checkers and the fault counters. Lives outside the
+/// simulation, so it survives the run.
+#[derive(Default, Debug)]
+pub struct ZkLog {
+    pub writes: Vec<StateWrite>,
+    pub sessions_expired: u64,
+    pub sessions_opened: u64,
+}
+
+struct Session {
+    member: (String, String, String),
+    seq: u64,
+    timeout: Duration,
+    last_heard: tokio::time::Instant,
+    /// The connection the session is attached to (id, outbox).
+    conn: Option<(u64, mpsc::UnboundedSender<ToClient>)>,
+    /// Whether this session was last told it is elected.
+    elected: bool,
+}
+
+#[derive(Default)]
+struct Server {
+    next_session: u64,
+    next_seq: u64,
+    next_conn: u64,
+    sessions: BTreeMap<u64, Session>,
+    state: Option<String>,
+    stamp: i64,
+}
+
+impl Server {
+    fn members(&self) -> Vec<(String, String, String)> {
+        // One entry per node id: a newer session's entry replaces an older one's.
+        let mut by_id: BTreeMap<String, (u64, (String, String, String))> = BTreeMap::new();
+        for s in self.sessions.values() {
+            let e = by_id
+                .entry(s.member.0.clone())
+                .or_insert((s.seq, s.member.clone()));
+            if s.seq >= e.0 {
+                *e = (s.seq, s.member.clone());
+            }
+        }
+        by_id.into_values().map(|(_, m)| m).collect()
+    }
+
+    fn send(&self, id: u64, msg: ToClient) {
+        if let Some((_, tx)) = self.sessions.get(&id).and_then(|s| s.conn.as_ref()) {
+            let _ = tx.send(msg);
+        }
+    }
+
+    fn broadcast_members(&self) {
+        let ms = self.members();
+        for id in self.sessions.keys() {
+            self.send(*id, ToClient::Members(ms.clone()));
+        }
+    }
+
+    fn broadcast_state(&self) {
+        for id in self.sessions.keys() {
+            self.send(
+                *id,
+                ToClient::State {
+                    state: self.state.clone(),
+                    stamp: self.stamp,
+                },
+            );
+        }
+    }
+
+    /// Tells the lowest live candidacy it is elected, once per time it becomes the lowest (and
+    /// again on each reconnection, as the recipe re-checks then).
+    fn elect(&mut self) {
+        let lowest = self
+            .sessions
+            .iter()
+            .min_by_key(|(_, s)| s.seq)
+            .map(|(id, _)| *id);
+        if let Some(id) = lowest {
+            let s = self
+                .sessions
+                .get_mut(&id)
+                .expect("the lowest session exists");
+            if !s.elected && s.conn.is_some() {
+                s.elected = true;
+                self.send(id, ToClient::Elected);
+            }
+        }
+    }
+
+    fn expire(&mut self, now: tokio::time::Instant, log: &Mutex<ZkLog>) {
+        let dead: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| now.duration_since(s.last_heard) > s.timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        if dead.is_empty() {
+            return;
+        }
+        for id in dead {
+            // Dropping the outbox ends the connection task, which closes the socket.
+            self.sessions.remove(&id);
+            log.lock().sessions_expired += 1;
+        }
+        self.broadcast_members();
+        self.elect();
+    }
+}
+
+/// The fake's server: the software of the `zk` host.
+pub async fn serve(log: Arc<Mutex<ZkLog>>) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = TcpListener::bind(("0.0.0.0", PORT)).await?;
+    let server = Arc::new(Mutex::new(Server {
+        stamp: -1,
+        ..Server::default()
+    }));
+    {
+        let server = server.clone();
+        let log = log.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                server.lock().expire(tokio::time::Instant::now(), &log);
+            }
+        });
+    }
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let server = server.clone();
+        let log = log.clone();
+        tokio::spawn(async move { connection(stream, server, log).await });
+    }
+}
+
+async fn connection(stream: TcpStream, server: Arc<Mutex<Server>>, log: Arc<Mutex<ZkLog>>) {
+    let (mut rd, mut wr) = stream.into_split();
+    let Some(ToServer::Connect {
+        session,
+        member,
+        timeout_ms,
+    }) = read_frame(&mut rd).await
+    else {
+        return;
+    };
+    let (tx, mut outbox) = mpsc::unbounded_channel::<ToClient>();
+    let attached = {
+        let mut s = server.lock();
+        let conn_id = s.next_conn;
+        s.next_conn += 1;
+        let now = tokio::time::Instant::now();
+        let id = match session {
+            Some(id) => match s.sessions.get_mut(&id) {
+                Some(sess) => {
+                    sess.conn = Some((conn_id, tx.clone()));
+                    sess.last_heard = now;
+                    sess.elected = false;
+                    Some(id)
+                }
+                None => None,
+            },
+            None => {
+                let id = s.next_session;
+                s.next_session += 1;
+                let seq = s.next_seq;
+                s.next_seq += 1;
+                s.sessions.insert(
+                    id,
+                    Session {
+                        member,
+                        seq,
+                        timeout: Duration::from_millis(timeout_ms),
+                        last_heard: now,
+                        conn: Some((conn_id, tx.clone())),
+                        elected: false,
+                    },
+                );
+                log.lock().sessions_opened += 1;
+                Some(id)
+            }
+        };
+        if let Some(id) = id {
+            s.send(id, ToClient::Session { id });
+            s.broadcast_members();
+            s.send(
+                id,
+                ToClient::State {
+                    state: s.state.clone(),
+                    stamp: s.stamp,
+                },
+            );
+            s.elect();
+        }
+        id.map(|id| (id, conn_id))
+    };
+    let Some((id, conn_id)) = attached else {
+        // The session is gone: say so, and close.
+        let _ = write_frame(&mut wr, &ToClient::Expired).await;
+        return;
+    };
+    drop(tx);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = outbox.recv().await {
+            if !write_frame(&mut wr, &m).await {
+                break;
+            }
+        }
+    });
+    while let Some(msg) = read_frame::<_, ToServer>(&mut rd).await {
+        let mut s = server.lock();
+        let attached = s
+            .sessions
+            .get(&id)
+            .and_then(|x| x.conn.as_ref())
+            .is_some_and(|(c, _)| *c == conn_id);
+        if !attached {
+            break; // expired, or replaced by a newer connection of the same session
+        }
+        if let Some(sess) = s.sessions.get_mut(&id) {
+            sess.last_heard = tokio::time::Instant::now();
+        }
+        match msg {
+            ToServer::Ping => s.send(id, ToClient::Pong),
+            ToServer::Connect { .. } => break,
+            ToServer::Write { state, expected } => {
+                let parsed = state_from_json(state.as_bytes());
+                let ok = expected == s.stamp && parsed.is_ok();
+                if ok {
+                    s.state = Some(state);
+                    s.stamp += 1;
+                    if let Ok(st) = parsed {
+                        let writer = s
+                            .sessions
+                            .get(&id)
+                            .map(|x| x.member.0.clone())
+                            .unwrap_or_default();
+                        log.lock().writes.push(StateWrite {
+                            epoch: st.epoch,
+                            version: st.version,
+                            leader: st.leader,
+                            writer,
+                        });
+                    }
+                }
+                let message = if ok {
+                    String::new()
+                } else {
+                    "version changed".to_string()
+                };
+                s.send(id, ToClient::WriteDone { ok, message });
+                if ok {
+                    s.broadcast_state();
+                }
+            }
+        }
+    }
+    // Detach (the session itself lives on until it expires).
+    {
+        let mut s = server.lock();
+        if let Some(sess) = s.sessions.get_mut(&id) {
+            if sess.conn.as_ref().is_some_and(|(c, _)| *c == conn_id) {
+                sess.conn = None;
+            }
+        }
+    }
+    writer.abort();
+}
+
+/// The node's side: a [`Coordinator`] over the fake.
+pub struct FakeCoordinator {
+    pub session_timeout: Duration,
+}
+
+impl Coordinator for FakeCoordinator {
+    fn start(
+        self: Box<Self>,
+        me: Member,
+        events: mpsc::UnboundedSender<CoordEvent>,
+    ) -> mpsc::UnboundedSender<CoordCommand> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(client(me, self.session_timeout, events, rx));
+        tx
+    }
+}
+
+fn to_member(m: (String, String, String)) -> Member {
+    Member {
+        id: m.0,
+        http: m.1,
+        peer: m.2,
+    }
+}
+
+async fn client(
+    me: Member,
+    timeout: Duration,
+    events: mpsc::UnboundedSender<CoordEvent>,
+    mut commands: mpsc::UnboundedReceiver<CoordCommand>,
+) {
+    let mut session: Option<u64> = None;
+    let member = (me.id.clone(), me.http.clone(), me.peer.clone());
+    let silence = timeout * 2 / 3;
+    loop {
+        if events.is_closed() {
+            return;
+        }
+        // Connect (or reconnect to the same session).
+        let stream =
+            match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect((HOST, PORT)))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                _ => {
+                    fail_pending(&mut commands, &events);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+        let (mut rd, mut wr) = stream.into_split();
+        let hello = ToServer::Connect {
+            session,
+            member: member.clone(),
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        if !write_frame(&mut wr, &hello).await {
+            continue;
+        }
+        let (in_tx, mut inbox) = mpsc::unbounded_channel::<ToClient>();
+        let reader = tokio::spawn(async move {
+            while let Some(m) = read_frame::<_, ToClient>(&mut rd).await {
+                if in_tx.send(m).is_err() {
+                    return;
+                }
+            }
+        });
+        match tokio::time::timeout(silence, inbox.recv()).await {
+            Ok(Some(ToClient::Session { id })) => {
+                session = Some(id);
+                let _ = events.send(CoordEvent::Connected);
+            }
+            Ok(Some(ToClient::Expired)) => {
+                reader.abort();
+                session = None;
+                let _ = events.send(CoordEvent::Expired);
+                continue;
+            }
+            _ => {
+                // Could not tell: try again (same session).
+                reader.abort();
+                fail_pending(&mut commands, &events);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        }
+        let mut in_flight = 0usize;
+        let mut last_heard = tokio::time::Instant::now();
+        let mut ping = tokio::time::interval(timeout / 3);
+        let lost = loop {
+            tokio::select! {
+                m = inbox.recv() => {
+                    let Some(m) = m else { break true };
+                    last_heard = tokio::time::Instant::now();
+                    let ev = match m {
+                        ToClient::Members(ms) => {
+                            Some(CoordEvent::Members(ms.into_iter().map(to_member).collect()))
+                        }
+                        ToClient::State { state, stamp } => {
+                            let state: Option<ClusterState> =
+                                state.and_then(|s| state_from_json(s.as_bytes()).ok());
+                            Some(CoordEvent::State { state, stamp })
+                        }
+                        ToClient::Elected => Some(CoordEvent::Elected),
+                        ToClient::WriteDone { ok, message } => {
+                            in_flight = in_flight.saturating_sub(1);
+                            Some(CoordEvent::WriteDone { ok, message })
+                        }
+                        ToClient::Pong | ToClient::Session { .. } => None,
+                        ToClient::Expired => break true,
+                    };
+                    if let Some(ev) = ev {
+                        if events.send(ev).is_err() {
+                            return;
+                        }
+                    }
+                }
+                c = commands.recv() => {
+                    let Some(CoordCommand::WriteState { state, expected }) = c else { return };
+                    let body = String::from_utf8_lossy(&state_to_json(&state)).into_owned();
+                    in_flight += 1;
+                    if !write_frame(&mut wr, &ToServer::Write { state: body, expected }).await {
+                        break true;
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > silence {
+                        break true;
+                    }
+                    if !write_frame(&mut wr, &ToServer::Ping).await {
+                        break true;
+                    }
+                }
+            }
+        };
+        reader.abort();
+        if lost {
+            // A write whose answer never came is a connection loss to the caller (it may or
+            // may not have happened).
+            for _ in 0..in_flight {
+                let _ = events.send(CoordEvent::WriteDone {
+                    ok: false,
+                    message: "connection lost".into(),
+                });
+            }
+            let _ = events.send(CoordEvent::Disconnected);
+        }
+    }
+}
+
+/// Answers commands that arrive while there is no connection: a write cannot be made.
+fn fail_pending(
+    commands: &mut mpsc::UnboundedReceiver<CoordCommand>,
+    events: &mpsc::UnboundedSender<CoordEvent>,
+) {
+    while let Ok(CoordCommand::WriteState { .. }) = commands.try_recv() {
+        let _ = events.send(CoordEvent::WriteDone {
+            ok: false,
+            message: "not connected".into(),
+        });
+    }
+}

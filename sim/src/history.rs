@@ -1,0 +1,379 @@
+//! Client histories and the per-key linearizability checker.
+//!
+//! Each key is a register (absent, or holding a value), checked on its own: linearizability
+//! is compositional, so a history is linearizable when every key's sub-history is. The search
+//! is Wing & Gong's with Lowe's memoisation: depth-first over which pending operation takes
+//! effect next, remembering every (set of operations done, register value) already explored.
+//!
+//! Outcomes that a client could not learn (a timeout, a 5xx, a dropped connection) are
+//! *unknown*: such a write may take effect at any point after its call, or never, so it is
+//! linearized only if that helps. Reads that failed are dropped: they observed nothing.
+//!
+//! Times are a logical clock over all clients (one simulated client host, so a total order):
+//! operation A precedes B exactly when A returned before B was called.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum OpKind {
+    Get,
+    Put(String),
+    Delete,
+    /// Write `new` only if the key holds `expect` (`None`: only if it is absent).
+    Cas {
+        expect: Option<String>,
+        new: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// What a successful read returned.
+    Read(Option<String>),
+    /// A write that the node acknowledged.
+    Ok,
+    /// A conditional write the node refused (412): its condition did not hold.
+    CasFailed,
+    /// A delete of a key that was absent (404): nothing changed.
+    NotFound,
+    /// No answer the client could rely on: the write may or may not have happened.
+    Unknown,
+    /// Refused with an error that says nothing was done (a 503 for a dead owner, say). Such
+    /// operations are left out of the check: if one did take effect after all, the reads
+    /// around it show a value that nothing wrote.
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Op {
+    pub client: usize,
+    pub node: String,
+    pub key: String,
+    pub kind: OpKind,
+    pub call: u64,
+    /// `None` for operations whose outcome is unknown (they never "returned").
+    pub ret: Option<u64>,
+    pub outcome: Outcome,
+    /// What the client got, as text (status and body, or why there was no answer).
+    pub detail: String,
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ret = self.ret.map_or("?".to_string(), |r| r.to_string());
+        write!(
+            f,
+            "[{:>5}..{:>5}] c{} via {} {:?} -> {:?} ({})",
+            self.call, ret, self.client, self.node, self.kind, self.outcome, self.detail
+        )
+    }
+}
+
+/// Why a key's history is not linearizable.
+#[derive(Debug)]
+pub struct Violation {
+    pub key: String,
+    pub ops: Vec<Op>,
+    pub reason: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "key {:?}: {}", self.key, self.reason)?;
+        for op in &self.ops {
+            writeln!(f, "  {op}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Explored states beyond which the search gives up (and reports it, as a failure).
+const BUDGET: usize = 5_000_000;
+
+/// Checks every key's history; the first violation found, if any.
+pub fn check(ops: &[Op]) -> Result<(), Violation> {
+    let mut by_key: BTreeMap<&str, Vec<Op>> = BTreeMap::new();
+    for op in ops {
+        let observed_nothing = matches!(op.kind, OpKind::Get) && op.outcome == Outcome::Unknown;
+        if observed_nothing || op.outcome == Outcome::Failed {
+            continue;
+        }
+        by_key.entry(&op.key).or_default().push(op.clone());
+    }
+    for (key, mut ops) in by_key {
+        ops.sort_by_key(|o| o.call);
+        check_key(key, &ops)?;
+    }
+    Ok(())
+}
+
+fn check_key<'a>(key: &str, ops: &'a [Op]) -> Result<(), Violation> {
+    // Values as small integers (0: absent).
+    // Values that no read returned and no compare-and-set expected constrain nothing by
+    // themselves: they are all "some other value" (id 1). Merging them keeps the search small.
+    let mut observed: BTreeMap<&str, ()> = BTreeMap::new();
+    for op in ops {
+        match (&op.kind, &op.outcome) {
+            (_, Outcome::Read(Some(v))) => {
+                observed.insert(v, ());
+            }
+            (
+                OpKind::Cas {
+                    expect: Some(v), ..
+                },
+                _,
+            ) => {
+                observed.insert(v, ());
+            }
+            _ => {}
+        }
+    }
+    let mut ids: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut intern = |s: &'a str| -> u32 {
+        if !observed.contains_key(s) {
+            return 1;
+        }
+        let n = ids.len() as u32 + 2;
+        *ids.entry(s).or_insert(n)
+    };
+    // The register transitions, pre-interned.
+    #[derive(Clone, Copy)]
+    enum T {
+        Read(u32),
+        Write(u32),
+        /// A delete that found the key: it must have been present.
+        Remove,
+        Cas {
+            expect: u32,
+            new: u32,
+            ok: Option<bool>,
+        },
+    }
+    let n = ops.len();
+    let mut trans = Vec::with_capacity(n);
+    for op in ops {
+        let t = match (&op.kind, &op.outcome) {
+            (OpKind::Get, Outcome::Read(v)) => T::Read(v.as_deref().map_or(0, &mut intern)),
+            (OpKind::Get, _) => T::Read(0),
+            (OpKind::Put(v), _) => T::Write(intern(v)),
+            (OpKind::Delete, Outcome::Ok) => T::Remove,
+            (OpKind::Delete, Outcome::NotFound) => T::Read(0),
+            (OpKind::Delete, _) => T::Write(0),
+            (OpKind::Cas { expect, new }, o) => T::Cas {
+                expect: expect.as_deref().map_or(0, &mut intern),
+                new: intern(new),
+                ok: match o {
+                    Outcome::Ok => Some(true),
+                    Outcome::CasFailed => Some(false),
+                    _ => None,
+                },
+            },
+        };
+        trans.push(t);
+    }
+    // Unknown writes with the same effect (an unobserved value, or a delete) are
+    // interchangeable once called: of those available, only the first needs trying.
+    let class: Vec<Option<u32>> = (0..n)
+        .map(|i| match (ops[i].ret, trans[i]) {
+            (None, T::Write(v)) if v <= 1 => Some(v),
+            _ => None,
+        })
+        .collect();
+    let words = n.div_ceil(64).max(1);
+    let required: Vec<usize> = (0..n).filter(|&i| ops[i].ret.is_some()).collect();
+    let mut seen: HashSet<(Vec<u64>, u32)> = HashSet::new();
+    let mut stack: Vec<(Vec<u64>, u32)> = vec![(vec![0; words], 0)];
+    let mut explored = 0usize;
+    let done = |bits: &[u64], i: usize| bits[i / 64] & (1 << (i % 64)) != 0;
+    while let Some((bits, state)) = stack.pop() {
+        if !seen.insert((bits.clone(), state)) {
+            continue;
+        }
+        explored += 1;
+        if explored > BUDGET {
+            return Err(Violation {
+                key: key.to_string(),
+                ops: ops.to_vec(),
+                reason: format!("the checker gave up after {BUDGET} states"),
+            });
+        }
+        if required.iter().all(|&i| done(&bits, i)) {
+            return Ok(());
+        }
+        // The earliest return among the operations not yet linearized: whatever is
+        // linearized next must have been called before it.
+        let horizon = (0..n)
+            .filter(|&i| !done(&bits, i))
+            .filter_map(|i| ops[i].ret)
+            .min()
+            .unwrap_or(u64::MAX);
+        let mut tried: [bool; 2] = [false; 2];
+        for i in 0..n {
+            if done(&bits, i) || ops[i].call >= horizon {
+                continue;
+            }
+            if let Some(c) = class[i] {
+                if tried[c as usize] {
+                    continue;
+                }
+                tried[c as usize] = true;
+            }
+            let next = match trans[i] {
+                T::Read(v) => (v == state).then_some(state),
+                T::Write(v) => Some(v),
+                T::Remove => (state != 0).then_some(0),
+                T::Cas { expect, new, ok } => {
+                    let holds = state == expect;
+                    match ok {
+                        Some(true) => holds.then_some(new),
+                        Some(false) => (!holds).then_some(state),
+                        None => Some(if holds { new } else { state }),
+                    }
+                }
+            };
+            if let Some(s) = next {
+                let mut b = bits.clone();
+                b[i / 64] |= 1 << (i % 64);
+                stack.push((b, s));
+            }
+        }
+    }
+    Err(Violation {
+        key: key.to_string(),
+        ops: ops.to_vec(),
+        reason:
+            "no linearization exists (a stale read, a lost write, or a deleted key that came back)"
+                .into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(call: u64, ret: Option<u64>, kind: OpKind, outcome: Outcome) -> Op {
+        Op {
+            client: 0,
+            node: "n1".into(),
+            key: "k".into(),
+            kind,
+            call,
+            ret,
+            outcome,
+            detail: String::new(),
+        }
+    }
+    fn put(v: &str) -> OpKind {
+        OpKind::Put(v.into())
+    }
+    fn read(v: Option<&str>) -> Outcome {
+        Outcome::Read(v.map(str::to_string))
+    }
+
+    #[test]
+    fn sequential_history_passes_and_a_stale_read_fails() {
+        let good = vec![
+            op(1, Some(2), put("a"), Outcome::Ok),
+            op(3, Some(4), put("b"), Outcome::Ok),
+            op(5, Some(6), OpKind::Get, read(Some("b"))),
+        ];
+        assert!(check(&good).is_ok());
+        let stale = vec![
+            op(1, Some(2), put("a"), Outcome::Ok),
+            op(3, Some(4), put("b"), Outcome::Ok),
+            op(5, Some(6), OpKind::Get, read(Some("a"))),
+        ];
+        assert!(check(&stale).is_err());
+    }
+
+    #[test]
+    fn concurrent_writes_may_be_read_in_either_order() {
+        let h = vec![
+            op(1, Some(4), put("a"), Outcome::Ok),
+            op(2, Some(5), put("b"), Outcome::Ok),
+            op(6, Some(7), OpKind::Get, read(Some("a"))),
+        ];
+        assert!(check(&h).is_ok());
+        // But two later reads cannot disagree.
+        let mut h2 = h.clone();
+        h2.push(op(8, Some(9), OpKind::Get, read(Some("b"))));
+        assert!(check(&h2).is_err());
+    }
+
+    #[test]
+    fn a_deleted_key_must_not_come_back_and_a_lost_write_is_caught() {
+        let back = vec![
+            op(1, Some(2), put("a"), Outcome::Ok),
+            op(3, Some(4), OpKind::Delete, Outcome::Ok),
+            op(5, Some(6), OpKind::Get, read(Some("a"))),
+        ];
+        assert!(check(&back).is_err());
+        let lost = vec![
+            op(1, Some(2), put("a"), Outcome::Ok),
+            op(3, Some(4), OpKind::Get, read(None)),
+        ];
+        assert!(check(&lost).is_err());
+    }
+
+    #[test]
+    fn unknown_writes_may_or_may_not_happen() {
+        let seen = vec![
+            op(1, None, put("a"), Outcome::Unknown),
+            op(5, Some(6), OpKind::Get, read(Some("a"))),
+        ];
+        assert!(check(&seen).is_ok());
+        let unseen = vec![
+            op(1, None, put("a"), Outcome::Unknown),
+            op(5, Some(6), OpKind::Get, read(None)),
+        ];
+        assert!(check(&unseen).is_ok());
+        // ...but not before they were called.
+        let early = vec![
+            op(1, Some(2), OpKind::Get, read(Some("a"))),
+            op(5, None, put("a"), Outcome::Unknown),
+        ];
+        assert!(check(&early).is_err());
+    }
+
+    #[test]
+    fn a_delete_says_whether_the_key_was_there() {
+        let h = vec![
+            op(1, Some(2), put("a"), Outcome::Ok),
+            op(3, Some(4), OpKind::Delete, Outcome::Ok),
+            op(5, Some(6), OpKind::Delete, Outcome::NotFound),
+        ];
+        assert!(check(&h).is_ok());
+        let twice = vec![
+            op(1, Some(2), put("a"), Outcome::Ok),
+            op(3, Some(4), OpKind::Delete, Outcome::Ok),
+            op(5, Some(6), OpKind::Delete, Outcome::Ok),
+        ];
+        assert!(check(&twice).is_err());
+        let missed = vec![
+            op(1, Some(2), put("a"), Outcome::Ok),
+            op(3, Some(4), OpKind::Delete, Outcome::NotFound),
+        ];
+        assert!(check(&missed).is_err());
+    }
+
+    #[test]
+    fn compare_and_set_follows_the_register() {
+        let cas = |e: Option<&str>, n: &str| OpKind::Cas {
+            expect: e.map(str::to_string),
+            new: n.into(),
+        };
+        let ok = vec![
+            op(1, Some(2), cas(None, "a"), Outcome::Ok),
+            op(3, Some(4), cas(None, "b"), Outcome::CasFailed),
+            op(5, Some(6), cas(Some("a"), "c"), Outcome::Ok),
+            op(7, Some(8), OpKind::Get, read(Some("c"))),
+        ];
+        assert!(check(&ok).is_ok());
+        let bad = vec![
+            op(1, Some(2), put("a"), Outcome::Ok),
+            op(3, Some(4), cas(None, "b"), Outcome::Ok),
+        ];
+        assert!(check(&bad).is_err());
+    }
+}

@@ -1,0 +1,139 @@
+//! The simulation sweep: many seeds, each a whole cluster under faults with its history
+//! checked. `CORECACHE_SEEDS=N` sets how many seeds the sweep runs (default 200), starting at
+//! `CORECACHE_SEED_BASE` (default 0); `CORECACHE_SEED=N` makes `replay` run that one seed.
+
+use std::time::Instant;
+
+use corecache_sim::{run, Config, Report};
+
+fn env_u64(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    Some(
+        v.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number, not {v:?}")),
+    )
+}
+
+#[derive(Default)]
+struct Totals {
+    runs: usize,
+    ops: usize,
+    acknowledged: usize,
+    unknown: usize,
+    leader_changes: usize,
+    runs_with_leader_change: usize,
+    crashes: usize,
+    crashes_with_writes_in_flight: usize,
+    partitions: usize,
+    one_way: usize,
+    coordinator_cut_offs: usize,
+    sessions_expired: u64,
+    torn_writes: usize,
+}
+
+impl Totals {
+    fn add(&mut self, r: &Report) {
+        self.runs += 1;
+        self.ops += r.ops;
+        self.acknowledged += r.acknowledged_writes;
+        self.unknown += r.unknown;
+        self.leader_changes += r.leader_changes;
+        self.runs_with_leader_change += usize::from(r.leader_changes > 0);
+        self.crashes += r.crashes;
+        self.crashes_with_writes_in_flight += r.crashes_with_writes_in_flight;
+        self.partitions += r.partitions;
+        self.one_way += r.one_way_partitions;
+        self.coordinator_cut_offs += r.coordinator_cut_offs;
+        self.sessions_expired += r.sessions_expired;
+        self.torn_writes += r.torn_writes;
+    }
+}
+
+#[test]
+fn sweep() {
+    let seeds = env_u64("CORECACHE_SEEDS").unwrap_or(200);
+    let base = env_u64("CORECACHE_SEED_BASE").unwrap_or(0);
+    let start = Instant::now();
+    let mut t = Totals::default();
+    for seed in base..base + seeds {
+        match run(&Config::new(seed)) {
+            Ok(r) => t.add(&r),
+            Err(f) => panic!("{f}"),
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "sweep: {} seeds in {secs:.1} s ({:.2} seeds/s); {} operations, {} acknowledged writes, {} unknown outcomes",
+        t.runs,
+        t.runs as f64 / secs,
+        t.ops,
+        t.acknowledged,
+        t.unknown
+    );
+    println!(
+        "faults: {} runs with a leader change ({} changes), {} crashes ({} with writes in flight), {} torn writes, {} partitions, {} one-way partitions, {} coordinator cut-offs, {} sessions expired",
+        t.runs_with_leader_change,
+        t.leader_changes,
+        t.crashes,
+        t.crashes_with_writes_in_flight,
+        t.torn_writes,
+        t.partitions,
+        t.one_way,
+        t.coordinator_cut_offs,
+        t.sessions_expired
+    );
+    // The faults must actually fire, or the sweep proves nothing.
+    if seeds >= 100 {
+        assert!(t.runs_with_leader_change > 0, "no run saw a leader change");
+        assert!(
+            t.crashes_with_writes_in_flight > 0,
+            "no run crashed a node with writes in flight"
+        );
+        assert!(t.partitions > 0, "no run partitioned the network");
+        assert!(t.one_way > 0, "no run had a one-way partition");
+        assert!(t.torn_writes > 0, "no crash tore a write");
+        assert!(t.sessions_expired > 0, "no coordinator session expired");
+        assert!(
+            t.acknowledged > t.runs * 10,
+            "too few acknowledged writes: {}",
+            t.acknowledged
+        );
+    }
+}
+
+#[test]
+fn replay() {
+    let seed = env_u64("CORECACHE_SEED").unwrap_or(7);
+    match run(&Config::new(seed)) {
+        Ok(r) => println!("{r:#?}"),
+        Err(f) => panic!("{f}"),
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_run() {
+    for seed in [3, 11] {
+        let a = run(&Config::new(seed)).unwrap_or_else(|f| panic!("{f}"));
+        let b = run(&Config::new(seed)).unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!(
+            a.digest, b.digest,
+            "seed {seed} gave two different runs ({a:?} vs {b:?})"
+        );
+        assert!(a.ops > 0);
+    }
+    // And different seeds give different runs.
+    let c = run(&Config::new(4)).unwrap_or_else(|f| panic!("{f}"));
+    let d = run(&Config::new(5)).unwrap_or_else(|f| panic!("{f}"));
+    assert_ne!(c.digest, d.digest);
+}
+
+#[test]
+fn a_fault_free_run_acknowledges_almost_everything() {
+    let mut cfg = Config::new(1);
+    cfg.faults = false;
+    let r = run(&cfg).unwrap_or_else(|f| panic!("{f}"));
+    assert!(r.ops > 100, "{r:?}");
+    assert_eq!(r.unknown, 0, "{r:?}");
+    assert_eq!(r.leader_changes, 0, "{r:?}");
+}
