@@ -569,11 +569,12 @@ impl Db {
                 "writes disabled after a log failure: {p}"
             )));
         }
-        let last = if i.opts.sync == SyncMode::None {
-            i.wal.lock().last_seq
-        } else {
-            i.sync_logs()?
-        };
+        let last =
+            if i.opts.sync == SyncMode::None || crate::bugs::on(crate::bugs::Bug::AckBeforeFsync) {
+                i.wal.lock().last_seq
+            } else {
+                i.sync_logs()?
+            };
         i.visible_seq.fetch_max(last, Ordering::AcqRel);
         Ok(last)
     }
@@ -1432,7 +1433,10 @@ impl Inner {
                     value,
                 }) = merge.next_entry()?
                 {
-                    if kind == Kind::Delete && plan.drop_tombstones {
+                    if kind == Kind::Delete
+                        && (plan.drop_tombstones
+                            || crate::bugs::on(crate::bugs::Bug::DropTombstoneEarly))
+                    {
                         continue;
                     }
                     if builder.is_none() {

@@ -22,6 +22,7 @@
 //! On-disk formats are described in [`format`].
 
 pub mod batch;
+pub mod bugs;
 pub mod cache;
 pub mod cluster;
 pub mod compaction;

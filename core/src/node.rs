@@ -1117,7 +1117,13 @@ impl Node {
         }
         let state = match &c.state {
             None => ClusterState::initial(me, &c.members, self.cfg.partitions),
-            Some(s) => s.next_epoch(me),
+            Some(s) => {
+                let mut next = s.next_epoch(me);
+                if crate::bugs::on(crate::bugs::Bug::NoEpochBump) {
+                    next.epoch = s.epoch;
+                }
+                next
+            }
         };
         c.claim_in_flight = true;
         c.write_in_flight = true;

@@ -281,7 +281,7 @@ impl PeerNet {
     }
 
     fn spawn_connection(&self, to: String, mut rx: mpsc::Receiver<PeerMessage>) {
-        let addr = self.addrs.lock().get(&to).cloned();
+        let addrs = self.addrs.clone();
         let hello = PeerMessage::Hello {
             from: self.me.clone(),
             cluster: self.cluster.clone(),
@@ -291,7 +291,20 @@ impl PeerNet {
         let connector = self.connector.clone();
         tokio::spawn(async move {
             let r = async {
-                let addr = addr.ok_or_else(|| format!("no address known for {to}"))?;
+                // A node can hear from a peer (and owe it a reply) before the coordinator's
+                // member list has told it where that peer listens: wait for the address a
+                // little rather than drop the reply.
+                let mut waited = Duration::ZERO;
+                let addr = loop {
+                    if let Some(a) = addrs.lock().get(&to).cloned() {
+                        break a;
+                    }
+                    if waited >= CONNECT_TIMEOUT {
+                        return Err(format!("no address known for {to}"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    waited += Duration::from_millis(20);
+                };
                 let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(addr.clone()))
                     .await
                     .map_err(|_| format!("connecting to {addr} timed out"))?

@@ -70,8 +70,12 @@ pub struct Config {
     /// The healing phase's length: no new faults, the workload goes on.
     pub heal_phase: Duration,
     pub session_timeout: Duration,
+    /// Bytes of padding on every value written.
+    pub value_pad: usize,
     /// Draw faults at all (a fault-free run is the baseline).
     pub faults: bool,
+    /// Whether the faults drawn include node crashes.
+    pub crashes: bool,
 }
 
 impl Config {
@@ -85,7 +89,9 @@ impl Config {
             fault_phase: Duration::from_secs(8),
             heal_phase: Duration::from_secs(5),
             session_timeout: Duration::from_millis(1500),
+            value_pad: 200,
             faults: true,
+            crashes: true,
         }
     }
 }
@@ -114,6 +120,9 @@ pub struct Report {
     pub torn_writes: usize,
     pub lost_unsynced_bytes: u64,
     pub sim_time: Duration,
+    /// Every operation, the coordinator's writes and the faults, as text (what the digest
+    /// covers), for telling two runs apart.
+    pub trace: Vec<String>,
     /// Why outcomes were unknown, with counts.
     pub unknown_why: BTreeMap<String, usize>,
 }
@@ -216,8 +225,9 @@ async fn node_main(
         max_immutable_memtables: 4,
         l0_compaction_trigger: 2,
         l0_stop_writes: 24,
-        table_bytes: 4096,
-        level1_bytes: 8192,
+        table_bytes: 1024,
+        level1_bytes: 1024,
+        level_multiplier: 2,
         block_bytes: 512,
         block_cache_bytes: 64 << 10,
         background: Background::Manual,
@@ -432,7 +442,8 @@ async fn client_loop(rec: Arc<Recorder>, cfg: Config, client: usize, until: Dura
         let node = node_name(rng.below(cfg.nodes as u64) as usize);
         let key = format!("k{}", rng.below(cfg.keys as u64));
         n += 1;
-        let value = format!("c{client}-{n}");
+        // Unique, and long enough that a few keys fill several levels of the tree.
+        let value = format!("c{client}-{n}-{}", "v".repeat(cfg.value_pad));
         let pick = rng.below(100);
         let (kind, version) = if pick < 40 {
             (OpKind::Get, None)
@@ -560,7 +571,8 @@ fn draw_faults(cfg: &Config, rng: &mut Rng) -> Vec<(Duration, Duration, Fault)> 
         let node = rng.below(cfg.nodes as u64) as usize;
         let other = (node + 1 + rng.below(cfg.nodes as u64 - 1) as usize) % cfg.nodes;
         let (fault, len) = match rng.below(100) {
-            0..=29 => (Fault::Crash { node }, rng.ms(300, 3000)),
+            0..=29 if cfg.crashes => (Fault::Crash { node }, rng.ms(300, 3000)),
+            0..=29 => (Fault::CoordinatorCutOff { node }, rng.ms(300, 3000)),
             30..=49 => {
                 let b = if rng.chance(25) {
                     "client".to_string()
@@ -632,7 +644,13 @@ pub fn run(cfg: &Config) -> Result<Report, Failure> {
         let zk_log = zk_log.clone();
         sim.host(fakezk::HOST, move || fakezk::serve(zk_log.clone()));
     }
-    let disks: Vec<SimDisk> = (0..cfg.nodes).map(|_| SimDisk::new()).collect();
+    let disks: Vec<SimDisk> = (0..cfg.nodes)
+        .map(|_| {
+            let d = SimDisk::new();
+            d.set_reorder_dir_ops(true);
+            d
+        })
+        .collect();
     for (i, disk) in disks.iter().enumerate() {
         let disk = disk.clone();
         let c = cfg.clone();
@@ -810,6 +828,11 @@ pub fn run(cfg: &Config) -> Result<Report, Failure> {
         w.hash(&mut h);
     }
     fault_log.borrow().hash(&mut h);
+    report.trace = ops.iter().map(|o| o.to_string()).collect();
+    report
+        .trace
+        .extend(zk.writes.iter().map(|w| format!("{w:?}")));
+    report.trace.extend(fault_log.borrow().iter().cloned());
     report.sim_time.hash(&mut h);
     report.digest = h.finish();
     Ok(report)

@@ -72,6 +72,9 @@ pub struct SimDisk {
     epoch: Arc<AtomicU64>,
     /// When set, every append and sync fails (a dead or full disk).
     fail_writes: Arc<std::sync::atomic::AtomicBool>,
+    /// When set, a crash keeps any subset of the directory changes made since the last
+    /// `sync_dir`, not just a prefix: POSIX does not order them.
+    reorder_dir_ops: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct SimFile {
@@ -215,10 +218,21 @@ impl SimDisk {
             f.data.truncate(new_len);
             f.synced = new_len;
         }
-        // Directory: durable entries plus a prefix of the changes since the last sync_dir.
-        let keep_ops = rng.below(dir.pending.len() as u64 + 1) as usize;
-        report.lost_dir_ops = dir.pending.len() - keep_ops;
-        let ops: Vec<DirOp> = dir.pending.drain(..).take(keep_ops).collect();
+        // Directory: durable entries plus a prefix (or, reordering, any subset) of the changes
+        // since the last sync_dir.
+        let pending: Vec<DirOp> = dir.pending.drain(..).collect();
+        let n_pending = pending.len();
+        let ops: Vec<DirOp> = if self.reorder_dir_ops.load(Ordering::SeqCst) {
+            let kept: Vec<DirOp> = pending.into_iter().filter(|_| rng.below(2) == 0).collect();
+            report.lost_dir_ops = n_pending - kept.len();
+            kept
+        } else {
+            let keep_ops = rng.below(pending.len() as u64 + 1) as usize;
+            let mut p = pending;
+            report.lost_dir_ops = p.len() - keep_ops;
+            p.truncate(keep_ops);
+            p
+        };
         let mut durable = std::mem::take(&mut dir.durable);
         for op in &ops {
             apply(&mut durable, op);
@@ -226,6 +240,12 @@ impl SimDisk {
         dir.live = durable.clone();
         dir.durable = durable;
         report
+    }
+
+    /// Lets crashes keep any subset of the unsynced directory changes (POSIX orders none of
+    /// them) instead of a prefix.
+    pub fn set_reorder_dir_ops(&self, on: bool) {
+        self.reorder_dir_ops.store(on, Ordering::SeqCst);
     }
 
     /// Like [`crash`](Self::crash), but every unsynced byte and directory change is lost.

@@ -1,0 +1,67 @@
+//! Deliberate bugs, for proving that the simulation's checkers catch them.
+//!
+//! Each is off unless the `bugs` cargo feature is compiled in *and* the bug is switched on for
+//! the current thread. A simulated cluster runs entirely on the thread of the test that runs
+//! it (turmoil drives every host from there, and the engine runs with no threads of its own),
+//! so switching a bug on affects that one simulation and nothing else in the process. Without
+//! the feature, [`on`] is a constant `false` and the bug paths compile away.
+
+/// The bugs that can be switched on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Bug {
+    /// `Db::persist` reports writes durable without syncing the log: acknowledged writes are
+    /// lost in a crash.
+    AckBeforeFsync = 1,
+    /// A new leader takes over without advancing the epoch: two leaders share one.
+    NoEpochBump = 2,
+    /// Compaction drops tombstones even when a deeper level still holds older values of the
+    /// key: deleted keys come back.
+    DropTombstoneEarly = 4,
+    /// The manifest is renamed into place without syncing the directory afterwards: a crash can
+    /// bring back the old manifest, whose tables or log may be gone.
+    SkipDirSyncAfterRename = 8,
+}
+
+impl Bug {
+    pub const ALL: [Bug; 4] = [
+        Bug::AckBeforeFsync,
+        Bug::NoEpochBump,
+        Bug::DropTombstoneEarly,
+        Bug::SkipDirSyncAfterRename,
+    ];
+}
+
+#[cfg(feature = "bugs")]
+thread_local! {
+    static ACTIVE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether `bug` is switched on for this thread.
+#[inline(always)]
+pub fn on(bug: Bug) -> bool {
+    #[cfg(feature = "bugs")]
+    {
+        ACTIVE.with(|a| a.get() & bug as u32 != 0)
+    }
+    #[cfg(not(feature = "bugs"))]
+    {
+        let _ = bug;
+        false
+    }
+}
+
+/// Switches `bug` on for this thread (only with the `bugs` feature; otherwise it panics, so a
+/// test cannot believe it tested a bug that was never there).
+pub fn enable(bug: Bug) {
+    #[cfg(feature = "bugs")]
+    ACTIVE.with(|a| a.set(a.get() | bug as u32));
+    #[cfg(not(feature = "bugs"))]
+    panic!("{bug:?}: corecache-core was built without the `bugs` feature");
+}
+
+/// Switches every bug off for this thread.
+pub fn clear() {
+    #[cfg(feature = "bugs")]
+    ACTIVE.with(|a| a.set(0));
+}

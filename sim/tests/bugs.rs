@@ -1,0 +1,67 @@
+//! The checkers catch real bugs: each deliberate bug of `corecache_core::bugs`, switched on
+//! for this thread only, makes some seed of the sweep fail.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use corecache_core::bugs::{self, Bug};
+use corecache_sim::{run, Config};
+
+/// Seeds tried per bug before concluding the sweep cannot see it.
+const SEEDS: u64 = 120;
+
+fn caught(bug: Bug) -> Option<(u64, String)> {
+    for seed in 0..SEEDS {
+        bugs::clear();
+        bugs::enable(bug);
+        let r = catch_unwind(AssertUnwindSafe(|| run(&Config::new(seed))));
+        bugs::clear();
+        match r {
+            Ok(Ok(_)) => {}
+            Ok(Err(f)) => return Some((seed, f.message)),
+            Err(p) => {
+                let why = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                return Some((seed, format!("panicked: {why}")));
+            }
+        }
+    }
+    None
+}
+
+fn check(bug: Bug) {
+    match caught(bug) {
+        Some((seed, why)) => {
+            let first = why.lines().next().unwrap_or_default().to_string();
+            println!("{bug:?}: caught by seed {seed}: {first}");
+        }
+        None => panic!("{bug:?} went unnoticed through {SEEDS} seeds"),
+    }
+}
+
+#[test]
+fn acknowledging_before_fsync_is_caught() {
+    check(Bug::AckBeforeFsync);
+}
+
+#[test]
+fn a_leader_that_keeps_the_old_epoch_is_caught() {
+    check(Bug::NoEpochBump);
+}
+
+#[test]
+fn skipping_the_directory_sync_after_the_manifest_rename_is_caught() {
+    check(Bug::SkipDirSyncAfterRename);
+}
+
+#[test]
+fn without_a_bug_the_same_seeds_pass() {
+    bugs::clear();
+    for seed in 0..20 {
+        if let Err(f) = run(&Config::new(seed)) {
+            panic!("{f}");
+        }
+    }
+}
