@@ -604,6 +604,82 @@ fn draw_faults(cfg: &Config, rng: &mut Rng) -> Vec<(Duration, Duration, Fault)> 
     out
 }
 
+/// The network faults in force, counted per link, so that overlapping faults on one link end
+/// when the last of them does.
+#[derive(Default)]
+struct Links {
+    /// Both ways, held (sorted pair).
+    held: BTreeMap<(String, String), usize>,
+    /// One way, dropped (from, to).
+    cut: BTreeMap<(String, String), usize>,
+}
+
+fn sorted(a: &str, b: &str) -> (String, String) {
+    if a <= b {
+        (a.to_string(), b.to_string())
+    } else {
+        (b.to_string(), a.to_string())
+    }
+}
+
+impl Links {
+    fn hold(&mut self, sim: &turmoil::Sim<'_>, a: &str, b: &str) {
+        let n = self.held.entry(sorted(a, b)).or_default();
+        if *n == 0 {
+            sim.hold(a, b);
+        }
+        *n += 1;
+    }
+
+    fn release(&mut self, sim: &turmoil::Sim<'_>, a: &str, b: &str) {
+        let key = sorted(a, b);
+        if let Some(n) = self.held.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(&key);
+                sim.release(a, b);
+            }
+        }
+    }
+
+    fn cut(&mut self, sim: &turmoil::Sim<'_>, from: &str, to: &str) {
+        let n = self
+            .cut
+            .entry((from.to_string(), to.to_string()))
+            .or_default();
+        if *n == 0 {
+            sim.partition_oneway(from, to);
+        }
+        *n += 1;
+    }
+
+    fn mend(&mut self, sim: &turmoil::Sim<'_>, from: &str, to: &str) {
+        let key = (from.to_string(), to.to_string());
+        if let Some(n) = self.cut.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.cut.remove(&key);
+                sim.repair_oneway(from, to);
+            }
+        }
+    }
+
+    /// Puts back the faults in force on `host`'s links (after they were partitioned and
+    /// repaired around a crash).
+    fn restore(&self, sim: &turmoil::Sim<'_>, host: &str) {
+        for (a, b) in self.held.keys() {
+            if a == host || b == host {
+                sim.hold(a.as_str(), b.as_str());
+            }
+        }
+        for (from, to) in self.cut.keys() {
+            if from == host || to == host {
+                sim.partition_oneway(from.as_str(), to.as_str());
+            }
+        }
+    }
+}
+
 enum Action {
     Start(Fault),
     End(Fault),
@@ -654,7 +730,7 @@ pub fn run(cfg: &Config) -> Result<Report, Failure> {
     for (i, disk) in disks.iter().enumerate() {
         let disk = disk.clone();
         let c = cfg.clone();
-        let fsync_delay = rng.ms(0, 5);
+        let fsync_delay = rng.ms(1, 20);
         sim.host(node_name(i), move || {
             node_main(node_name(i), disk.clone(), c.clone(), fsync_delay)
         });
@@ -680,6 +756,10 @@ pub fn run(cfg: &Config) -> Result<Report, Failure> {
     let mut actions = actions.into_iter().peekable();
     let mut down = vec![false; cfg.nodes];
     let all_nodes: Vec<String> = (0..cfg.nodes).map(node_name).collect();
+    let mut hosts = all_nodes.clone();
+    hosts.push(fakezk::HOST.to_string());
+    hosts.push("client".to_string());
+    let mut links = Links::default();
     loop {
         while let Some((at, _)) = actions.peek() {
             if sim.elapsed() < *at {
@@ -716,7 +796,19 @@ pub fn run(cfg: &Config) -> Result<Report, Failure> {
                         report.torn_writes += 1;
                     }
                     report.lost_unsynced_bytes += r.lost_bytes;
-                    sim.crash(node_name(node));
+                    // A power cut sends nothing: the node's sockets close without a word to
+                    // anyone (peers find out by timeouts, or by a reset when they next send).
+                    // This also keeps the run reproducible: tokio drops a runtime's tasks in
+                    // an order that depends on process-wide task ids.
+                    let me = node_name(node);
+                    for o in hosts.iter().filter(|o| **o != me) {
+                        sim.partition(me.as_str(), o.as_str());
+                    }
+                    sim.crash(me.as_str());
+                    for o in hosts.iter().filter(|o| **o != me) {
+                        sim.repair(me.as_str(), o.as_str());
+                    }
+                    links.restore(&sim, &me);
                     down[node] = true;
                 }
                 Action::End(Fault::Crash { node }) => {
@@ -727,37 +819,35 @@ pub fn run(cfg: &Config) -> Result<Report, Failure> {
                 }
                 Action::Start(Fault::Partition { a, b }) => {
                     report.partitions += 1;
-                    sim.hold(a.as_str(), b.as_str());
+                    links.hold(&sim, &a, &b);
                 }
-                Action::End(Fault::Partition { a, b }) => sim.release(a.as_str(), b.as_str()),
+                Action::End(Fault::Partition { a, b }) => links.release(&sim, &a, &b),
                 Action::Start(Fault::OneWay { from, to }) => {
                     report.one_way_partitions += 1;
-                    sim.partition_oneway(from.as_str(), to.as_str());
+                    links.cut(&sim, &from, &to);
                 }
-                Action::End(Fault::OneWay { from, to }) => {
-                    sim.repair_oneway(from.as_str(), to.as_str())
-                }
+                Action::End(Fault::OneWay { from, to }) => links.mend(&sim, &from, &to),
                 Action::Start(Fault::CoordinatorCutOff { node }) => {
                     report.coordinator_cut_offs += 1;
-                    sim.hold(node_name(node).as_str(), fakezk::HOST);
+                    links.hold(&sim, &node_name(node), fakezk::HOST);
                 }
                 Action::End(Fault::CoordinatorCutOff { node }) => {
-                    sim.release(node_name(node).as_str(), fakezk::HOST)
+                    links.release(&sim, &node_name(node), fakezk::HOST)
                 }
                 Action::Start(Fault::Isolate { node }) => {
                     report.partitions += 1;
                     report.coordinator_cut_offs += 1;
                     let me = node_name(node);
-                    sim.hold(me.as_str(), fakezk::HOST);
+                    links.hold(&sim, &me, fakezk::HOST);
                     for other in all_nodes.iter().filter(|o| **o != me) {
-                        sim.hold(me.as_str(), other.as_str());
+                        links.hold(&sim, &me, other);
                     }
                 }
                 Action::End(Fault::Isolate { node }) => {
                     let me = node_name(node);
-                    sim.release(me.as_str(), fakezk::HOST);
+                    links.release(&sim, &me, fakezk::HOST);
                     for other in all_nodes.iter().filter(|o| **o != me) {
-                        sim.release(me.as_str(), other.as_str());
+                        links.release(&sim, &me, other);
                     }
                 }
             }

@@ -111,14 +111,12 @@ fn replay() {
     }
 }
 
-/// Runs without node crashes replay bit for bit. (Runs with crashes do not yet: restarting a
-/// host gives it a new tokio runtime whose clock turmoil bases on the real `Instant` of the
-/// restart, and the order of events after it can differ by a tick. ARCHITECTURE.md lists it.)
+/// A seed replays bit for bit: the whole history, the coordinator's writes and the faults.
 #[test]
 fn the_same_seed_gives_the_same_run() {
-    for seed in [3, 7, 11] {
-        let mut cfg = Config::new(seed);
-        cfg.crashes = false;
+    let mut crashed = 0;
+    for seed in [0, 3, 7, 11] {
+        let cfg = Config::new(seed);
         let a = run(&cfg).unwrap_or_else(|f| panic!("{f}"));
         let b = run(&cfg).unwrap_or_else(|f| panic!("{f}"));
         if a.digest != b.digest {
@@ -131,11 +129,9 @@ fn the_same_seed_gives_the_same_run() {
             );
         }
         assert!(a.ops > 0);
-        assert!(
-            a.partitions + a.one_way_partitions + a.coordinator_cut_offs > 0,
-            "seed {seed} drew no faults: {a:?}"
-        );
+        crashed += a.crashes;
     }
+    assert!(crashed > 0, "none of the seeds crashed a node");
     // And different seeds give different runs.
     let c = run(&Config::new(4)).unwrap_or_else(|f| panic!("{f}"));
     let d = run(&Config::new(5)).unwrap_or_else(|f| panic!("{f}"));
