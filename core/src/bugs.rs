@@ -21,14 +21,19 @@ pub enum Bug {
     /// The manifest is renamed into place without syncing the directory afterwards: a crash can
     /// bring back the old manifest, whose tables or log may be gone.
     SkipDirSyncAfterRename = 8,
+    /// A write refused on state that includes writes not yet durable (a failed condition, a
+    /// delete of an absent key) is answered at once: a read right after it can still see the
+    /// older state. (The bug the simulation found first, put back on purpose.)
+    EarlyRefusal = 16,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 4] = [
+    pub const ALL: [Bug; 5] = [
         Bug::AckBeforeFsync,
         Bug::NoEpochBump,
         Bug::DropTombstoneEarly,
         Bug::SkipDirSyncAfterRename,
+        Bug::EarlyRefusal,
     ];
 }
 

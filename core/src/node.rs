@@ -2104,6 +2104,10 @@ impl Node {
                 .filter(|(p, _)| self.cl.outgoing.contains_key(p))
                 .collect()
         };
+        let is_write = matches!(
+            request,
+            Request::Put { .. } | Request::Delete { .. } | Request::Batch { .. }
+        );
         let result = match request {
             Request::Get { key } => self.reader.get(&key).map(|r| (r, None)),
             Request::Put { key, value, cond } => self.put(&key, &value, &cond, now),
@@ -2132,6 +2136,20 @@ impl Node {
             Some(seq) if self.durable => {
                 self.waiting.push_back((seq, target, response));
                 self.request_persist(out);
+            }
+            None if self.durable
+                && is_write
+                && !crate::bugs::on(crate::bugs::Bug::EarlyRefusal) =>
+            {
+                // A write that wrote nothing (a failed condition, a delete of an absent key)
+                // was decided on the latest applied state, which may include writes not yet
+                // durable. Its answer reveals them, so it waits for them like a write: answered
+                // now, a read right after it could still see the older state (reads see durable
+                // writes only), or a crash could take back what it was decided on.
+                match self.waiting.back() {
+                    Some(&(newest, _, _)) => self.waiting.push_back((newest, target, response)),
+                    None => respond(target, response, out),
+                }
             }
             _ => respond(target, response, out),
         }

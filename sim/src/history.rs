@@ -59,13 +59,38 @@ pub struct Op {
     pub detail: String,
 }
 
+/// A value as printed: without the padding that makes values long.
+fn short(v: &str) -> &str {
+    v.split("-vvv").next().unwrap_or(v)
+}
+
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ret = self.ret.map_or("?".to_string(), |r| r.to_string());
+        let kind = match &self.kind {
+            OpKind::Get => "get".to_string(),
+            OpKind::Put(v) => format!("put {}", short(v)),
+            OpKind::Delete => "delete".to_string(),
+            OpKind::Cas { expect, new } => format!(
+                "cas {} -> {}",
+                expect.as_deref().map_or("absent", short),
+                short(new)
+            ),
+        };
+        let outcome = match &self.outcome {
+            Outcome::Read(v) => format!("read {}", v.as_deref().map_or("absent", short)),
+            o => format!("{o:?}"),
+        };
+        let client = if self.client == usize::MAX {
+            "final".to_string()
+        } else {
+            format!("c{}", self.client)
+        };
+        let detail: String = self.detail.chars().take(120).collect();
         write!(
             f,
-            "[{:>5}..{:>5}] c{} via {} {:?} -> {:?} ({})",
-            self.call, ret, self.client, self.node, self.kind, self.outcome, self.detail
+            "[{:>5}..{:>5}] {client} via {}: {kind} -> {outcome} ({detail})",
+            self.call, ret, self.node
         )
     }
 }
@@ -185,12 +210,18 @@ fn check_key<'a>(key: &str, ops: &'a [Op]) -> Result<(), Violation> {
     let mut seen: HashSet<(Vec<u64>, u32)> = HashSet::new();
     let mut stack: Vec<(Vec<u64>, u32)> = vec![(vec![0; words], 0)];
     let mut explored = 0usize;
+    // The furthest the search got: how many operations it linearized, and which were left.
+    let mut deepest: (u32, Vec<u64>) = (0, vec![0; words]);
     let done = |bits: &[u64], i: usize| bits[i / 64] & (1 << (i % 64)) != 0;
     while let Some((bits, state)) = stack.pop() {
         if !seen.insert((bits.clone(), state)) {
             continue;
         }
         explored += 1;
+        let depth: u32 = bits.iter().map(|w| w.count_ones()).sum();
+        if depth > deepest.0 {
+            deepest = (depth, bits.clone());
+        }
         if explored > BUDGET {
             return Err(Violation {
                 key: key.to_string(),
@@ -239,12 +270,19 @@ fn check_key<'a>(key: &str, ops: &'a [Op]) -> Result<(), Violation> {
             }
         }
     }
+    // Name the first operation the furthest attempt could not place.
+    let stuck = (0..n)
+        .find(|&i| ops[i].ret.is_some() && !done(&deepest.1, i))
+        .map(|i| ops[i].to_string())
+        .unwrap_or_default();
     Err(Violation {
         key: key.to_string(),
         ops: ops.to_vec(),
-        reason:
-            "no linearization exists (a stale read, a lost write, or a deleted key that came back)"
-                .into(),
+        reason: format!(
+            "no linearization exists (a stale read, a lost write, or a deleted key that came \
+             back); at best {} operations fit, and then this one cannot: {stuck}",
+            deepest.0
+        ),
     })
 }
 

@@ -57,6 +57,11 @@ fn skipping_the_directory_sync_after_the_manifest_rename_is_caught() {
 }
 
 #[test]
+fn answering_a_refused_write_before_what_it_saw_is_durable_is_caught() {
+    check(Bug::EarlyRefusal);
+}
+
+#[test]
 fn without_a_bug_the_same_seeds_pass() {
     bugs::clear();
     for seed in 0..20 {
