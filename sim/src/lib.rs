@@ -76,6 +76,35 @@ pub struct Config {
     pub faults: bool,
     /// Whether the faults drawn include node crashes.
     pub crashes: bool,
+    /// Per cent of operations that are gets, puts and deletes (the rest are conditional puts).
+    pub mix: (u64, u64, u64),
+    /// A named scenario: scripted faults instead of drawn ones.
+    pub scenario: Option<Scenario>,
+}
+
+/// The prototype's failures, replayed on purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// Many writers while the tiny memtables flush all the time (the prototype's flush raced
+    /// inserts and stopped the world).
+    InsertsRacingFlush,
+    /// Deletes acknowledged but not yet flushed, then each node crashes in turn (the prototype
+    /// brought deleted keys back after a restart).
+    CrashAfterUnflushedDelete,
+    /// Keys written, deleted and rewritten so that flushes and compactions merge tables where a
+    /// key is live in one and deleted in a newer one.
+    CompactionOfLiveAndDeleted,
+    /// The leader is cut off from the coordinator and its peers while clients still reach it.
+    LeaderCutOffFromCoordinator,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 4] = [
+        Scenario::InsertsRacingFlush,
+        Scenario::CrashAfterUnflushedDelete,
+        Scenario::CompactionOfLiveAndDeleted,
+        Scenario::LeaderCutOffFromCoordinator,
+    ];
 }
 
 impl Config {
@@ -92,7 +121,26 @@ impl Config {
             value_pad: 200,
             faults: true,
             crashes: true,
+            mix: (40, 30, 10),
+            scenario: None,
         }
+    }
+
+    /// A named scenario's run.
+    pub fn scenario(seed: u64, scenario: Scenario) -> Config {
+        let mut c = Config::new(seed);
+        c.scenario = Some(scenario);
+        match scenario {
+            Scenario::InsertsRacingFlush => {
+                c.clients = 8;
+                c.keys = 12;
+                c.mix = (30, 70, 0);
+            }
+            Scenario::CrashAfterUnflushedDelete => c.mix = (20, 40, 40),
+            Scenario::CompactionOfLiveAndDeleted => c.mix = (20, 45, 35),
+            Scenario::LeaderCutOffFromCoordinator => {}
+        }
+        c
     }
 }
 
@@ -104,6 +152,7 @@ pub struct Report {
     pub digest: u64,
     pub ops: usize,
     pub acknowledged_writes: usize,
+    pub acknowledged_deletes: usize,
     pub unknown: usize,
     /// Operations refused with an error that says nothing was done.
     pub failed: usize,
@@ -112,6 +161,11 @@ pub struct Report {
     pub crashes: usize,
     /// Crashes of a node that had client requests in flight.
     pub crashes_with_writes_in_flight: usize,
+    /// Leaders isolated by a scripted fault.
+    pub leader_isolations: usize,
+    /// Memtable flushes and compactions, over every node and restart.
+    pub flushes: u64,
+    pub compactions: u64,
     pub partitions: usize,
     pub one_way_partitions: usize,
     pub coordinator_cut_offs: usize,
@@ -212,11 +266,24 @@ impl Connector for SimConnector {
 }
 
 /// The software of one node host; turmoil calls it again on every restart.
+/// Where the harness finds a node's open engine (for its counters).
+type DbSlot = Arc<Mutex<Option<Arc<Db>>>>;
+
+/// Adds a node's engine counters to the report and forgets the engine.
+fn take_stats(slot: &DbSlot, report: &mut Report) {
+    if let Some(db) = slot.lock().take() {
+        let s = db.stats();
+        report.flushes += s.flushes;
+        report.compactions += s.compactions;
+    }
+}
+
 async fn node_main(
     id: String,
     disk: SimDisk,
     cfg: Config,
     fsync_delay: Duration,
+    slot: DbSlot,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let opts = Options {
         sync: SyncMode::Always,
@@ -236,6 +303,7 @@ async fn node_main(
     };
     let db = Db::open(Arc::new(disk), opts).map_err(|e| format!("{id}: open failed: {e}"))?;
     let db = Arc::new(db);
+    *slot.lock() = Some(db.clone());
     let node = Node::new_clustered(
         db,
         NodeConfig {
@@ -445,11 +513,12 @@ async fn client_loop(rec: Arc<Recorder>, cfg: Config, client: usize, until: Dura
         // Unique, and long enough that a few keys fill several levels of the tree.
         let value = format!("c{client}-{n}-{}", "v".repeat(cfg.value_pad));
         let pick = rng.below(100);
-        let (kind, version) = if pick < 40 {
+        let (g, p, d) = cfg.mix;
+        let (kind, version) = if pick < g {
             (OpKind::Get, None)
-        } else if pick < 70 {
+        } else if pick < g + p {
             (OpKind::Put(value.clone()), None)
-        } else if pick < 80 {
+        } else if pick < g + p + d {
             (OpKind::Delete, None)
         } else {
             match known.get(&key) {
@@ -557,9 +626,30 @@ enum Fault {
     Isolate {
         node: usize,
     },
+    /// `Isolate` of whichever node leads when the fault starts.
+    IsolateLeader,
+}
+
+fn scripted_faults(cfg: &Config, scenario: Scenario) -> Vec<(Duration, Duration, Fault)> {
+    let at = |ms: u64| STARTUP + Duration::from_millis(ms);
+    match scenario {
+        Scenario::InsertsRacingFlush | Scenario::CompactionOfLiveAndDeleted => Vec::new(),
+        Scenario::CrashAfterUnflushedDelete => (0..cfg.nodes)
+            .map(|n| {
+                let start = 1500 + 2000 * n as u64;
+                (at(start), at(start + 800), Fault::Crash { node: n })
+            })
+            .collect(),
+        Scenario::LeaderCutOffFromCoordinator => {
+            vec![(at(2000), at(6000), Fault::IsolateLeader)]
+        }
+    }
 }
 
 fn draw_faults(cfg: &Config, rng: &mut Rng) -> Vec<(Duration, Duration, Fault)> {
+    if let Some(s) = cfg.scenario {
+        return scripted_faults(cfg, s);
+    }
     let mut out = Vec::new();
     if !cfg.faults {
         return out;
@@ -727,12 +817,20 @@ pub fn run(cfg: &Config) -> Result<Report, Failure> {
             d
         })
         .collect();
+    let slots: Vec<DbSlot> = (0..cfg.nodes).map(|_| DbSlot::default()).collect();
     for (i, disk) in disks.iter().enumerate() {
         let disk = disk.clone();
         let c = cfg.clone();
         let fsync_delay = rng.ms(1, 20);
+        let slot = slots[i].clone();
         sim.host(node_name(i), move || {
-            node_main(node_name(i), disk.clone(), c.clone(), fsync_delay)
+            node_main(
+                node_name(i),
+                disk.clone(),
+                c.clone(),
+                fsync_delay,
+                slot.clone(),
+            )
         });
     }
     let rec = Arc::new(Recorder::default());
@@ -747,13 +845,14 @@ pub fn run(cfg: &Config) -> Result<Report, Failure> {
         });
     }
 
-    let mut actions: Vec<(Duration, Action)> = Vec::new();
+    // (when, order of scheduling) → action.
+    let mut actions: BTreeMap<(Duration, usize), Action> = BTreeMap::new();
     for (s, e, f) in &faults {
-        actions.push((*s, Action::Start(f.clone())));
-        actions.push((*e, Action::End(f.clone())));
+        let n = actions.len();
+        actions.insert((*s, n), Action::Start(f.clone()));
+        actions.insert((*e, n + 1), Action::End(f.clone()));
     }
-    actions.sort_by_key(|(t, _)| *t);
-    let mut actions = actions.into_iter().peekable();
+    let mut scheduled = actions.len();
     let mut down = vec![false; cfg.nodes];
     let all_nodes: Vec<String> = (0..cfg.nodes).map(node_name).collect();
     let mut hosts = all_nodes.clone();
@@ -761,11 +860,11 @@ pub fn run(cfg: &Config) -> Result<Report, Failure> {
     hosts.push("client".to_string());
     let mut links = Links::default();
     loop {
-        while let Some((at, _)) = actions.peek() {
-            if sim.elapsed() < *at {
+        while let Some((&(at, _), _)) = actions.first_key_value() {
+            if sim.elapsed() < at {
                 break;
             }
-            let Some((at, action)) = actions.next() else {
+            let Some((_, action)) = actions.pop_first() else {
                 break;
             };
             let line = match &action {
@@ -804,6 +903,7 @@ pub fn run(cfg: &Config) -> Result<Report, Failure> {
                     for o in hosts.iter().filter(|o| **o != me) {
                         sim.partition(me.as_str(), o.as_str());
                     }
+                    take_stats(&slots[node], &mut report);
                     sim.crash(me.as_str());
                     for o in hosts.iter().filter(|o| **o != me) {
                         sim.repair(me.as_str(), o.as_str());
@@ -834,6 +934,24 @@ pub fn run(cfg: &Config) -> Result<Report, Failure> {
                 Action::End(Fault::CoordinatorCutOff { node }) => {
                     links.release(&sim, &node_name(node), fakezk::HOST)
                 }
+                Action::Start(Fault::IsolateLeader) => {
+                    // Whoever wrote the state last leads; turn this into an isolation of it
+                    // (ended when the scripted fault ends).
+                    let leader = zk_log.lock().writes.last().map(|w| w.leader.clone());
+                    let node = leader
+                        .and_then(|l| l.strip_prefix('n').and_then(|i| i.parse::<usize>().ok()));
+                    if let Some(node) = node {
+                        report.leader_isolations += 1;
+                        let end = faults
+                            .iter()
+                            .find(|(_, _, f)| matches!(f, Fault::IsolateLeader))
+                            .map_or(at, |(_, e, _)| *e);
+                        actions.insert((at, scheduled), Action::Start(Fault::Isolate { node }));
+                        actions.insert((end, scheduled + 1), Action::End(Fault::Isolate { node }));
+                        scheduled += 2;
+                    }
+                }
+                Action::End(Fault::IsolateLeader) => {}
                 Action::Start(Fault::Isolate { node }) => {
                     report.partitions += 1;
                     report.coordinator_cut_offs += 1;
@@ -859,10 +977,17 @@ pub fn run(cfg: &Config) -> Result<Report, Failure> {
         }
     }
     report.sim_time = sim.elapsed();
+    for slot in &slots {
+        take_stats(slot, &mut report);
+    }
     drop(sim);
 
     let ops = rec.ops.lock().clone();
     report.ops = ops.len();
+    report.acknowledged_deletes = ops
+        .iter()
+        .filter(|o| matches!(o.kind, OpKind::Delete) && o.outcome == Outcome::Ok)
+        .count();
     report.unknown = ops.iter().filter(|o| o.outcome == Outcome::Unknown).count();
     report.failed = ops.iter().filter(|o| o.outcome == Outcome::Failed).count();
     for o in ops
