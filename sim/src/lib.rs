@@ -113,7 +113,7 @@ impl Config {
             seed,
             nodes: 3,
             clients: 4,
-            keys: 6,
+            keys: 16,
             partitions: 8,
             fault_phase: Duration::from_secs(8),
             heal_phase: Duration::from_secs(5),

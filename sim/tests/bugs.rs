@@ -70,3 +70,8 @@ fn without_a_bug_the_same_seeds_pass() {
         }
     }
 }
+
+#[test]
+fn dropping_a_tombstone_above_older_data_is_caught() {
+    check(Bug::DropTombstoneEarly);
+}
