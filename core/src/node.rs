@@ -337,14 +337,22 @@ impl Reader {
     /// Answers a `Get` or `Scan` here when this node serves every partition it touches;
     /// otherwise hands the request back, to go through the node (which forwards it).
     pub fn try_read(&self, request: Request) -> Result<Response, Request> {
-        let routes = self.routes.load();
+        let routes = self.routes.load_full();
         let local = match &request {
             Request::Get { key } => routes.serves(self.partition_of(key)),
             Request::Scan { .. } => routes.serves_all(),
             _ => false,
         };
-        if local {
-            Ok(self.read(request))
+        if !local {
+            return Err(request);
+        }
+        let response = self.read(request.clone());
+        // The node may have handed the partition over while we read, and begun deleting its
+        // copy: such a read could miss keys that live on at the new owner. The node publishes
+        // new routes before its first cleanup delete can become visible, so unchanged routes
+        // after the read mean the read saw no cleanup. Otherwise the node routes the request.
+        if Arc::ptr_eq(&routes, &self.routes.load()) {
+            Ok(response)
         } else {
             Err(request)
         }
@@ -970,6 +978,64 @@ impl Node {
             }
         }
         self.tick(now, out);
+        debug_assert_eq!(self.check_invariants(), Ok(()), "node {}", self.cfg.node_id);
+    }
+
+    /// What must hold between any two inputs. Checked after every input in debug builds (the
+    /// unit tests and the simulation); a violation names the broken rule.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        // Replies wait in sequence order, and none waits for more than was written.
+        let mut prev = 0;
+        for (seq, _, _) in &self.waiting {
+            if *seq < prev {
+                return Err(format!("waiting replies out of order: {seq} after {prev}"));
+            }
+            prev = *seq;
+        }
+        if prev > self.last_written {
+            return Err(format!(
+                "a reply waits for {prev}, past the last write {}",
+                self.last_written
+            ));
+        }
+        if self.persists_running > MAX_PERSISTS {
+            return Err(format!("{} persists running", self.persists_running));
+        }
+        let c = &self.cl;
+        // Only a connected node leads. (The map naming it arrives after its claim succeeds,
+        // so a leader may briefly hold the previous map.)
+        if c.leading && !c.connected {
+            return Err("leading while disconnected from the coordinator".into());
+        }
+        if let Some(st) = &c.state {
+            // Hand-offs only of partitions this node owns, towards where the map moves them;
+            // partitions coming in are moving here.
+            for (p, o) in &c.outgoing {
+                let owner = st.owners.get(usize::from(*p));
+                if owner != Some(&self.cfg.node_id) {
+                    return Err(format!("handing off partition {p}, owned by {owner:?}"));
+                }
+                if st.moving.get(p) != Some(&o.to) {
+                    return Err(format!(
+                        "handing partition {p} to {}, but the map moves it to {:?}",
+                        o.to,
+                        st.moving.get(p)
+                    ));
+                }
+            }
+            for p in c.incoming.keys() {
+                if st.moving.get(p) != Some(&self.cfg.node_id) {
+                    return Err(format!("receiving partition {p}, which is not moving here"));
+                }
+            }
+            // A partition this node owns is not being deleted here.
+            for p in c.cleanup.keys() {
+                if st.owners.get(usize::from(*p)) == Some(&self.cfg.node_id) {
+                    return Err(format!("cleaning up partition {p}, which this node owns"));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Work that depends on time or on the engine's state rather than on one input: the
