@@ -25,15 +25,24 @@ pub enum Bug {
     /// delete of an absent key) is answered at once: a read right after it can still see the
     /// older state. (The bug the simulation found first, put back on purpose.)
     EarlyRefusal = 16,
+    /// A node that handed a partition over keeps answering reads of it from its own copy
+    /// (which it is deleting, and which misses every write made at the new owner).
+    StaleOwnerRead = 32,
+    /// The old owner of a moving partition sends pages before the writes it applied earlier
+    /// are durable: those writes reach neither the pages nor the tail. (Found by the
+    /// simulation once nodes joined mid-run; put back on purpose.)
+    CopyBeforeDurable = 64,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 5] = [
+    pub const ALL: [Bug; 7] = [
         Bug::AckBeforeFsync,
         Bug::NoEpochBump,
         Bug::DropTombstoneEarly,
         Bug::SkipDirSyncAfterRename,
         Bug::EarlyRefusal,
+        Bug::StaleOwnerRead,
+        Bug::CopyBeforeDurable,
     ];
 }
 

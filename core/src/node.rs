@@ -591,6 +591,9 @@ struct Cluster {
 /// The old owner's side of a hand-off.
 struct Outgoing {
     to: String,
+    /// The newest write applied when tracking began. Writes up to it are not in `written`:
+    /// pages must not be read until they are all visible (durable).
+    since: u64,
     /// User keys written to the partition since the copy began.
     written: BTreeSet<Vec<u8>>,
     /// Frozen: writes to the partition wait; the tail goes to `to` (request `id`) once every
@@ -1206,7 +1209,11 @@ impl Node {
                 s.owners
                     .iter()
                     .enumerate()
-                    .map(|(p, o)| *o == self.cfg.node_id && !self.frozen(p as u16))
+                    .map(|(p, o)| {
+                        (*o == self.cfg.node_id && !self.frozen(p as u16))
+                            || (crate::bugs::on(crate::bugs::Bug::StaleOwnerRead)
+                                && self.cl.cleanup.contains_key(&(p as u16)))
+                    })
                     .collect(),
             ),
             Err(_) => None,
@@ -1959,16 +1966,35 @@ impl Node {
             return refuse("no such move in this node's partition map", out);
         }
         if after.is_none() {
-            // The copy (re)starts: record writes from now on. A frozen partition stays frozen.
-            let frozen = self.cl.outgoing.get(&p).and_then(|o| o.frozen);
-            self.cl.outgoing.insert(
-                p,
-                Outgoing {
-                    to: from.clone(),
-                    written: BTreeSet::new(),
-                    frozen,
-                },
-            );
+            // The copy (re)starts: record writes from now on (a restart towards the same node
+            // keeps what was recorded, which is still to be sent). A frozen partition stays
+            // frozen.
+            let last = self.last_written;
+            match self.cl.outgoing.get(&p) {
+                Some(o) if o.to == from => {}
+                other => {
+                    let frozen = other.and_then(|o| o.frozen);
+                    self.cl.outgoing.insert(
+                        p,
+                        Outgoing {
+                            to: from.clone(),
+                            since: last,
+                            written: BTreeSet::new(),
+                            frozen,
+                        },
+                    );
+                }
+            }
+            // Pages come from a snapshot of durable writes. A write applied before tracking
+            // began but not yet durable would be in neither the pages nor the tail: wait
+            // (the new owner asks again) until every such write is durable.
+            let since = self.cl.outgoing.get(&p).map_or(0, |o| o.since);
+            if self.durable
+                && self.persisted_upto < since
+                && !crate::bugs::on(crate::bugs::Bug::CopyBeforeDurable)
+            {
+                return refuse("writes made before the copy began are not durable yet", out);
+            }
         } else if !self.cl.outgoing.contains_key(&p) {
             return refuse("the copy was not started", out);
         }

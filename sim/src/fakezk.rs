@@ -92,6 +92,8 @@ pub struct StateWrite {
     pub leader: String,
     /// The member whose session wrote it.
     pub writer: String,
+    /// The partition map it holds.
+    pub owners: Vec<String>,
 }
 
 /// What the server did, for the checkers and the fault counters. Lives outside the
@@ -335,6 +337,7 @@ async fn connection(stream: TcpStream, server: Arc<Mutex<Server>>, log: Arc<Mute
                             version: st.version,
                             leader: st.leader,
                             writer,
+                            owners: st.owners,
                         });
                     }
                 }

@@ -7,7 +7,7 @@ use corecache_core::bugs::{self, Bug};
 use corecache_sim::{run, Config};
 
 /// Seeds tried per bug before concluding the sweep cannot see it.
-const SEEDS: u64 = 120;
+const SEEDS: u64 = 300;
 
 fn caught(bug: Bug) -> Option<(u64, String)> {
     for seed in 0..SEEDS {
@@ -59,6 +59,16 @@ fn skipping_the_directory_sync_after_the_manifest_rename_is_caught() {
 #[test]
 fn answering_a_refused_write_before_what_it_saw_is_durable_is_caught() {
     check(Bug::EarlyRefusal);
+}
+
+#[test]
+fn serving_reads_from_a_stale_owner_is_caught() {
+    check(Bug::StaleOwnerRead);
+}
+
+#[test]
+fn copying_a_partition_before_earlier_writes_are_durable_is_caught() {
+    check(Bug::CopyBeforeDurable);
 }
 
 #[test]

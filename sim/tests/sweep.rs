@@ -30,6 +30,8 @@ struct Totals {
     coordinator_cut_offs: usize,
     sessions_expired: u64,
     torn_writes: usize,
+    joins: usize,
+    partitions_moved: usize,
 }
 
 impl Totals {
@@ -47,6 +49,8 @@ impl Totals {
         self.coordinator_cut_offs += r.coordinator_cut_offs;
         self.sessions_expired += r.sessions_expired;
         self.torn_writes += r.torn_writes;
+        self.joins += usize::from(r.joined);
+        self.partitions_moved += r.partitions_moved;
     }
 }
 
@@ -72,6 +76,10 @@ fn sweep() {
         t.unknown
     );
     println!(
+        "joins: {} runs with a late joiner, {} partitions moved by hand-off",
+        t.joins, t.partitions_moved
+    );
+    println!(
         "faults: {} runs with a leader change ({} changes), {} crashes ({} with writes in flight), {} torn writes, {} partitions, {} one-way partitions, {} coordinator cut-offs, {} sessions expired",
         t.runs_with_leader_change,
         t.leader_changes,
@@ -94,6 +102,7 @@ fn sweep() {
         assert!(t.one_way > 0, "no run had a one-way partition");
         assert!(t.torn_writes > 0, "no crash tore a write");
         assert!(t.sessions_expired > 0, "no coordinator session expired");
+        assert!(t.partitions_moved > 0, "no partition was handed off");
         assert!(
             t.acknowledged > t.runs * 10,
             "too few acknowledged writes: {}",
