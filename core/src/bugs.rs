@@ -32,10 +32,13 @@ pub enum Bug {
     /// are durable: those writes reach neither the pages nor the tail. (Found by the
     /// simulation once nodes joined mid-run; put back on purpose.)
     CopyBeforeDurable = 64,
+    /// A key's version is the owner's sequence number of the write (as before versions lived
+    /// in the value envelope): it changes when the partition moves, so `If-Match` fails.
+    VersionIsSequence = 128,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 7] = [
+    pub const ALL: [Bug; 8] = [
         Bug::AckBeforeFsync,
         Bug::NoEpochBump,
         Bug::DropTombstoneEarly,
@@ -43,6 +46,7 @@ impl Bug {
         Bug::EarlyRefusal,
         Bug::StaleOwnerRead,
         Bug::CopyBeforeDurable,
+        Bug::VersionIsSequence,
     ];
 }
 

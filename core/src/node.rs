@@ -39,7 +39,9 @@ use crate::format::hash64;
 use crate::options::{Background, SyncMode};
 use crate::WriteBatch;
 
-const ENVELOPE_VERSION: u8 = 1;
+/// The value envelope: 1 = created and modified times; 2 = those and the key's version.
+const ENVELOPE_VERSION: u8 = 2;
+const ENVELOPE_V1: u8 = 1;
 /// Persists (fsyncs) in flight at once.
 const MAX_PERSISTS: usize = 2;
 /// How long a forwarded request may wait for its owner's answer.
@@ -54,7 +56,11 @@ const MOVE_STEP_TIMEOUT_MS: u64 = 10_000;
 const MOVE_READY_EVERY_MS: u64 = 1_000;
 /// Keys deleted per step when dropping a partition this node no longer owns.
 const CLEANUP_CHUNK: usize = 2_000;
-const ENVELOPE_LEN: usize = 17;
+const ENVELOPE_V1_LEN: usize = 17;
+const ENVELOPE_LEN: usize = 25;
+/// Bits of a version below the millisecond clock (writes per millisecond before the version
+/// clock runs ahead of the wall clock). Versions stay below 2^53, exact in JSON everywhere.
+const VERSION_COUNTER_BITS: u32 = 10;
 
 /// Limits and identity.
 #[derive(Clone, Debug)]
@@ -402,11 +408,11 @@ impl Reader {
     pub(crate) fn get(&self, key: &[u8]) -> Result<Response, Response> {
         self.check_key(key)?;
         match self.db.get_versioned(&self.internal_key(key)) {
-            Ok(Some((version, raw))) => {
+            Ok(Some((seq, raw))) => {
                 let s = decode_value(raw)?;
                 Ok(Response::Value {
+                    version: s.version(seq),
                     value: s.value,
-                    version,
                     created_ms: s.created_ms,
                     modified_ms: s.modified_ms,
                 })
@@ -489,15 +495,15 @@ impl Reader {
                 .min_by(|a, b| a.1.cmp(b.1))
                 .map(|(i, _)| i);
             let Some(b) = best else { break };
-            let Some((k, version, raw)) = heads[b].take() else {
+            let Some((k, seq, raw)) = heads[b].take() else {
                 break;
             };
             heads[b] = iters[b].next().transpose().map_err(engine_err)?;
             let s = decode_value(raw)?;
             items.push(Item {
                 key: k[2..].to_vec(),
+                version: s.version(seq),
                 value: s.value,
-                version,
             });
             if items.len() >= limit {
                 let more = heads.iter().any(Option::is_some);
@@ -538,6 +544,8 @@ pub struct Node {
     unpersisted_since: Option<u64>,
     /// Sequence number of the newest write this node applied.
     last_written: u64,
+    /// The newest version this node gave a key (see `next_version`).
+    version_clock: std::cell::Cell<u64>,
     /// Every write up to this sequence number is durable (under `SyncMode::Always`).
     persisted_upto: u64,
     cl: Cluster,
@@ -761,34 +769,55 @@ fn finish_scan(mut agg: ScanAgg) -> Output {
 struct Stored {
     created_ms: u64,
     modified_ms: u64,
+    /// The key's version as written (envelope 2); `None` for envelope 1, whose version is the
+    /// engine sequence number of the write.
+    version: Option<u64>,
     value: Vec<u8>,
 }
 
-fn encode_value(created_ms: u64, modified_ms: u64, value: &[u8]) -> Vec<u8> {
+impl Stored {
+    /// The version clients see: the one written, or (old envelope) the sequence number.
+    fn version(&self, seq: u64) -> u64 {
+        if crate::bugs::on(crate::bugs::Bug::VersionIsSequence) {
+            return seq;
+        }
+        self.version.unwrap_or(seq)
+    }
+}
+
+fn encode_value(created_ms: u64, modified_ms: u64, version: u64, value: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(ENVELOPE_LEN + value.len());
     v.push(ENVELOPE_VERSION);
     v.extend_from_slice(&created_ms.to_le_bytes());
     v.extend_from_slice(&modified_ms.to_le_bytes());
+    v.extend_from_slice(&version.to_le_bytes());
     v.extend_from_slice(value);
     v
 }
 
 fn decode_value(mut raw: Vec<u8>) -> Result<Stored, Response> {
-    if raw.len() < ENVELOPE_LEN || raw[0] != ENVELOPE_VERSION {
-        return Err(err(
-            ErrorKind::Internal,
-            "stored value has an unknown envelope",
-        ));
+    let unknown = || err(ErrorKind::Internal, "stored value has an unknown envelope");
+    let (len, has_version) = match raw.first() {
+        Some(&ENVELOPE_VERSION) => (ENVELOPE_LEN, true),
+        Some(&ENVELOPE_V1) => (ENVELOPE_V1_LEN, false),
+        _ => return Err(unknown()),
+    };
+    if raw.len() < len {
+        return Err(unknown());
     }
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&raw[1..9]);
-    let created_ms = u64::from_le_bytes(a);
-    a.copy_from_slice(&raw[9..17]);
-    let modified_ms = u64::from_le_bytes(a);
-    raw.drain(..ENVELOPE_LEN);
+    let word = |at: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&raw[at..at + 8]);
+        u64::from_le_bytes(a)
+    };
+    let created_ms = word(1);
+    let modified_ms = word(9);
+    let version = has_version.then(|| word(17));
+    raw.drain(..len);
     Ok(Stored {
         created_ms,
         modified_ms,
+        version,
         value: raw,
     })
 }
@@ -846,6 +875,7 @@ impl Node {
             persist_every_ms,
             unpersisted_since: None,
             last_written: 0,
+            version_clock: std::cell::Cell::new(0),
             cl: Cluster {
                 connected: false,
                 elected: false,
@@ -2203,7 +2233,7 @@ impl Node {
         let result = match request {
             Request::Get { key } => self.reader.get(&key).map(|r| (r, None)),
             Request::Put { key, value, cond } => self.put(&key, &value, &cond, now),
-            Request::Delete { key, cond } => self.delete(&key, &cond),
+            Request::Delete { key, cond } => self.delete(&key, &cond, now),
             Request::Scan {
                 start,
                 end,
@@ -2278,7 +2308,10 @@ impl Node {
     /// The latest applied state of a key (including writes not yet persisted), for conditions.
     fn latest(&self, ikey: &[u8]) -> Result<Option<(u64, Stored)>, Response> {
         match self.db.get_latest(ikey) {
-            Ok(Some((v, raw))) => Ok(Some((v, decode_value(raw)?))),
+            Ok(Some((seq, raw))) => {
+                let s = decode_value(raw)?;
+                Ok(Some((s.version(seq), s)))
+            }
             Ok(None) => Ok(None),
             Err(e) => Err(engine_err(e)),
         }
@@ -2310,25 +2343,43 @@ impl Node {
         let ikey = self.reader.internal_key(key);
         let current = self.latest(&ikey)?;
         Self::check_cond(cond, current.as_ref().map(|(v, _)| *v))?;
+        let version = self.next_version(wall_ms, current.as_ref().map(|(v, _)| *v));
         let created = current.map_or(wall_ms, |(_, s)| s.created_ms);
         let mut b = WriteBatch::new();
-        b.put(ikey, encode_value(created, wall_ms, value));
+        b.put(ikey, encode_value(created, wall_ms, version, value));
         let seq = self.db.write_deferred(b).map_err(engine_err)?;
-        Ok((Response::Written { version: seq }, Some(seq)))
+        Ok((Response::Written { version }, Some(seq)))
     }
 
-    fn delete(&self, key: &[u8], cond: &Condition) -> Result<(Response, Option<u64>), Response> {
+    fn delete(
+        &self,
+        key: &[u8],
+        cond: &Condition,
+        wall_ms: u64,
+    ) -> Result<(Response, Option<u64>), Response> {
         self.reader.check_key(key)?;
         let ikey = self.reader.internal_key(key);
         let current = self.latest(&ikey)?;
         Self::check_cond(cond, current.as_ref().map(|(v, _)| *v))?;
-        if current.is_none() {
+        let Some((prev, _)) = current else {
             return Ok((Response::NotFound, None));
-        }
+        };
+        let version = self.next_version(wall_ms, Some(prev));
         let mut b = WriteBatch::new();
         b.delete(ikey);
         let seq = self.db.write_deferred(b).map_err(engine_err)?;
-        Ok((Response::Deleted { version: seq }, Some(seq)))
+        Ok((Response::Deleted { version }, Some(seq)))
+    }
+
+    /// A new version for a key whose current version is `prev`: above it, and from a hybrid
+    /// clock (milliseconds, then a counter) that never goes back on this node. Versions thus
+    /// survive partition moves (they live in the value envelope) and, because they follow the
+    /// clock, a key deleted and written again does not reuse an old version.
+    fn next_version(&self, wall_ms: u64, prev: Option<u64>) -> u64 {
+        let from_clock = (wall_ms << VERSION_COUNTER_BITS).max(self.version_clock.get() + 1);
+        let v = from_clock.max(prev.map_or(0, |p| p + 1));
+        self.version_clock.set(v);
+        v
     }
 
     fn batch(&self, ops: Vec<BatchOp>, wall_ms: u64) -> Result<(Response, Option<u64>), Response> {
@@ -2341,24 +2392,51 @@ impl Node {
                 format!("more than {} ops in one batch", self.cfg.max_batch_ops),
             ));
         }
-        let mut b = WriteBatch::new();
+        // Check everything first, and find each put's current state.
+        let mut checked = Vec::with_capacity(ops.len());
         for op in ops {
             match op {
                 BatchOp::Put(k, v) => {
                     self.reader.check_key(&k)?;
                     self.check_value(&v)?;
                     let ikey = self.reader.internal_key(&k);
-                    let created = self.latest(&ikey)?.map_or(wall_ms, |(_, s)| s.created_ms);
-                    b.put(ikey, encode_value(created, wall_ms, &v));
+                    let current = self.latest(&ikey)?;
+                    checked.push((ikey, Some((v, current))));
                 }
                 BatchOp::Delete(k) => {
                     self.reader.check_key(&k)?;
-                    b.delete(self.reader.internal_key(&k));
+                    checked.push((self.reader.internal_key(&k), None));
+                }
+            }
+        }
+        // The ops take consecutive versions, in order (the API promises it), each above the
+        // version its key had.
+        let floor = checked
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, put))| {
+                let (_, current) = put.as_ref()?;
+                let (prev, _) = current.as_ref()?;
+                Some((prev + 1).saturating_sub(i as u64))
+            })
+            .max();
+        let base = self.next_version(wall_ms, floor.map(|f| f.saturating_sub(1)));
+        let last = base + checked.len() as u64 - 1;
+        self.version_clock.set(last);
+        let mut b = WriteBatch::new();
+        for (i, (ikey, put)) in checked.into_iter().enumerate() {
+            match put {
+                Some((v, current)) => {
+                    let created = current.map_or(wall_ms, |(_, s)| s.created_ms);
+                    b.put(ikey, encode_value(created, wall_ms, base + i as u64, &v));
+                }
+                None => {
+                    b.delete(ikey);
                 }
             }
         }
         let seq = self.db.write_deferred(b).map_err(engine_err)?;
-        Ok((Response::Written { version: seq }, Some(seq)))
+        Ok((Response::Written { version: last }, Some(seq)))
     }
 }
 
@@ -2592,11 +2670,41 @@ mod tests {
             ),
             Response::Value {
                 value: b"some value bytes".to_vec(),
-                version: 1,
+                // The first version this node gave, at 5 ms.
+                version: 5 << VERSION_COUNTER_BITS,
                 created_ms: 5,
                 modified_ms: 5
             }
         );
+    }
+
+    #[test]
+    fn versions_go_up_per_key_and_survive_in_the_envelope() {
+        let n = Node::new(
+            Arc::new(Db::open(Arc::new(crate::SimDisk::new()), Options::tiny()).expect("open")),
+            NodeConfig::default(),
+        );
+        // Above the key's previous version even when the clock is behind it.
+        let v1 = n.next_version(1, None);
+        let v2 = n.next_version(1, Some(v1));
+        assert!(v2 > v1);
+        let far = n.next_version(1, Some(u64::from(u32::MAX) << 12));
+        assert!(far > u64::from(u32::MAX) << 12);
+        // Never back, even when the clock is.
+        assert!(n.next_version(0, None) > far);
+        // Round trip through the envelope, and the old envelope's version is the sequence.
+        let raw = encode_value(3, 4, 77, b"abc");
+        let s = decode_value(raw).expect("decodes");
+        assert_eq!((s.created_ms, s.modified_ms, s.version(9)), (3, 4, 77));
+        assert_eq!(s.value, b"abc");
+        let mut old = vec![ENVELOPE_V1];
+        old.extend_from_slice(&3u64.to_le_bytes());
+        old.extend_from_slice(&4u64.to_le_bytes());
+        old.extend_from_slice(b"xyz");
+        let s = decode_value(old).expect("decodes");
+        assert_eq!((s.version(9), s.value.as_slice()), (9, &b"xyz"[..]));
+        assert!(decode_value(vec![2, 1, 2]).is_err());
+        assert!(decode_value(vec![9; 40]).is_err());
     }
 
     /// A tiny cluster in one thread: nodes, a coordinator store, and a queue of messages

@@ -554,12 +554,10 @@ async fn client_loop(rec: Arc<Recorder>, cfg: Config, client: usize, until: Dura
         } else if pick < g + p + d {
             (OpKind::Delete, None)
         } else {
-            // If-Match only in runs where no partition moves: a key's version (its ETag) is the
-            // owner's sequence number and changes when its partition is handed off, so an
-            // If-Match across a move fails with 412 although the value is unchanged. That is a
-            // known gap (ARCHITECTURE.md, "Known gaps"); this sweep found it the moment joins
-            // were added. Put-if-absent is checked in every run.
-            let if_match = cfg.join_at.is_none() && rng.chance(70);
+            // If-Match in every run: versions live in the value envelope, so they survive
+            // partition moves. (Before they did, this sweep failed on its first run with a
+            // late joiner.)
+            let if_match = rng.chance(70);
             match known.get(&key) {
                 Some((v, ver)) if if_match => (
                     OpKind::Cas {

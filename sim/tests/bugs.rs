@@ -72,6 +72,11 @@ fn copying_a_partition_before_earlier_writes_are_durable_is_caught() {
 }
 
 #[test]
+fn versions_that_change_when_a_partition_moves_are_caught() {
+    check(Bug::VersionIsSequence);
+}
+
+#[test]
 fn without_a_bug_the_same_seeds_pass() {
     bugs::clear();
     for seed in 0..20 {
