@@ -156,6 +156,27 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// Runs `work` (a persist, a flush) where `blocking` says, and feeds its result to the node.
+fn run_blocking(
+    blocking: Blocking,
+    tx: mpsc::Sender<Msg>,
+    work: impl FnOnce() -> Msg + Send + 'static,
+) {
+    match blocking {
+        Blocking::Threads => {
+            tokio::task::spawn_blocking(move || {
+                let _ = tx.blocking_send(work());
+            });
+        }
+        Blocking::Inline { fsync_delay } => {
+            tokio::spawn(async move {
+                tokio::time::sleep(fsync_delay).await;
+                let _ = tx.send(work()).await;
+            });
+        }
+    }
+}
+
 /// How the node reaches the rest of its cluster.
 pub struct ClusterIo {
     pub coordinator: Box<dyn Coordinator>,
@@ -301,44 +322,19 @@ pub fn spawn_with(
                     }
                     Output::Persist => {
                         let db = node.db().clone();
-                        let tx = tx.clone();
                         let metrics = metrics.clone();
-                        match env.blocking {
-                            Blocking::Threads => {
-                                tokio::task::spawn_blocking(move || {
-                                    let start = Instant::now();
-                                    let r = db.persist().map_err(|e| e.to_string());
-                                    metrics.observe_fsync(start.elapsed());
-                                    let _ = tx.blocking_send(Msg::Persisted(r));
-                                });
-                            }
-                            Blocking::Inline { fsync_delay } => {
-                                tokio::spawn(async move {
-                                    tokio::time::sleep(fsync_delay).await;
-                                    let r = db.persist().map_err(|e| e.to_string());
-                                    let _ = tx.send(Msg::Persisted(r)).await;
-                                });
-                            }
-                        }
+                        run_blocking(env.blocking, tx.clone(), move || {
+                            let start = Instant::now();
+                            let r = db.persist().map_err(|e| e.to_string());
+                            metrics.observe_fsync(start.elapsed());
+                            Msg::Persisted(r)
+                        });
                     }
                     Output::Background => {
                         let db = node.db().clone();
-                        let tx = tx.clone();
-                        match env.blocking {
-                            Blocking::Threads => {
-                                tokio::task::spawn_blocking(move || {
-                                    let r = db.do_background_work().map_err(|e| e.to_string());
-                                    let _ = tx.blocking_send(Msg::BackgroundDone(r));
-                                });
-                            }
-                            Blocking::Inline { fsync_delay } => {
-                                tokio::spawn(async move {
-                                    tokio::time::sleep(fsync_delay).await;
-                                    let r = db.do_background_work().map_err(|e| e.to_string());
-                                    let _ = tx.send(Msg::BackgroundDone(r)).await;
-                                });
-                            }
-                        }
+                        run_blocking(env.blocking, tx.clone(), move || {
+                            Msg::BackgroundDone(db.do_background_work().map_err(|e| e.to_string()))
+                        });
                     }
                 }
             }
