@@ -594,6 +594,10 @@ struct Cluster {
     owned_before: Option<Vec<bool>>,
     /// The map or the members changed since the leader last planned.
     plan_due: bool,
+    /// Nodes asked to leave that the state does not show leaving yet, and the stamp of the
+    /// state the last write of them was made against.
+    to_leave: BTreeSet<String>,
+    leave_written_at: Option<i64>,
 }
 
 /// The old owner's side of a hand-off.
@@ -896,6 +900,8 @@ impl Node {
                 write_in_flight: false,
                 owned_before: None,
                 plan_due: true,
+                to_leave: BTreeSet::new(),
+                leave_written_at: None,
             },
             persisted_upto: 0,
         }
@@ -1134,6 +1140,7 @@ impl Node {
                 self.cl.connected = false;
                 self.cl.elected = false;
                 self.cl.leading = false;
+                self.cl.to_leave.clear();
                 self.cl.need_claim = false;
                 self.cl.state_seen = false;
                 self.cl.claim_in_flight = false;
@@ -1160,6 +1167,7 @@ impl Node {
                     if self.cl.leading && s.leader != self.cfg.node_id {
                         self.cl.leading = false;
                         self.cl.elected = false;
+                        self.cl.to_leave.clear();
                     }
                 }
                 self.cl.state = state;
@@ -1188,6 +1196,14 @@ impl Node {
     /// if the cluster is new). Every write is conditional on the stamp last seen, so a deposed
     /// leader changes nothing.
     fn lead(&mut self, out: &mut Vec<Output>) {
+        if self.cl.leading
+            && self.cl.connected
+            && self.cl.state_seen
+            && !self.cl.write_in_flight
+            && self.write_leaving(out)
+        {
+            return;
+        }
         let c = &mut self.cl;
         if c.leading && c.connected && c.state_seen && !c.write_in_flight {
             // Rebalance: start or abort moves as membership requires (only when something
@@ -1680,21 +1696,34 @@ impl Node {
 
     /// The leader marks `node` as leaving; the plan then moves its partitions away.
     fn decommission(&mut self, node: String, out: &mut Vec<Output>) {
-        let c = &mut self.cl;
-        if !c.leading || c.write_in_flight {
+        if !self.cl.leading {
             return;
         }
-        let Some(s) = &c.state else { return };
-        if s.leaving.contains(&node) {
-            return;
+        // Recorded now, written when no other state write is in flight (`lead`).
+        self.cl.to_leave.insert(node);
+        self.lead(out);
+    }
+
+    /// The leader writes the nodes asked to leave into the state (one write for all of them).
+    /// `false` if there was nothing to write.
+    fn write_leaving(&mut self, out: &mut Vec<Output>) -> bool {
+        let c = &mut self.cl;
+        let Some(s) = &c.state else { return false };
+        // A request is done once the state shows it; until then it stays, so a failed write
+        // is retried. Written once per state seen: the outcome shows in the next `State`.
+        c.to_leave.retain(|n| !s.leaving.contains(n));
+        if c.to_leave.is_empty() || c.leave_written_at == Some(c.stamp) {
+            return false;
         }
         let mut next = s.bumped();
-        next.leaving.push(node);
+        next.leaving.extend(c.to_leave.iter().cloned());
+        c.leave_written_at = Some(c.stamp);
         c.write_in_flight = true;
         out.push(Output::Coordinator(CoordCommand::WriteState {
             state: next,
             expected: c.stamp,
         }));
+        true
     }
 
     /// The leader flips partition `p` to `from` once its copy is durable there.
@@ -3057,6 +3086,55 @@ mod tests {
                 .unwrap()
                 .count(),
             0
+        );
+    }
+
+    #[test]
+    fn a_decommission_while_the_leader_writes_waits_for_the_next_write() {
+        let mut net = Net::new(&["a", "b", "c", "d"]);
+        net.input(0, Input::Coordinator(CoordEvent::Elected));
+        net.settle();
+        let decommission = |node: &str, id| Input::Admin {
+            id,
+            command: AdminCommand::Decommission { node: node.into() },
+        };
+        // Two requests before the coordinator answers the first one's write.
+        let mut out = Vec::new();
+        let now = net.now;
+        net.nodes[0].handle(now, decommission("c", 1), &mut out);
+        net.nodes[0].handle(now, decommission("d", 2), &mut out);
+        let writes: Vec<(ClusterState, i64)> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Coordinator(CoordCommand::WriteState { state, expected }) => {
+                    Some((state.clone(), *expected))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(writes.len(), 1, "one state write at a time: {out:?}");
+        // The coordinator carries out that write; the second request follows in the next.
+        let (state, expected) = writes[0].clone();
+        assert_eq!(expected, net.stamp);
+        net.stored = Some(state);
+        net.stamp += 1;
+        let done = CoordEvent::WriteDone {
+            ok: true,
+            message: String::new(),
+        };
+        net.input(0, Input::Coordinator(done));
+        for j in 0..4 {
+            let st = CoordEvent::State {
+                state: net.stored.clone(),
+                stamp: net.stamp,
+            };
+            net.input(j, Input::Coordinator(st));
+        }
+        net.settle();
+        let owners = net.nodes[1].cluster().owners;
+        assert!(
+            owners.iter().all(|o| o != "c" && o != "d"),
+            "both nodes were emptied: {owners:?}"
         );
     }
 
