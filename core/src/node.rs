@@ -971,7 +971,7 @@ impl Node {
             (Some(every), Some(since)) => Some(since.saturating_add(every)),
             _ => None,
         };
-        let forward = self.cl.forwards.values().map(|f| f.deadline).min();
+        let forward = self.cl.forwards.values().next().map(|f| f.deadline);
         let parked = self.cl.parked.iter().map(|p| p.0).min();
         let moves = self.cl.incoming.values().map(|m| m.deadline).min();
         // Cleanup runs a chunk per call: come back at once while any is left.
@@ -1103,11 +1103,14 @@ impl Node {
             self.background_running = true;
             out.push(Output::Background);
         }
+        // Forwards are keyed by an increasing id and all get the same timeout, so they expire
+        // in key order: look only at the front (every input runs this; a scan of thousands of
+        // forwards in flight each time would not do).
         let expired: Vec<u64> = self
             .cl
             .forwards
             .iter()
-            .filter(|(_, f)| f.deadline <= now)
+            .take_while(|(_, f)| f.deadline <= now)
             .map(|(id, _)| *id)
             .collect();
         for fid in expired {
