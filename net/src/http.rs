@@ -359,14 +359,42 @@ fn condition(headers: &HeaderMap) -> Result<Condition, HttpResponse> {
     Ok(Condition::None)
 }
 
+/// How long a client may take to send a request body once its head is in.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads a whole request body: 413 past `limit`, 400 for a body that cannot be read (broken
+/// chunked framing, a connection closed early), 408 for one that takes longer than
+/// [`BODY_READ_TIMEOUT`] (a client trickling bytes would otherwise hold its buffer forever).
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, HttpResponse> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("request body over the {limit}-byte limit (or unreadable)"),
-        )
-    })
+    match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            let mut too_large = false;
+            while let Some(s) = source {
+                too_large |= s.is::<http_body_util::LengthLimitError>();
+                source = s.source();
+            }
+            Err(if too_large {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("request body over the {limit}-byte limit"),
+                )
+            } else {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("the request body could not be read: {e}"),
+                )
+            })
+        }
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!("the request body took longer than {BODY_READ_TIMEOUT:?}"),
+        )),
+    }
 }
 
 fn node(state: &AppState) -> Result<&NodeHandle, HttpResponse> {
