@@ -68,7 +68,18 @@ fn redis_cli_talks_to_corecache() {
     assert_eq!(redis_cli(a, &["incrby", "n", "41"]), "41");
     assert_eq!(redis_cli(a, &["incr", "n"]), "42");
     assert_eq!(redis_cli(a, &["dbsize"]), "2");
+    assert_eq!(redis_cli(a, &["scan", "12345"]), "ERR invalid cursor");
     assert!(redis_cli(a, &["info", "server"]).contains("redis_version:"));
+    // redis-cli --scan pages with the cursors the node hands out (numbers, as it expects).
+    for i in 0..30 {
+        assert_eq!(redis_cli(a, &["set", &format!("page:{i:02}"), "x"]), "OK");
+    }
+    let listed = redis_cli(a, &["--scan", "--pattern", "page:*"]);
+    let mut listed: Vec<&str> = listed.lines().collect();
+    listed.sort_unstable();
+    listed.dedup();
+    let want: Vec<String> = (0..30).map(|i| format!("page:{i:02}")).collect();
+    assert_eq!(listed, want);
     // The same data through HTTP.
     assert_eq!(s.get_kv(b"greeting").body, b"hello world");
     // Inline commands (what telnet sends).
@@ -342,6 +353,11 @@ fn every_command_with_redis_semantics() {
             .unwrap();
         seen.extend(keys);
         rounds += 1;
+        // A decimal number, as every Redis client expects.
+        assert!(
+            next.parse::<u64>().is_ok(),
+            "cursor {next:?} is not a number"
+        );
         if next == "0" {
             break;
         }

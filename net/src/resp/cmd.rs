@@ -297,27 +297,6 @@ async fn count_keys(node: &NodeHandle) -> Result<i64, Reply> {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        s.push_str(&format!("{x:02x}"));
-    }
-    s
-}
-
-fn unhex(s: &[u8]) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    s.chunks(2)
-        .map(|c| {
-            let hi = (c[0] as char).to_digit(16)?;
-            let lo = (c[1] as char).to_digit(16)?;
-            Some((hi * 16 + lo) as u8)
-        })
-        .collect()
-}
-
 /// The command table for COMMAND / COMMAND COUNT: name, arity, flags, first key, last, step.
 type CommandSpec = (&'static str, i64, &'static [&'static str], i64, i64, i64);
 
@@ -759,7 +738,7 @@ async fn data(st: &RespState, node: &NodeHandle, name: &str, a: &[Vec<u8>]) -> R
             Ok(n) => Reply::Int(n),
             Err(e) => e,
         },
-        "scan" => scan(node, a).await,
+        "scan" => scan(st, node, a).await,
         "keys" => {
             let pat = &a[0];
             let prefix = glob::literal_prefix(pat);
@@ -802,13 +781,17 @@ async fn data(st: &RespState, node: &NodeHandle, name: &str, a: &[Vec<u8>]) -> R
     }
 }
 
-async fn scan(node: &NodeHandle, a: &[Vec<u8>]) -> Reply {
-    let after = match a[0].as_slice() {
-        b"0" => None,
-        c => match unhex(c) {
-            Some(k) if !k.is_empty() => Some(k),
-            _ => return Reply::err("invalid cursor"),
+async fn scan(st: &RespState, node: &NodeHandle, a: &[Vec<u8>]) -> Reply {
+    let after = match std::str::from_utf8(&a[0])
+        .ok()
+        .and_then(|c| c.parse::<u64>().ok())
+    {
+        Some(0) => None,
+        Some(c) => match st.cursors.lock().get(c) {
+            Some(k) => Some(k),
+            None => return Reply::err("invalid cursor"),
         },
+        None => return Reply::err("invalid cursor"),
     };
     let mut pat: Option<&[u8]> = None;
     let mut count = 10usize;
@@ -840,7 +823,7 @@ async fn scan(node: &NodeHandle, a: &[Vec<u8>]) -> Reply {
         .filter(|k| pat.is_none_or(|p| glob::matches(p, k)))
         .map(Reply::Bulk)
         .collect();
-    let cursor = next.map_or_else(|| "0".to_string(), |k| hex(&k));
+    let cursor = next.map_or(0, |k| st.cursors.lock().put(k)).to_string();
     Reply::Array(vec![Reply::bulk(cursor), Reply::Array(keys)])
 }
 

@@ -52,6 +52,42 @@ pub struct RespState {
     pub started: Instant,
     pub stats: Stats,
     next_id: AtomicU64,
+    pub cursors: parking_lot::Mutex<Cursors>,
+}
+
+/// SCAN cursors. Redis clients treat a cursor as a decimal number (redis-cli and redis-py parse
+/// it), while a position in CoreCache's ordered key space is a key; so the node keeps the key
+/// under a number. Shared by every connection (clients scan through a pool), bounded by count
+/// and bytes, oldest dropped first; a dropped or unknown cursor is `invalid cursor`.
+#[derive(Default)]
+pub struct Cursors {
+    next: u64,
+    bytes: usize,
+    map: std::collections::BTreeMap<u64, Vec<u8>>,
+}
+
+const MAX_CURSORS: usize = 10_000;
+const MAX_CURSOR_BYTES: usize = 16 << 20;
+
+impl Cursors {
+    /// A new cursor for the position after `key`.
+    pub fn put(&mut self, key: Vec<u8>) -> u64 {
+        self.next += 1;
+        self.bytes += key.len();
+        self.map.insert(self.next, key);
+        while self.map.len() > MAX_CURSORS || self.bytes > MAX_CURSOR_BYTES {
+            match self.map.pop_first() {
+                Some((_, k)) => self.bytes -= k.len(),
+                None => break,
+            }
+        }
+        self.next
+    }
+
+    /// The position a cursor stands for (it stays valid: a client may repeat a SCAN).
+    pub fn get(&self, cursor: u64) -> Option<Vec<u8>> {
+        self.map.get(&cursor).cloned()
+    }
 }
 
 impl RespState {
@@ -71,6 +107,7 @@ impl RespState {
             started: Instant::now(),
             stats: Stats::default(),
             next_id: AtomicU64::new(1),
+            cursors: parking_lot::Mutex::new(Cursors::default()),
         }
     }
 }
@@ -215,5 +252,31 @@ async fn connection(mut stream: TcpStream, st: &RespState, mut stop: watch::Rece
             },
             _ = stopped(&mut stop) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod cursor_tests {
+    use super::*;
+
+    #[test]
+    fn cursors_are_numbers_that_stay_valid_and_the_oldest_go_first() {
+        let mut c = Cursors::default();
+        let first = c.put(b"a".to_vec());
+        assert!(first > 0, "0 means the end of a scan");
+        assert_eq!(c.get(first), Some(b"a".to_vec()));
+        assert_eq!(c.get(first), Some(b"a".to_vec()), "a repeated SCAN works");
+        for i in 0..MAX_CURSORS {
+            c.put(format!("k{i}").into_bytes());
+        }
+        assert_eq!(c.get(first), None, "the oldest went first");
+        assert_eq!(c.map.len(), MAX_CURSORS);
+        // Bytes are bounded too.
+        let mut c = Cursors::default();
+        let big = c.put(vec![0; MAX_CURSOR_BYTES / 2]);
+        c.put(vec![1; MAX_CURSOR_BYTES / 2]);
+        c.put(vec![2; 10]);
+        assert_eq!(c.get(big), None);
+        assert!(c.bytes <= MAX_CURSOR_BYTES);
     }
 }
