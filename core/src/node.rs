@@ -106,6 +106,9 @@ pub enum Condition {
 pub enum BatchOp {
     Put(Vec<u8>, Vec<u8>),
     Delete(Vec<u8>),
+    /// Put only if the key does not exist; otherwise the whole batch fails with
+    /// `PreconditionFailed` and writes nothing (Redis's MSETNX).
+    PutIfAbsent(Vec<u8>, Vec<u8>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -695,7 +698,9 @@ fn request_keys(request: &Request) -> Vec<&[u8]> {
         Request::Batch { ops } => ops
             .iter()
             .map(|op| match op {
-                BatchOp::Put(k, _) | BatchOp::Delete(k) => k.as_slice(),
+                BatchOp::Put(k, _) | BatchOp::Delete(k) | BatchOp::PutIfAbsent(k, _) => {
+                    k.as_slice()
+                }
             })
             .collect(),
         Request::Scan { .. } => Vec::new(),
@@ -2433,6 +2438,14 @@ impl Node {
                     self.check_value(&v)?;
                     let ikey = self.reader.internal_key(&k);
                     let current = self.latest(&ikey)?;
+                    checked.push((ikey, Some((v, current))));
+                }
+                BatchOp::PutIfAbsent(k, v) => {
+                    self.reader.check_key(&k)?;
+                    self.check_value(&v)?;
+                    let ikey = self.reader.internal_key(&k);
+                    let current = self.latest(&ikey)?;
+                    Self::check_cond(&Condition::IfAbsent, current.as_ref().map(|(v, _)| *v))?;
                     checked.push((ikey, Some((v, current))));
                 }
                 BatchOp::Delete(k) => {

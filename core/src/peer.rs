@@ -433,6 +433,11 @@ impl Writer<'_> {
                             self.u8(2);
                             self.bytes(k);
                         }
+                        BatchOp::PutIfAbsent(k, v) => {
+                            self.u8(3);
+                            self.bytes(k);
+                            self.bytes(v);
+                        }
                     }
                 }
             }
@@ -587,6 +592,7 @@ impl Reader<'_> {
                     ops.push(match self.u8()? {
                         1 => BatchOp::Put(self.bytes()?, self.bytes()?),
                         2 => BatchOp::Delete(self.bytes()?),
+                        3 => BatchOp::PutIfAbsent(self.bytes()?, self.bytes()?),
                         t => return Err(perr(format!("bad batch op tag {t}"))),
                     });
                 }
@@ -675,6 +681,7 @@ mod tests {
                     ops: vec![
                         BatchOp::Put(b"a".to_vec(), b"1".to_vec()),
                         BatchOp::Delete(b"b".to_vec()),
+                        BatchOp::PutIfAbsent(b"c".to_vec(), b"2".to_vec()),
                     ],
                 },
             },

@@ -452,6 +452,49 @@ fn incr_is_atomic_under_concurrent_clients() {
     assert_eq!(n, 200);
 }
 
+/// MSETNX is one batch with its existence checks inside: of two racing MSETNX that share a
+/// key, never both succeed, and a failed one writes nothing.
+#[test]
+fn msetnx_is_atomic_under_concurrent_clients() {
+    let s = Server::start();
+    for round in 0..40 {
+        let (a, b, c) = (
+            format!("nx{round}:a"),
+            format!("nx{round}:b"),
+            format!("nx{round}:c"),
+        );
+        let go = |k1: String, k2: String, v: &'static str| {
+            let mut conn = client(&s);
+            std::thread::spawn(move || -> i64 {
+                redis::cmd("MSETNX")
+                    .arg(&k1)
+                    .arg(v)
+                    .arg(&k2)
+                    .arg(v)
+                    .query(&mut conn)
+                    .unwrap()
+            })
+        };
+        let t1 = go(a.clone(), b.clone(), "1");
+        let t2 = go(b.clone(), c.clone(), "2");
+        let (r1, r2) = (t1.join().unwrap(), t2.join().unwrap());
+        assert_eq!(r1 + r2, 1, "round {round}: exactly one wins ({r1}, {r2})");
+        let mut conn = client(&s);
+        let got: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&a)
+            .arg(&b)
+            .arg(&c)
+            .query(&mut conn)
+            .unwrap();
+        let want = if r1 == 1 {
+            vec![Some("1".into()), Some("1".into()), None]
+        } else {
+            vec![None, Some("2".into()), Some("2".into())]
+        };
+        assert_eq!(got, want, "round {round}");
+    }
+}
+
 #[test]
 fn resp3_after_hello_3() {
     let s = Server::start();

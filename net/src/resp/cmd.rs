@@ -698,22 +698,21 @@ async fn data(st: &RespState, node: &NodeHandle, name: &str, a: &[Vec<u8>]) -> R
             if !a.len().is_multiple_of(2) {
                 return wrong_args(name);
             }
-            if name == "msetnx" {
-                // Best effort: the batch itself carries no conditions (see the README).
-                for pair in a.chunks(2) {
-                    match get(node, &pair[0]).await {
-                        Ok(Some(_)) => return Reply::Int(0),
-                        Ok(None) => {}
-                        Err(e) => return e,
-                    }
-                }
-            }
+            // One batch, so atomic on the owner; MSETNX's condition is checked inside it, in
+            // apply order, for every key at once.
             let ops = a
                 .chunks(2)
-                .map(|p| BatchOp::Put(p[0].clone(), p[1].clone()))
+                .map(|p| {
+                    if name == "msetnx" {
+                        BatchOp::PutIfAbsent(p[0].clone(), p[1].clone())
+                    } else {
+                        BatchOp::Put(p[0].clone(), p[1].clone())
+                    }
+                })
                 .collect();
             match node.call(Request::Batch { ops }).await {
                 Response::Written { .. } if name == "msetnx" => Reply::Int(1),
+                Response::PreconditionFailed { .. } if name == "msetnx" => Reply::Int(0),
                 Response::Written { .. } => Reply::ok(),
                 other => unexpected(&other),
             }
