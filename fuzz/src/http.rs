@@ -204,7 +204,7 @@ pub fn check_batch_body(data: &[u8]) {
     let decoded: usize = ops
         .iter()
         .map(|op| match op {
-            BatchOp::Put(k, v) => k.len() + v.len(),
+            BatchOp::Put(k, v) | BatchOp::PutIfAbsent(k, v) => k.len() + v.len(),
             BatchOp::Delete(k) => k.len(),
         })
         .sum();
@@ -217,6 +217,7 @@ pub fn check_batch_body(data: &[u8]) {
                 "op": "put", "key": STANDARD.encode(k), "value": STANDARD.encode(v)
             }),
             BatchOp::Delete(k) => serde_json::json!({"op": "delete", "key": STANDARD.encode(k)}),
+            BatchOp::PutIfAbsent(..) => unreachable!("the HTTP batch has no put-if-absent op"),
         })
         .collect();
     let body = serde_json::json!({ "ops": json }).to_string();
