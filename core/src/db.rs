@@ -638,6 +638,15 @@ impl Db {
         }
     }
 
+    /// A view of every write applied so far, durable or not (as `get_latest`): for an owner's
+    /// bookkeeping on its own writes, never for answering reads.
+    pub fn snapshot_latest(&self) -> Snapshot {
+        Snapshot {
+            sv: self.inner.sv.load_full(),
+            seq: MAX_SEQ,
+        }
+    }
+
     /// Keys in `[start, end)` (per the bounds), in order, from one consistent snapshot.
     pub fn scan(&self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> Result<DbIter> {
         self.snapshot().scan(start, end)
