@@ -100,6 +100,18 @@ impl NodeHandle {
         rx.await.unwrap_or_else(|_| stopped())
     }
 
+    /// Sends a request to the node without waiting for its answer ([`Pending::reply`] waits).
+    /// Requests sent one after another are applied in that order, so a client can have several
+    /// writes in flight (a pipeline) and still see them applied in its order. Not for reads,
+    /// which [`call`](Self::call) answers without the node task.
+    pub async fn send(&self, request: Request) -> Pending {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Client { request, reply }).await.is_err() {
+            return Pending(None);
+        }
+        Pending(Some(rx))
+    }
+
     /// Runs an operator command through the node.
     pub async fn admin(&self, command: AdminCommand) -> Response {
         let (reply, rx) = oneshot::channel();
@@ -139,6 +151,18 @@ impl NodeHandle {
     /// Whether the node knows a partition map it can route by.
     pub fn ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// A request sent with [`NodeHandle::send`], its answer still to come.
+pub struct Pending(Option<oneshot::Receiver<Response>>);
+
+impl Pending {
+    pub async fn reply(self) -> Response {
+        match self.0 {
+            Some(rx) => rx.await.unwrap_or_else(|_| stopped()),
+            None => stopped(),
+        }
     }
 }
 

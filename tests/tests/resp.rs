@@ -431,6 +431,43 @@ fn a_pipeline_of_a_thousand_commands_answers_in_order() {
     assert_eq!(out.len(), 1000 * 7 + 5);
 }
 
+/// Consecutive SETs of a pipeline go to the node together (under `--sync always`, one group
+/// commit); they still apply in order, and a read after them sees the last.
+#[test]
+fn pipelined_sets_apply_in_order_and_reads_after_them_see_them() {
+    let s = Server::start_with(&["--sync", "always"]);
+    let mut c = client(&s);
+    let mut p = redis::pipe();
+    for i in 0..2500 {
+        p.cmd("SET").arg(format!("o{}", i % 7)).arg(i);
+        if i % 500 == 499 {
+            p.cmd("GET").arg(format!("o{}", i % 7));
+        }
+    }
+    let got: Vec<redis::Value> = p.query(&mut c).unwrap();
+    let mut want_gets = Vec::new();
+    for i in 0..2500 {
+        if i % 500 == 499 {
+            want_gets.push(i.to_string());
+        }
+    }
+    let gets: Vec<String> = got
+        .iter()
+        .filter_map(|v| match v {
+            redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gets, want_gets);
+    assert_eq!(got.len(), 2505);
+    // Every key holds the last value the pipeline gave it.
+    for k in 0..7 {
+        let last = (0..2500).rev().find(|i| i % 7 == k).unwrap();
+        let v: i64 = c.get(format!("o{k}")).unwrap();
+        assert_eq!(v, last, "o{k}");
+    }
+}
+
 #[test]
 fn incr_is_atomic_under_concurrent_clients() {
     let s = Server::start();

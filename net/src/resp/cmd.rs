@@ -603,6 +603,45 @@ pub async fn exec(st: &RespState, c: &mut Conn, args: Vec<Vec<u8>>) -> (Reply, A
     (reply, After::Continue)
 }
 
+/// A plain `SET key value`, the write a pipeline may send ahead without waiting.
+pub fn plain_set(args: &[Vec<u8>]) -> bool {
+    args.len() == 3 && args[0].eq_ignore_ascii_case(b"set")
+}
+
+/// Runs consecutive plain SETs of one pipeline: every request goes to the node before any
+/// answer is awaited, in order (so they apply in order and share the node's group commit), and
+/// the replies come back in order. The caller bounds how many are in flight.
+pub async fn set_run(st: &RespState, sets: Vec<Vec<Vec<u8>>>) -> Vec<Reply> {
+    st.stats
+        .commands
+        .fetch_add(sets.len() as u64, Ordering::Relaxed);
+    let Some(node) = st.node.get() else {
+        return sets
+            .iter()
+            .map(|_| Reply::Error("LOADING CoreCache is opening its data; try again".into()))
+            .collect();
+    };
+    let mut pending = Vec::with_capacity(sets.len());
+    for mut a in sets {
+        let value = a.pop().unwrap_or_default();
+        let key = a.pop().unwrap_or_default();
+        let request = Request::Put {
+            key,
+            value,
+            cond: Condition::None,
+        };
+        pending.push(node.send(request).await);
+    }
+    let mut replies = Vec::with_capacity(pending.len());
+    for p in pending {
+        replies.push(match p.reply().await {
+            Response::Written { .. } => Reply::ok(),
+            other => unexpected(&other),
+        });
+    }
+    replies
+}
+
 /// Commands on the data.
 async fn data(st: &RespState, node: &NodeHandle, name: &str, a: &[Vec<u8>]) -> Reply {
     match name {

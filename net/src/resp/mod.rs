@@ -33,6 +33,8 @@ const MAX_CONNECTIONS: u64 = 10_000;
 const WRITE_BATCH: usize = 64 << 10;
 /// How much a read asks for.
 const READ_CHUNK: usize = 16 << 10;
+/// Pipelined writes one connection may have waiting at the node at once.
+const MAX_IN_FLIGHT: usize = 1024;
 
 #[derive(Default)]
 pub struct Stats {
@@ -204,14 +206,28 @@ async fn connection(mut stream: TcpStream, st: &RespState, mut stop: watch::Rece
     let mut parser = Parser::new(st.limits);
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut sets: Vec<Vec<Vec<u8>>> = Vec::new();
     loop {
-        // Run every whole command already here, in order.
+        // Run every whole command already here, in order. Consecutive plain SETs go to the
+        // node together (at most MAX_IN_FLIGHT), answered in order, before anything after them.
         let mut at = 0;
         loop {
             match parser.parse(&buf[at..]) {
                 Ok((used, cmd)) => {
                     at += used;
                     let Some(args) = cmd else { break };
+                    if cmd::plain_set(&args) {
+                        sets.push(args);
+                        if sets.len() >= MAX_IN_FLIGHT {
+                            for r in cmd::set_run(st, std::mem::take(&mut sets)).await {
+                                r.encode(conn.proto, &mut out);
+                            }
+                        }
+                        continue;
+                    }
+                    for r in cmd::set_run(st, std::mem::take(&mut sets)).await {
+                        r.encode(conn.proto, &mut out);
+                    }
                     let (reply, after) = cmd::exec(st, &mut conn, args).await;
                     reply.encode(conn.proto, &mut out);
                     if matches!(after, cmd::After::Close) {
@@ -225,11 +241,18 @@ async fn connection(mut stream: TcpStream, st: &RespState, mut stop: watch::Rece
                     }
                 }
                 Err(e) => {
+                    for r in cmd::set_run(st, std::mem::take(&mut sets)).await {
+                        r.encode(conn.proto, &mut out);
+                    }
                     Reply::err(e.to_string()).encode(conn.proto, &mut out);
                     let _ = write_out(&mut stream, &mut out, &mut stop).await;
                     return;
                 }
             }
+        }
+        // The SETs at the end of what arrived: answered before reading more.
+        for r in cmd::set_run(st, std::mem::take(&mut sets)).await {
+            r.encode(conn.proto, &mut out);
         }
         buf.drain(..at);
         // Do not let the capacity left by one large value linger on an idle connection.
