@@ -135,6 +135,12 @@ pub enum Request {
     Batch {
         ops: Vec<BatchOp>,
     },
+    /// Adds `by` to the key's value read as a decimal integer (absent: 0) in one step on the
+    /// owner, and answers `Value` with the new number (Redis's INCRBY).
+    Incr {
+        key: Vec<u8>,
+        by: i64,
+    },
 }
 
 impl Request {
@@ -692,9 +698,10 @@ fn engine_err(e: Error) -> Response {
 /// The user keys a request names (none for a scan).
 fn request_keys(request: &Request) -> Vec<&[u8]> {
     match request {
-        Request::Get { key } | Request::Put { key, .. } | Request::Delete { key, .. } => {
-            vec![key.as_slice()]
-        }
+        Request::Get { key }
+        | Request::Put { key, .. }
+        | Request::Delete { key, .. }
+        | Request::Incr { key, .. } => vec![key.as_slice()],
         Request::Batch { ops } => ops
             .iter()
             .map(|op| match op {
@@ -792,6 +799,21 @@ impl Stored {
         }
         self.version.unwrap_or(seq)
     }
+}
+
+/// A value as a Redis integer: optional `-`, decimal digits, no leading zeros or spaces or `+`,
+/// no `-0`, within i64.
+pub fn parse_decimal(b: &[u8]) -> Option<i64> {
+    let digits = b.strip_prefix(b"-").unwrap_or(b);
+    let ok = !digits.is_empty()
+        && digits.len() <= 19
+        && digits.iter().all(u8::is_ascii_digit)
+        && (digits.len() == 1 || digits[0] != b'0')
+        && b != b"-0";
+    if !ok {
+        return None;
+    }
+    std::str::from_utf8(b).ok()?.parse().ok()
 }
 
 fn encode_value(created_ms: u64, modified_ms: u64, version: u64, value: &[u8]) -> Vec<u8> {
@@ -2272,7 +2294,10 @@ impl Node {
         };
         let is_write = matches!(
             request,
-            Request::Put { .. } | Request::Delete { .. } | Request::Batch { .. }
+            Request::Put { .. }
+                | Request::Delete { .. }
+                | Request::Batch { .. }
+                | Request::Incr { .. }
         );
         let result = match request {
             Request::Get { key } => self.reader.get(&key).map(|r| (r, None)),
@@ -2288,6 +2313,7 @@ impl Node {
                 .scan(start, end, after, limit)
                 .map(|r| (r, None)),
             Request::Batch { ops } => self.batch(ops, now),
+            Request::Incr { key, by } => self.incr(&key, by, now),
         };
         let (response, seq) = result.unwrap_or_else(|r| (r, None));
         if let Some(seq) = seq {
@@ -2413,6 +2439,40 @@ impl Node {
         b.delete(ikey);
         let seq = self.db.write_deferred(b).map_err(engine_err)?;
         Ok((Response::Deleted { version }, Some(seq)))
+    }
+
+    fn incr(&self, key: &[u8], by: i64, wall_ms: u64) -> Result<(Response, Option<u64>), Response> {
+        self.reader.check_key(key)?;
+        let ikey = self.reader.internal_key(key);
+        let current = self.latest(&ikey)?;
+        let old = match &current {
+            None => 0,
+            Some((_, s)) => parse_decimal(&s.value).ok_or_else(|| {
+                err(
+                    ErrorKind::BadRequest,
+                    "value is not an integer or out of range",
+                )
+            })?,
+        };
+        let new = old.checked_add(by).ok_or_else(|| {
+            err(
+                ErrorKind::BadRequest,
+                "increment or decrement would overflow",
+            )
+        })?;
+        let value = new.to_string().into_bytes();
+        let version = self.next_version(wall_ms, current.as_ref().map(|(v, _)| *v));
+        let created = current.map_or(wall_ms, |(_, s)| s.created_ms);
+        let mut b = WriteBatch::new();
+        b.put(ikey, encode_value(created, wall_ms, version, &value));
+        let seq = self.db.write_deferred(b).map_err(engine_err)?;
+        let response = Response::Value {
+            value,
+            version,
+            created_ms: created,
+            modified_ms: wall_ms,
+        };
+        Ok((response, Some(seq)))
     }
 
     /// A new version for a key whose current version is `prev`: above it, and from a hybrid
@@ -2728,6 +2788,55 @@ mod tests {
                 modified_ms: 5
             }
         );
+    }
+
+    #[test]
+    fn incr_adds_in_one_step_with_redis_integer_rules() {
+        // Two nodes, and every call through the one that does not own the key half the time:
+        // the increment is forwarded like any write.
+        let mut net = Net::new(&["a", "b"]);
+        net.input(0, Input::Coordinator(CoordEvent::Elected));
+        let incr = |by| Request::Incr {
+            key: b"n".to_vec(),
+            by,
+        };
+        let value = |r: Response| match r {
+            Response::Value { value, .. } => String::from_utf8(value).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(value(net.call(0, 1, incr(5))), "5", "absent counts as 0");
+        assert_eq!(value(net.call(1, 2, incr(-7))), "-2");
+        net.call(0, 3, put("n", &i64::MAX.to_string()));
+        let r = net.call(0, 4, incr(1));
+        assert!(
+            matches!(&r, Response::Error { kind: ErrorKind::BadRequest, message } if message.contains("overflow")),
+            "{r:?}"
+        );
+        for bad in [
+            "abc",
+            " 1",
+            "+1",
+            "01",
+            "-0",
+            "",
+            "1.5",
+            "99999999999999999999",
+        ] {
+            net.call(0, 5, put("n", bad));
+            let r = net.call(1, 6, incr(1));
+            assert!(
+                matches!(
+                    &r,
+                    Response::Error {
+                        kind: ErrorKind::BadRequest,
+                        ..
+                    }
+                ),
+                "{bad:?}: {r:?}"
+            );
+        }
+        assert_eq!(parse_decimal(b"-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(parse_decimal(b"0"), Some(0));
     }
 
     #[test]

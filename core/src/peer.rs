@@ -418,6 +418,11 @@ impl Writer<'_> {
                 self.opt_bytes(after);
                 self.u64(*limit as u64);
             }
+            Request::Incr { key, by } => {
+                self.u8(6);
+                self.bytes(key);
+                self.out.extend_from_slice(&by.to_le_bytes());
+            }
             Request::Batch { ops } => {
                 self.u8(5);
                 self.out
@@ -598,6 +603,10 @@ impl Reader<'_> {
                 }
                 Request::Batch { ops }
             }
+            6 => Request::Incr {
+                key: self.bytes()?,
+                by: self.u64()? as i64,
+            },
             t => return Err(perr(format!("bad request tag {t}"))),
         })
     }
@@ -683,6 +692,14 @@ mod tests {
                         BatchOp::Delete(b"b".to_vec()),
                         BatchOp::PutIfAbsent(b"c".to_vec(), b"2".to_vec()),
                     ],
+                },
+            },
+            PeerMessage::Forward {
+                id: 12,
+                map_version: 4,
+                request: Request::Incr {
+                    key: b"n".to_vec(),
+                    by: -5,
                 },
             },
             PeerMessage::Forward {

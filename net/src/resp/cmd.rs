@@ -133,32 +133,22 @@ async fn rmw_wait(attempt: &mut u32, started: Instant) -> Result<(), Reply> {
 }
 
 /// INCRBY and friends.
+/// INCRBY and friends: one request, done in one step on the key's owner.
 async fn incr_by(node: &NodeHandle, key: &[u8], by: i64) -> Reply {
-    let started = Instant::now();
-    let mut attempt = 0;
-    loop {
-        let cur = match get(node, key).await {
-            Ok(c) => c,
-            Err(e) => return e,
-        };
-        let (n, seen) = match &cur {
-            Some((v, ver)) => match parse_int(v) {
-                Some(n) => (n, Some(*ver)),
-                None => return not_integer(),
-            },
-            None => (0, None),
-        };
-        let Some(next) = n.checked_add(by) else {
-            return Reply::err("increment or decrement would overflow");
-        };
-        match put_if(node, key, next.to_string().into_bytes(), seen).await {
-            Ok(true) => return Reply::Int(next),
-            Ok(false) => {}
-            Err(e) => return e,
-        }
-        if let Err(e) = rmw_wait(&mut attempt, started).await {
-            return e;
-        }
+    let request = Request::Incr {
+        key: key.to_vec(),
+        by,
+    };
+    incr_reply(node.call(request).await)
+}
+
+fn incr_reply(r: Response) -> Reply {
+    match r {
+        Response::Value { value, .. } => match parse_int(&value) {
+            Some(n) => Reply::Int(n),
+            None => Reply::err("internal error: INCR answered a non-number"),
+        },
+        other => unexpected(&other),
     }
 }
 
@@ -603,14 +593,42 @@ pub async fn exec(st: &RespState, c: &mut Conn, args: Vec<Vec<u8>>) -> (Reply, A
     (reply, After::Continue)
 }
 
-/// A plain `SET key value`, the write a pipeline may send ahead without waiting.
-pub fn plain_set(args: &[Vec<u8>]) -> bool {
-    args.len() == 3 && args[0].eq_ignore_ascii_case(b"set")
+/// A write a pipeline may send ahead without waiting for the one before: a plain
+/// `SET key value`, or INCR / DECR / INCRBY / DECRBY (each one request to the owner).
+pub fn pipelined_write(args: &[Vec<u8>]) -> bool {
+    let is = |name: &[u8], n: usize| args.len() == n && args[0].eq_ignore_ascii_case(name);
+    is(b"set", 3) || is(b"incr", 2) || is(b"decr", 2) || is(b"incrby", 3) || is(b"decrby", 3)
 }
 
-/// Runs consecutive plain SETs of one pipeline: every request goes to the node before any
-/// answer is awaited, in order (so they apply in order and share the node's group commit), and
-/// the replies come back in order. The caller bounds how many are in flight.
+/// The request (or the error reply) of a [`pipelined_write`].
+fn write_request(mut a: Vec<Vec<u8>>) -> Result<(Request, bool), Reply> {
+    let name = a[0].to_ascii_lowercase();
+    let by = match name.as_slice() {
+        b"set" => {
+            let value = a.pop().unwrap_or_default();
+            let key = a.pop().unwrap_or_default();
+            let cond = Condition::None;
+            return Ok((Request::Put { key, value, cond }, false));
+        }
+        b"incr" => 1,
+        b"decr" => -1,
+        _ => {
+            let n = parse_int(&a[2]).ok_or_else(not_integer)?;
+            if name == b"incrby" {
+                n
+            } else {
+                n.checked_neg()
+                    .ok_or_else(|| Reply::err("decrement would overflow"))?
+            }
+        }
+    };
+    let key = std::mem::take(&mut a[1]);
+    Ok((Request::Incr { key, by }, true))
+}
+
+/// Runs consecutive [`pipelined_write`]s of one pipeline: every request goes to the node before
+/// any answer is awaited, in order (so they apply in order and share the node's group commit),
+/// and the replies come back in order. The caller bounds how many are in flight.
 pub async fn set_run(st: &RespState, sets: Vec<Vec<Vec<u8>>>) -> Vec<Reply> {
     st.stats
         .commands
@@ -622,21 +640,21 @@ pub async fn set_run(st: &RespState, sets: Vec<Vec<Vec<u8>>>) -> Vec<Reply> {
             .collect();
     };
     let mut pending = Vec::with_capacity(sets.len());
-    for mut a in sets {
-        let value = a.pop().unwrap_or_default();
-        let key = a.pop().unwrap_or_default();
-        let request = Request::Put {
-            key,
-            value,
-            cond: Condition::None,
-        };
-        pending.push(node.send(request).await);
+    for a in sets {
+        pending.push(match write_request(a) {
+            Ok((request, incr)) => Ok((node.send(request).await, incr)),
+            Err(reply) => Err(reply),
+        });
     }
     let mut replies = Vec::with_capacity(pending.len());
     for p in pending {
-        replies.push(match p.reply().await {
-            Response::Written { .. } => Reply::ok(),
-            other => unexpected(&other),
+        replies.push(match p {
+            Err(reply) => reply,
+            Ok((p, true)) => incr_reply(p.reply().await),
+            Ok((p, false)) => match p.reply().await {
+                Response::Written { .. } => Reply::ok(),
+                other => unexpected(&other),
+            },
         });
     }
     replies

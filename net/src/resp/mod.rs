@@ -208,15 +208,16 @@ async fn connection(mut stream: TcpStream, st: &RespState, mut stop: watch::Rece
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut sets: Vec<Vec<Vec<u8>>> = Vec::new();
     loop {
-        // Run every whole command already here, in order. Consecutive plain SETs go to the
-        // node together (at most MAX_IN_FLIGHT), answered in order, before anything after them.
+        // Run every whole command already here, in order. Consecutive plain SETs and INCRs go
+        // to the node together (at most MAX_IN_FLIGHT), answered in order, before anything
+        // after them.
         let mut at = 0;
         loop {
             match parser.parse(&buf[at..]) {
                 Ok((used, cmd)) => {
                     at += used;
                     let Some(args) = cmd else { break };
-                    if cmd::plain_set(&args) {
+                    if cmd::pipelined_write(&args) {
                         sets.push(args);
                         if sets.len() >= MAX_IN_FLIGHT {
                             for r in cmd::set_run(st, std::mem::take(&mut sets)).await {
