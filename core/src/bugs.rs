@@ -39,10 +39,14 @@ pub enum Bug {
     /// attempt: keys deleted at the old owner in between come back. (Found by a 3,000-seed
     /// sweep, seed 856; kept for the unit test that pins it.)
     WipeOnlyDurable = 256,
+    /// An old owner that restarts in the middle of handing a partition over forgets that it
+    /// froze it, takes writes again, and loses them when the map flips. (Found by a 3,000-seed
+    /// sweep, seed 1001.)
+    ForgetFreezeOnRestart = 512,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 10] = [
         Bug::AckBeforeFsync,
         Bug::NoEpochBump,
         Bug::DropTombstoneEarly,
@@ -52,6 +56,7 @@ impl Bug {
         Bug::CopyBeforeDurable,
         Bug::VersionIsSequence,
         Bug::WipeOnlyDurable,
+        Bug::ForgetFreezeOnRestart,
     ];
 }
 

@@ -603,6 +603,8 @@ struct Cluster {
     owned_before: Option<Vec<bool>>,
     /// The map or the members changed since the leader last planned.
     plan_due: bool,
+    /// No partition map has been seen since this node started.
+    first_map: bool,
     /// Nodes asked to leave that the state does not show leaving yet, and the stamp of the
     /// state the last write of them was made against.
     to_leave: BTreeSet<String>,
@@ -929,6 +931,7 @@ impl Node {
                 plan_due: true,
                 to_leave: BTreeSet::new(),
                 leave_written_at: None,
+                first_map: true,
             },
             persisted_upto: 0,
         }
@@ -1793,6 +1796,32 @@ impl Node {
             .collect();
         for p in ended {
             self.cl.outgoing.remove(&p);
+        }
+        // The first map after a (re)start: a partition of ours that is moving away may have
+        // been frozen before a crash, its tail sent, and the new owner about to flip the map.
+        // Taking writes for it now would lose them at the flip, so it stays frozen (writes
+        // wait) until the map flips or the move is aborted. If the copy had not got that far,
+        // the new owner restarts it and the freeze only delays writes.
+        if std::mem::take(&mut self.cl.first_map)
+            && !crate::bugs::on(crate::bugs::Bug::ForgetFreezeOnRestart)
+        {
+            for (p, to) in &state.moving {
+                if state.owners[usize::from(*p)] == me {
+                    self.cl.outgoing.insert(
+                        *p,
+                        Outgoing {
+                            to: to.clone(),
+                            since: 0,
+                            written: BTreeSet::new(),
+                            frozen: Some(Frozen {
+                                id: u64::MAX,
+                                upto: 0,
+                                sent: true,
+                            }),
+                        },
+                    );
+                }
+            }
         }
         // Partitions that left us: delete the local copy.
         for (p, owner) in state.owners.iter().enumerate() {

@@ -211,6 +211,8 @@ pub struct Failure {
     pub seed: u64,
     pub message: String,
     pub faults: Vec<String>,
+    /// The coordinator's state writes (epoch, map), in order.
+    pub coordinator: Vec<String>,
 }
 
 impl std::fmt::Display for Failure {
@@ -223,6 +225,10 @@ impl std::fmt::Display for Failure {
         writeln!(f, "{}", self.message)?;
         writeln!(f, "faults:")?;
         for x in &self.faults {
+            writeln!(f, "  {x}")?;
+        }
+        writeln!(f, "coordinator state writes:")?;
+        for x in &self.coordinator {
             writeln!(f, "  {x}")?;
         }
         Ok(())
@@ -828,10 +834,22 @@ pub fn run(cfg: &Config) -> Result<Report, Failure> {
         ..Report::default()
     };
     let fault_log: Rc<RefCell<Vec<String>>> = Rc::default();
+    let zk_log = Arc::new(Mutex::new(fakezk::ZkLog::default()));
     let fail = |message: String, log: &Rc<RefCell<Vec<String>>>| Failure {
         seed: cfg.seed,
         message,
         faults: log.borrow().clone(),
+        coordinator: zk_log
+            .lock()
+            .writes
+            .iter()
+            .map(|w| {
+                format!(
+                    "epoch {} version {} leader {} owners {:?}",
+                    w.epoch, w.version, w.leader, w.owners
+                )
+            })
+            .collect(),
     };
     let max_latency = rng.ms(1, 20);
     let total = STARTUP + cfg.fault_phase + cfg.heal_phase + Duration::from_secs(60);
@@ -843,7 +861,6 @@ pub fn run(cfg: &Config) -> Result<Report, Failure> {
         .rng_seed(rng.next_u64())
         .build();
 
-    let zk_log = Arc::new(Mutex::new(fakezk::ZkLog::default()));
     {
         let zk_log = zk_log.clone();
         sim.host(fakezk::HOST, move || fakezk::serve(zk_log.clone()));
@@ -1040,11 +1057,15 @@ pub fn run(cfg: &Config) -> Result<Report, Failure> {
         .iter()
         .filter(|o| !matches!(o.kind, OpKind::Get) && o.outcome == Outcome::Ok)
         .count();
-    let zk = zk_log.lock();
-    report.sessions_expired = zk.sessions_expired;
+    // A copy: `fail` reads the log too.
+    let (writes, sessions_expired) = {
+        let zk = zk_log.lock();
+        (zk.writes.clone(), zk.sessions_expired)
+    };
+    report.sessions_expired = sessions_expired;
     let mut epochs: BTreeMap<u64, String> = BTreeMap::new();
     let mut last_epoch = 0;
-    for w in &zk.writes {
+    for w in &writes {
         if w.writer != w.leader {
             return Err(fail(
                 format!(
@@ -1072,7 +1093,7 @@ pub fn run(cfg: &Config) -> Result<Report, Failure> {
     }
     report.leader_changes = epochs.len().saturating_sub(1);
     report.joined = cfg.join_at.is_some();
-    for pair in zk.writes.windows(2) {
+    for pair in writes.windows(2) {
         report.partitions_moved += pair[0]
             .owners
             .iter()
@@ -1088,14 +1109,12 @@ pub fn run(cfg: &Config) -> Result<Report, Failure> {
     }
     let mut h = DefaultHasher::new();
     ops.hash(&mut h);
-    for w in &zk.writes {
+    for w in &writes {
         w.hash(&mut h);
     }
     fault_log.borrow().hash(&mut h);
     report.trace = ops.iter().map(|o| o.to_string()).collect();
-    report
-        .trace
-        .extend(zk.writes.iter().map(|w| format!("{w:?}")));
+    report.trace.extend(writes.iter().map(|w| format!("{w:?}")));
     report.trace.extend(fault_log.borrow().iter().cloned());
     report.sim_time.hash(&mut h);
     report.digest = h.finish();

@@ -90,3 +90,22 @@ fn without_a_bug_the_same_seeds_pass() {
 fn dropping_a_tombstone_above_older_data_is_caught() {
     check(Bug::DropTombstoneEarly);
 }
+
+/// A bug that a long sweep found (seed 1001 of `CORECACHE_SEEDS=3000 CORECACHE_SEED_BASE=200`):
+/// an old owner that restarts mid hand-off took writes for a partition it had frozen, and they
+/// were lost at the flip. The seed that found it must still catch it. (If the workload changes
+/// and this seed no longer reaches the situation, find another with a longer sweep.)
+#[test]
+fn an_old_owner_forgetting_its_freeze_on_restart_is_caught_by_the_seed_that_found_it() {
+    bugs::clear();
+    bugs::enable(Bug::ForgetFreezeOnRestart);
+    let with_bug = catch_unwind(AssertUnwindSafe(|| run(&Config::new(1001))));
+    bugs::clear();
+    assert!(
+        matches!(with_bug, Ok(Err(_)) | Err(_)),
+        "seed 1001 no longer catches ForgetFreezeOnRestart"
+    );
+    if let Err(f) = run(&Config::new(1001)) {
+        panic!("{f}");
+    }
+}
