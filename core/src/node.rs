@@ -1040,7 +1040,7 @@ impl Node {
                 for (_, target, _) in self.waiting.drain(..) {
                     let response = err(
                         ErrorKind::Unavailable,
-                        format!("the write was not made durable: {message}"),
+                        format!("the write may not be durable ({message}); the outcome is unknown"),
                     );
                     respond(target, response, out);
                 }
