@@ -361,7 +361,11 @@ impl Reader {
         if !local {
             return Err(request);
         }
-        let response = self.read(request.clone());
+        // A point read borrows the key (the hot path allocates nothing for the fallback).
+        let response = match &request {
+            Request::Get { key } => self.get(key).unwrap_or_else(|e| e),
+            _ => self.read(request.clone()),
+        };
         // The node may have handed the partition over while we read, and begun deleting its
         // copy: such a read could miss keys that live on at the new owner. The node publishes
         // new routes before its first cleanup delete can become visible, so unchanged routes
@@ -1586,7 +1590,7 @@ impl Node {
                 }
             }
             PeerMessage::MoveReady { partition } => self.on_move_ready(&from, partition, out),
-            PeerMessage::Decommission { node } => self.decommission(node, out),
+            PeerMessage::Decommission { node } => self.decommission(node),
             PeerMessage::Reply { id, response } => {
                 if let Some(f) = self.cl.forwards.remove(&id) {
                     match f.kind {
@@ -1712,7 +1716,7 @@ impl Node {
                     Some(s) => {
                         let leader = s.leader.clone();
                         if self.cl.leading {
-                            self.decommission(node, out);
+                            self.decommission(node);
                         } else {
                             out.push(Output::Send {
                                 to: leader,
@@ -1728,13 +1732,13 @@ impl Node {
     }
 
     /// The leader marks `node` as leaving; the plan then moves its partitions away.
-    fn decommission(&mut self, node: String, out: &mut Vec<Output>) {
+    fn decommission(&mut self, node: String) {
         if !self.cl.leading {
             return;
         }
-        // Recorded now, written when no other state write is in flight (`lead`).
+        // Recorded now; `lead` (after every input) writes it when no other state write is in
+        // flight.
         self.cl.to_leave.insert(node);
-        self.lead(out);
     }
 
     /// The leader writes the nodes asked to leave into the state (one write for all of them).

@@ -630,6 +630,9 @@ fn write_request(mut a: Vec<Vec<u8>>) -> Result<(Request, bool), Reply> {
 /// any answer is awaited, in order (so they apply in order and share the node's group commit),
 /// and the replies come back in order. The caller bounds how many are in flight.
 pub async fn set_run(st: &RespState, sets: Vec<Vec<Vec<u8>>>) -> Vec<Reply> {
+    if sets.is_empty() {
+        return Vec::new();
+    }
     st.stats
         .commands
         .fetch_add(sets.len() as u64, Ordering::Relaxed);
