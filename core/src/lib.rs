@@ -1,7 +1,7 @@
 //! # corecache-core
 //!
 //! CoreCache's sans-IO core. This crate owns the storage engine — memtable, write-ahead log,
-//! SSTables, manifest, leveled compaction — and (later) the node's state machines. It does no
+//! SSTables, manifest, leveled compaction — and the node's state machine. It does no
 //! I/O of its own: every byte goes through the [`Disk`] trait, and it reads no clock and draws no
 //! random numbers. Given the same inputs and the same disk, it does the same thing.
 //!
@@ -19,29 +19,26 @@
 //! assert_eq!(db.get(b"greeting").unwrap(), Some(b"hello".to_vec()));
 //! ```
 //!
-//! On-disk formats are described in [`format`].
+//! # Layout
+//!
+//! | module | owns | may use |
+//! |---|---|---|
+//! | [`engine`] | the LSM tree: WAL, memtable, tables, manifest, compaction, [`Db`] | nothing above it |
+//! | [`proto`] | the vocabulary: requests, responses, error kinds, the value envelope and internal key, the peer protocol | `engine` (types only) |
+//! | [`cluster`] | the cluster's shared state, coordinator events and commands, the conditional store | `proto` |
+//! | [`node`] | the node's state machine: one door, split by concern | all of the above |
+//! | [`bugs`] | deliberate bugs the simulation must catch | nothing |
+//!
+//! Every byte layout (engine files, value envelope, internal key, peer frames) is described in
+//! [`engine::format`].
 
-pub mod batch;
 pub mod bugs;
-pub mod cache;
 pub mod cluster;
-pub mod compaction;
-pub mod db;
-pub mod decode;
-pub mod disk;
-pub mod error;
-pub mod format;
-pub(crate) mod iter;
-pub(crate) mod manifest;
-pub(crate) mod memtable;
+pub mod engine;
 pub mod node;
-pub mod options;
-pub mod peer;
-pub mod sst;
-pub mod wal;
+pub mod proto;
 
-pub use batch::WriteBatch;
-pub use db::{prefix_end, Db, DbIter, Recovery, Snapshot, Stats};
-pub use disk::{Disk, DiskFile, SimDisk, StdDisk};
-pub use error::{Error, Result};
-pub use options::{Background, EventListener, Listener, Options, StallPolicy, SyncMode};
+pub use engine::{
+    prefix_end, Background, Db, DbIter, Disk, DiskFile, Error, EventListener, Listener, Options,
+    Recovery, Result, SimDisk, Snapshot, StallPolicy, Stats, StdDisk, SyncMode, WriteBatch,
+};

@@ -36,17 +36,17 @@ fn replay(kind: &str, decode: impl Fn(&[u8])) -> usize {
 #[test]
 fn every_checked_in_fuzz_input_decodes_without_panicking() {
     let n = replay("sstable", |b| {
-        let _ = corecache_core::decode::sstable(b);
+        let _ = corecache_core::engine::decode::sstable(b);
     }) + replay("wal", |b| {
-        let _ = corecache_core::decode::wal(b);
+        let _ = corecache_core::engine::decode::wal(b);
     }) + replay("manifest", |b| {
-        let _ = corecache_core::decode::manifest(b);
+        let _ = corecache_core::engine::decode::manifest(b);
     }) + replay("peer_frame", |b| {
         let mut rest = b;
-        while let Ok(Some((_, used))) = corecache_core::peer::decode_frame(rest) {
+        while let Ok(Some((_, used))) = corecache_core::proto::peer::decode_frame(rest) {
             rest = &rest[used..];
         }
-        let _ = corecache_core::peer::decode_message(b);
+        let _ = corecache_core::proto::peer::decode_message(b);
     });
     assert!(
         n >= 3,
@@ -68,7 +68,7 @@ fn the_seed_files_are_valid() {
     for f in seeds("sstable") {
         let b = std::fs::read(&f).unwrap();
         assert!(
-            corecache_core::decode::sstable(&b).is_ok(),
+            corecache_core::engine::decode::sstable(&b).is_ok(),
             "{}",
             f.display()
         );
@@ -76,13 +76,17 @@ fn the_seed_files_are_valid() {
     }
     for f in seeds("wal") {
         let b = std::fs::read(&f).unwrap();
-        assert!(corecache_core::decode::wal(&b).is_ok(), "{}", f.display());
+        assert!(
+            corecache_core::engine::decode::wal(&b).is_ok(),
+            "{}",
+            f.display()
+        );
         n += 1;
     }
     for f in seeds("manifest") {
         let b = std::fs::read(&f).unwrap();
         assert!(
-            corecache_core::decode::manifest(&b).is_ok(),
+            corecache_core::engine::decode::manifest(&b).is_ok(),
             "{}",
             f.display()
         );
@@ -104,14 +108,14 @@ fn the_peer_seeds_decode() {
         if name == "frames" {
             let mut rest = b.as_slice();
             let mut n = 0;
-            while let Some((_, used)) = corecache_core::peer::decode_frame(rest).unwrap() {
+            while let Some((_, used)) = corecache_core::proto::peer::decode_frame(rest).unwrap() {
                 rest = &rest[used..];
                 n += 1;
             }
             assert!(n > 1 && rest.is_empty(), "{}", f.display());
         } else {
             assert!(
-                corecache_core::peer::decode_message(&b).is_ok(),
+                corecache_core::proto::peer::decode_message(&b).is_ok(),
                 "{}",
                 f.display()
             );

@@ -145,7 +145,7 @@ fn main() {
             let bytes = disk.read_file(&name).unwrap();
             if name.ends_with(".wal") && !bytes.is_empty() && wal_n < 2 {
                 wal_n += 1;
-                assert!(corecache_core::decode::wal(&bytes).unwrap() > 0);
+                assert!(corecache_core::engine::decode::wal(&bytes).unwrap() > 0);
                 save(&root.join("wal"), &format!("{}-{name}", s.name), &bytes);
             }
         }
@@ -157,10 +157,10 @@ fn main() {
             let bytes = disk.read_file(&name).unwrap();
             if name.ends_with(".sst") && sst_n < 2 && bytes.len() <= 4096 {
                 sst_n += 1;
-                corecache_core::decode::sstable(&bytes).unwrap();
+                corecache_core::engine::decode::sstable(&bytes).unwrap();
                 save(&root.join("sstable"), &format!("{}-{name}", s.name), &bytes);
             } else if name == "MANIFEST" && s.flush {
-                corecache_core::decode::manifest(&bytes).unwrap();
+                corecache_core::engine::decode::manifest(&bytes).unwrap();
                 save(
                     &root.join("manifest"),
                     &format!("{}-{name}", s.name),
@@ -176,8 +176,8 @@ fn main() {
 /// One payload per peer message kind (the target also reads them as frame streams), and one
 /// stream of whole frames.
 fn peer_seeds(dir: &Path) {
-    use corecache_core::node::{BatchOp, Condition, Request, Response};
-    use corecache_core::peer::{encode_frame, PeerMessage};
+    use corecache_core::proto::{BatchOp, Condition, Request, Response};
+    use corecache_core::proto::peer::{encode_frame, PeerMessage};
     let msgs = vec![
         PeerMessage::Hello {
             from: "n1".into(),

@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = corecache_core::decode::manifest(data);
+    let _ = corecache_core::engine::decode::manifest(data);
 });

@@ -3,7 +3,7 @@
 //! bare payload (so mutations reach the message decoder behind the checksum). Decoding never
 //! panics, never allocates past the input, and whatever decodes re-encodes to a frame that
 //! decodes to the same message.
-use corecache_core::peer::{decode_frame, decode_message, encode_frame};
+use corecache_core::proto::peer::{decode_frame, decode_message, encode_frame};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

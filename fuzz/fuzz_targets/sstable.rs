@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = corecache_core::decode::sstable(data);
+    let _ = corecache_core::engine::decode::sstable(data);
 });

@@ -6,5 +6,5 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let mut bytes = data.to_vec();
     corecache_fuzz::fixcrc::sstable(&mut bytes);
-    let _ = corecache_core::decode::sstable(&bytes);
+    let _ = corecache_core::engine::decode::sstable(&bytes);
 });

@@ -6,7 +6,7 @@
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use corecache_core::node::{BatchOp, Request};
+use corecache_core::proto::{BatchOp, Request};
 use corecache_net::http::{
     decode_key_path, parse_batch_body, parse_scan_query, parse_seed_add, percent_decode,
     query_params, seed_query_key, KeyError,

@@ -110,7 +110,7 @@ pub fn check(db: &Db, model: &Model, probe: &[Vec<u8>], what: &str) {
 /// `*_crc` targets get past the checks and into the decoders behind them. Lengths, offsets and
 /// everything else stay as the fuzzer made them.
 pub mod fixcrc {
-    use corecache_core::format::crc;
+    use corecache_core::engine::format::crc;
 
     fn put_crc(b: &mut [u8], at: usize, value: u32) {
         b[at..at + 4].copy_from_slice(&value.to_le_bytes());

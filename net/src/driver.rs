@@ -10,9 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use corecache_core::cluster::{CoordEvent, Member};
-use corecache_core::node::{
-    AdminCommand, ClusterView, ErrorKind, Input, Node, NodeStats, Output, Reader, Request, Response,
-};
+use corecache_core::node::{ClusterView, Input, Node, NodeStats, Output, Reader};
+use corecache_core::proto::{AdminCommand, ErrorKind, Request, Response};
 use corecache_core::Db;
 use tokio::sync::{mpsc, oneshot, watch};
 

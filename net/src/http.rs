@@ -17,7 +17,7 @@ use axum::routing::{any, get, post};
 use axum::Router;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use corecache_core::node::{BatchOp, Condition, ErrorKind, Request, Response};
+use corecache_core::proto::{BatchOp, Condition, ErrorKind, Request, Response};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -62,6 +62,29 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> HttpResp
     )
         .into_response();
     if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+/// The one mapping from the node's error kinds to HTTP: status, `code` (the status's class,
+/// as it always was) and `reason` (the kind itself, for clients that tell them apart).
+fn node_error(kind: ErrorKind, message: String) -> HttpResponse {
+    let (status, code) = match kind {
+        ErrorKind::BadRequest | ErrorKind::SpansNodes => (StatusCode::BAD_REQUEST, "bad_request"),
+        ErrorKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        ErrorKind::NotReady
+        | ErrorKind::OwnerDown
+        | ErrorKind::Moving
+        | ErrorKind::Stalled
+        | ErrorKind::OutcomeUnknown
+        | ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    };
+    let body = json!({"error": message, "code": code, "reason": kind.as_str()});
+    let mut r = (status, axum::Json(body)).into_response();
+    if kind.is_retryable() {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
@@ -316,14 +339,7 @@ fn to_http(r: Response) -> HttpResponse {
             let continuation = next_after.map(|k| URL_SAFE_NO_PAD.encode(k));
             axum::Json(json!({ "items": items, "continuation": continuation })).into_response()
         }
-        Response::Error { kind, message } => match kind {
-            ErrorKind::BadRequest => error(StatusCode::BAD_REQUEST, "bad_request", message),
-            ErrorKind::TooLarge => error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message),
-            ErrorKind::Unavailable => {
-                error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
-            }
-            ErrorKind::Internal => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
-        },
+        Response::Error { kind, message } => node_error(kind, message),
     }
 }
 
@@ -639,7 +655,7 @@ async fn decommission(
         }
     }
     to_http(
-        n.admin(corecache_core::node::AdminCommand::Decommission { node })
+        n.admin(corecache_core::proto::AdminCommand::Decommission { node })
             .await,
     )
 }

@@ -12,7 +12,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use corecache_core::peer::{decode_frame, encode_frame, PeerMessage, MAX_FRAME};
+use corecache_core::proto::peer::{
+    decode_frame, encode_frame, PeerMessage, MAX_FRAME, PROTOCOL_VERSION,
+};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -88,10 +90,17 @@ pub async fn read_frames<S: AsyncRead + Unpin>(
                         (
                             None,
                             PeerMessage::Hello {
+                                version,
                                 from: f,
                                 cluster: c,
                             },
                         ) => {
+                            if version != PROTOCOL_VERSION {
+                                return Err(format!(
+                                    "peer {f} speaks peer protocol version {version}, this node \
+                                     speaks version {PROTOCOL_VERSION}; refused"
+                                ));
+                            }
                             if c != cluster {
                                 return Err(format!(
                                     "peer {f} is in cluster `{c}`, not `{cluster}`"
@@ -283,6 +292,7 @@ impl PeerNet {
     fn spawn_connection(&self, to: String, mut rx: mpsc::Receiver<PeerMessage>) {
         let addrs = self.addrs.clone();
         let hello = PeerMessage::Hello {
+            version: PROTOCOL_VERSION,
             from: self.me.clone(),
             cluster: self.cluster.clone(),
         };

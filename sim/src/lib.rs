@@ -506,10 +506,11 @@ async fn perform(
         (OpKind::Delete, Some(a)) if a.status == 404 => (Outcome::NotFound, None),
         (OpKind::Cas { .. }, Some(a)) if a.status == 200 => (Outcome::Ok, a.etag),
         (OpKind::Cas { .. }, Some(a)) if a.status == 412 => (Outcome::CasFailed, None),
-        // The node says when an outcome is unknown (a forward lost on the way); any other
-        // 503 means the request was not carried out.
+        // The node says when an outcome is unknown (a forward lost on the way, a failed
+        // fsync: `reason` "outcome_unknown"); any other 503 means it was not carried out.
         (_, Some(a))
-            if a.status == 503 && !String::from_utf8_lossy(&a.body).contains("unknown") =>
+            if a.status == 503
+                && !String::from_utf8_lossy(&a.body).contains(r#""reason":"outcome_unknown""#) =>
         {
             (Outcome::Failed, None)
         }

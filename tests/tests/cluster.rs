@@ -386,7 +386,7 @@ fn a_paused_leader_changes_nothing_when_it_wakes() {
 fn partition_of(s: &Server, k: &[u8]) -> usize {
     let st = status(s);
     let n = st["partition_count"].as_u64().unwrap_or(PARTITIONS as u64);
-    (corecache_core::format::hash64(k) % n) as usize
+    (corecache_core::engine::format::hash64(k) % n) as usize
 }
 
 /// What a writer learned about each key: the last acknowledged value, and values written after

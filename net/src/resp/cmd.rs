@@ -8,7 +8,8 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use corecache_core::node::{BatchOp, Condition, ErrorKind, Request, Response};
+use corecache_core::proto::int::parse_decimal;
+use corecache_core::proto::{BatchOp, Condition, ErrorKind, Request, Response};
 
 use super::glob;
 use super::reply::Reply;
@@ -28,17 +29,17 @@ pub enum After {
     Close,
 }
 
+/// The one mapping from the node's error kinds to RESP error replies.
 fn node_error(kind: ErrorKind, message: &str) -> Reply {
     match kind {
-        ErrorKind::Unavailable => Reply::Error(format!("TRYAGAIN {message}")),
-        ErrorKind::TooLarge => {
-            if message.contains("too large") {
-                Reply::err(message)
-            } else {
-                Reply::err(format!("{message} (too large)"))
-            }
-        }
-        ErrorKind::BadRequest => Reply::err(message),
+        ErrorKind::NotReady
+        | ErrorKind::OwnerDown
+        | ErrorKind::Moving
+        | ErrorKind::Stalled
+        | ErrorKind::OutcomeUnknown
+        | ErrorKind::Unavailable => Reply::Error(format!("TRYAGAIN {message}")),
+        ErrorKind::TooLarge => Reply::err(format!("too large: {message}")),
+        ErrorKind::BadRequest | ErrorKind::SpansNodes => Reply::err(message),
         ErrorKind::Internal => Reply::err(format!("internal error: {message}")),
     }
 }
@@ -63,18 +64,6 @@ fn not_integer() -> Reply {
 
 fn syntax() -> Reply {
     Reply::err("syntax error")
-}
-
-/// A Redis integer argument or value: optional `-`, digits, no spaces, no `+`, fits i64.
-pub fn parse_int(b: &[u8]) -> Option<i64> {
-    let s = std::str::from_utf8(b).ok()?;
-    if s.is_empty() || s.starts_with('+') || (s.len() > 1 && s.starts_with('0')) {
-        return None;
-    }
-    if s.starts_with("-0") {
-        return None;
-    }
-    s.parse().ok()
 }
 
 fn upper(b: &[u8]) -> String {
@@ -144,7 +133,7 @@ async fn incr_by(node: &NodeHandle, key: &[u8], by: i64) -> Reply {
 
 fn incr_reply(r: Response) -> Reply {
     match r {
-        Response::Value { value, .. } => match parse_int(&value) {
+        Response::Value { value, .. } => match parse_decimal(&value) {
             Some(n) => Reply::Int(n),
             None => Reply::err("internal error: INCR answered a non-number"),
         },
@@ -457,7 +446,7 @@ pub async fn exec(st: &RespState, c: &mut Conn, args: Vec<Vec<u8>>) -> (Reply, A
         },
         "echo" => Reply::Bulk(a[0].clone()),
         "quit" => return (Reply::ok(), After::Close),
-        "select" => match parse_int(&a[0]) {
+        "select" => match parse_decimal(&a[0]) {
             Some(0) => Reply::ok(),
             Some(_) => Reply::err("DB index is out of range"),
             None => not_integer(),
@@ -465,7 +454,7 @@ pub async fn exec(st: &RespState, c: &mut Conn, args: Vec<Vec<u8>>) -> (Reply, A
         "hello" => {
             let mut i = 0;
             if let Some(v) = a.first() {
-                match parse_int(v) {
+                match parse_decimal(v) {
                     Some(p @ 2..=3) => c.proto = p as u8,
                     Some(_) => {
                         return (
@@ -613,7 +602,7 @@ fn write_request(mut a: Vec<Vec<u8>>) -> Result<(Request, bool), Reply> {
         b"incr" => 1,
         b"decr" => -1,
         _ => {
-            let n = parse_int(&a[2]).ok_or_else(not_integer)?;
+            let n = parse_decimal(&a[2]).ok_or_else(not_integer)?;
             if name == b"incrby" {
                 n
             } else {
@@ -785,7 +774,7 @@ async fn data(st: &RespState, node: &NodeHandle, name: &str, a: &[Vec<u8>]) -> R
         "append" => append(node, &a[0], &a[1]).await,
         "incr" => incr_by(node, &a[0], 1).await,
         "decr" => incr_by(node, &a[0], -1).await,
-        "incrby" | "decrby" => match parse_int(&a[1]) {
+        "incrby" | "decrby" => match parse_decimal(&a[1]) {
             Some(by) if name == "incrby" => incr_by(node, &a[0], by).await,
             Some(by) => match by.checked_neg() {
                 Some(by) => incr_by(node, &a[0], by).await,
@@ -858,7 +847,7 @@ async fn scan(st: &RespState, node: &NodeHandle, a: &[Vec<u8>]) -> Reply {
     while i < a.len() {
         match (upper(&a[i]).as_str(), a.get(i + 1)) {
             ("MATCH", Some(p)) => pat = Some(p),
-            ("COUNT", Some(n)) => match parse_int(n) {
+            ("COUNT", Some(n)) => match parse_decimal(n) {
                 Some(n) if n >= 1 => count = (n as usize).min(10_000),
                 Some(_) => return syntax(),
                 None => return not_integer(),
@@ -901,7 +890,7 @@ async fn flushdb(node: &NodeHandle) -> Reply {
             Response::Written { .. } => {}
             // In a cluster a page spans nodes: delete its keys one by one.
             Response::Error {
-                kind: ErrorKind::BadRequest,
+                kind: ErrorKind::SpansNodes,
                 ..
             } => {
                 for k in keys {
@@ -920,29 +909,5 @@ async fn flushdb(node: &NodeHandle) -> Reply {
             other => return unexpected(&other),
         }
         let _ = next;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn integers_as_redis_reads_them() {
-        assert_eq!(parse_int(b"12"), Some(12));
-        assert_eq!(parse_int(b"-12"), Some(-12));
-        assert_eq!(parse_int(b"0"), Some(0));
-        for bad in [
-            &b""[..],
-            b"+1",
-            b" 1",
-            b"1 ",
-            b"01",
-            b"-0",
-            b"1.5",
-            b"99999999999999999999",
-        ] {
-            assert_eq!(parse_int(bad), None, "{bad:?}");
-        }
     }
 }

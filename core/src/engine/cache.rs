@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::sst::block::Block;
+use crate::engine::sst::block::Block;
 
 #[derive(Clone)]
 struct BlockWeighter;

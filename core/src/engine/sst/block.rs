@@ -1,7 +1,7 @@
 //! Data blocks: decoding and search. Every accessor is bounds-checked; a damaged block gives an
 //! error, never a panic.
 
-use crate::format::{le_u32, unpack_trailer, Cursor, Kind};
+use crate::engine::format::{le_u32, unpack_trailer, Cursor, Kind};
 
 /// A decoded (checksum-verified) data block.
 pub(crate) struct Block {

@@ -1,6 +1,6 @@
 //! Engine settings.
 
-use crate::error::{Error, Result};
+use crate::engine::error::{Error, Result};
 
 /// When an acknowledged write is on disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

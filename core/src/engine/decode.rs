@@ -5,10 +5,10 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
-use crate::cache::BlockCache;
-use crate::disk::{Disk, SimDisk};
-use crate::error::Result;
-use crate::sst::{Table, TableIter};
+use crate::engine::cache::BlockCache;
+use crate::engine::disk::{Disk, SimDisk};
+use crate::engine::error::Result;
+use crate::engine::sst::{Table, TableIter};
 
 /// Opens `bytes` as an SSTable, then reads every entry in order and looks up each key.
 /// Returns the number of entries read.
@@ -28,7 +28,7 @@ pub fn sstable(bytes: &[u8]) -> Result<usize> {
         it.advance()?;
     }
     for k in keys {
-        table.get(&k, crate::format::hash64(&k))?;
+        table.get(&k, crate::engine::format::hash64(&k))?;
     }
     Ok(n)
 }
@@ -36,7 +36,7 @@ pub fn sstable(bytes: &[u8]) -> Result<usize> {
 /// Replays `bytes` as a WAL file. Returns the number of batches applied.
 pub fn wal(bytes: &[u8]) -> Result<usize> {
     let mut n = 0;
-    crate::wal::replay_bytes("000001.wal", bytes, &mut |_| {
+    crate::engine::wal::replay_bytes("000001.wal", bytes, &mut |_| {
         n += 1;
         Ok(())
     })?;
@@ -45,9 +45,11 @@ pub fn wal(bytes: &[u8]) -> Result<usize> {
 
 /// Decodes `bytes` as a manifest. Returns the number of tables it names.
 pub fn manifest(bytes: &[u8]) -> Result<usize> {
-    Ok(crate::manifest::ManifestState::decode("MANIFEST", bytes)?
-        .tables
-        .len())
+    Ok(
+        crate::engine::manifest::ManifestState::decode("MANIFEST", bytes)?
+            .tables
+            .len(),
+    )
 }
 
 /// Opens a whole database from a set of files (name, bytes), then scans it.

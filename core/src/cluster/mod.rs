@@ -4,7 +4,12 @@
 //!
 //! The coordinator does the mechanics (sessions, ephemeral member entries, the election recipe,
 //! watches, conditional writes); the node makes every decision (whether it leads, what the
-//! partition map becomes) from these events, as a pure function of them.
+//! partition map becomes) from these events, as a pure function of them. [`store`] is the
+//! conditional store every coordinator that is not ZooKeeper keeps the state in.
+
+pub mod store;
+
+pub use store::StateStore;
 
 /// A live member of the cluster, as registered with the coordinator.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use crate::batch::{decode_batch, DecodedBatch};
-use crate::disk::{read_all, DiskFile};
-use crate::error::{Error, Result};
-use crate::format::{crc, le_u32, WAL_HEADER_LEN, WAL_TYPE_BATCH};
+use crate::engine::batch::{decode_batch, DecodedBatch};
+use crate::engine::disk::{read_all, DiskFile};
+use crate::engine::error::{Error, Result};
+use crate::engine::format::{crc, le_u32, WAL_HEADER_LEN, WAL_TYPE_BATCH};
 
 /// Largest record replay accepts; a length field above it is damage, not a record.
 pub const MAX_RECORD_BYTES: usize = 512 << 20;
@@ -174,7 +174,7 @@ pub(crate) fn replay_bytes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::WriteBatch;
+    use crate::engine::batch::WriteBatch;
 
     type Pairs<'a> = &'a [(&'a [u8], &'a [u8])];
 

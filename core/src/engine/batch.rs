@@ -1,6 +1,6 @@
 //! `WriteBatch`: several puts and deletes applied atomically (one WAL record).
 
-use crate::format::{put_varint, Cursor, Kind};
+use crate::engine::format::{put_varint, Cursor, Kind};
 
 /// An ordered list of puts and deletes. Later operations on the same key win.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -94,7 +94,7 @@ pub(crate) fn decode_batch(payload: &[u8]) -> Result<DecodedBatch<'_>, &'static 
     if first_seq == 0
         || first_seq
             .checked_add(count as u64)
-            .is_none_or(|e| e > crate::format::MAX_SEQ)
+            .is_none_or(|e| e > crate::engine::format::MAX_SEQ)
     {
         return Err("sequence number out of range");
     }

@@ -1,6 +1,6 @@
 //! A blocked Bloom filter: each key touches one 64-byte line (one cache miss per probe).
 
-use crate::format::{hash64, Cursor};
+use crate::engine::format::{hash64, Cursor};
 
 const LINE_BITS: u64 = 512;
 const LINE_BYTES: usize = 64;

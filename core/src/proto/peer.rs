@@ -12,21 +12,98 @@
 //! `crc32c` covers the payload. `len` is at most [`MAX_FRAME`]; a longer length, a bad checksum
 //! or a payload that does not decode is a protocol error and the connection is dropped.
 //!
-//! The payload is one [`PeerMessage`]: a tag byte, then its fields. Integers are little-endian;
-//! byte strings are `len: u32 LE ‖ bytes`, bounded by the frame they sit in.
+//! The payload is one [`PeerMessage`]: a tag byte (the [`tag`] table), then its fields.
+//! Integers are little-endian; byte strings are `len: u32 LE ‖ bytes`, bounded by the frame
+//! they sit in. Every message's field layout is drawn in [`crate::engine::format`] ("Peer
+//! frames").
 
-use crate::node::{BatchOp, Condition, ErrorKind, Item, Request, Response};
+use super::{BatchOp, Condition, ErrorKind, Item, Request, Response};
 
 /// The largest payload a frame may carry (a full batch or scan page fits well below it).
 pub const MAX_FRAME: usize = 64 << 20;
 /// Frame header: length and checksum.
 pub const FRAME_HEADER: usize = 8;
+/// The peer protocol's version, sent in every `Hello`. 1: no version in `Hello`, four error
+/// kinds; 2: a versioned `Hello` (tag 13), ten error kinds.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The tag bytes of the peer protocol, by what they stand for. A payload starts with a message
+/// tag; requests, batch ops, conditions, responses and error kinds nested in it have tags of
+/// their own (each table numbered separately).
+pub mod tag {
+    // Messages.
+    /// `Hello` of protocol version 1 (no version field); decoded only, never sent.
+    pub const HELLO_V1: u8 = 1;
+    pub const FORWARD: u8 = 2;
+    pub const REPLY: u8 = 3;
+    pub const NOT_OWNER: u8 = 4;
+    pub const SCAN_PARTS: u8 = 5;
+    pub const FETCH_PART: u8 = 6;
+    pub const PART_PAGE: u8 = 7;
+    pub const FREEZE_PART: u8 = 8;
+    pub const PART_TAIL: u8 = 9;
+    pub const PART_REFUSED: u8 = 10;
+    pub const MOVE_READY: u8 = 11;
+    pub const DECOMMISSION: u8 = 12;
+    pub const HELLO: u8 = 13;
+    // Requests (inside `Forward`).
+    pub const GET: u8 = 1;
+    pub const PUT: u8 = 2;
+    pub const DELETE: u8 = 3;
+    pub const SCAN: u8 = 4;
+    pub const BATCH: u8 = 5;
+    pub const INCR: u8 = 6;
+    // Batch ops (inside `BATCH`).
+    pub const OP_PUT: u8 = 1;
+    pub const OP_DELETE: u8 = 2;
+    pub const OP_PUT_IF_ABSENT: u8 = 3;
+    // Conditions (inside `PUT` and `DELETE`).
+    pub const COND_NONE: u8 = 0;
+    pub const COND_IF_MATCH: u8 = 1;
+    pub const COND_IF_ABSENT: u8 = 2;
+    pub const COND_IF_EXISTS: u8 = 3;
+    // Responses (inside `Reply`).
+    pub const VALUE: u8 = 1;
+    pub const NOT_FOUND: u8 = 2;
+    pub const WRITTEN: u8 = 3;
+    pub const DELETED: u8 = 4;
+    pub const PRECONDITION_FAILED: u8 = 5;
+    pub const PAGE: u8 = 6;
+    pub const ERROR: u8 = 7;
+    pub const ACCEPTED: u8 = 8;
+}
+
+/// An error kind's tag (inside `ERROR`): 1 to 4 as in protocol version 1, then the kinds
+/// version 2 added.
+fn error_kind_tag(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::BadRequest => 1,
+        ErrorKind::TooLarge => 2,
+        ErrorKind::Unavailable => 3,
+        ErrorKind::Internal => 4,
+        ErrorKind::SpansNodes => 5,
+        ErrorKind::NotReady => 6,
+        ErrorKind::OwnerDown => 7,
+        ErrorKind::Moving => 8,
+        ErrorKind::Stalled => 9,
+        ErrorKind::OutcomeUnknown => 10,
+    }
+}
+
+fn error_kind_from_tag(t: u8) -> Option<ErrorKind> {
+    ErrorKind::ALL.into_iter().find(|k| error_kind_tag(*k) == t)
+}
 
 /// One message between nodes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerMessage {
-    /// First frame on every connection: who is talking, in which cluster.
-    Hello { from: String, cluster: String },
+    /// First frame on every connection: which protocol version, who is talking, in which
+    /// cluster. A peer whose `version` is not [`PROTOCOL_VERSION`] is refused.
+    Hello {
+        version: u32,
+        from: String,
+        cluster: String,
+    },
     /// Run `request` as the owner of its key's partition. `map_version` is the sender's
     /// partition map version.
     Forward {
@@ -141,24 +218,35 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(PeerMessage, usize)>, Protocol
 pub fn decode_message(payload: &[u8]) -> Result<PeerMessage, ProtocolError> {
     let mut r = Reader { buf: payload };
     let msg = match r.u8()? {
-        1 => PeerMessage::Hello {
+        // A peer of version 1 sent no version: say so, so the transport can refuse it by name.
+        tag::HELLO_V1 => PeerMessage::Hello {
+            version: 1,
             from: r.string()?,
             cluster: r.string()?,
         },
-        2 => PeerMessage::Forward {
+        // Later versions may append fields to their `Hello`: read what we know, ignore the rest,
+        // so that the transport can name both versions when it refuses the peer.
+        tag::HELLO => {
+            return Ok(PeerMessage::Hello {
+                version: r.u32()?,
+                from: r.string()?,
+                cluster: r.string()?,
+            })
+        }
+        tag::FORWARD => PeerMessage::Forward {
             id: r.u64()?,
             map_version: r.u64()?,
             request: r.request()?,
         },
-        3 => PeerMessage::Reply {
+        tag::REPLY => PeerMessage::Reply {
             id: r.u64()?,
             response: r.response()?,
         },
-        4 => PeerMessage::NotOwner {
+        tag::NOT_OWNER => PeerMessage::NotOwner {
             id: r.u64()?,
             map_version: r.u64()?,
         },
-        5 => {
+        tag::SCAN_PARTS => {
             let id = r.u64()?;
             let map_version = r.u64()?;
             let n = r.count(2)?;
@@ -177,13 +265,13 @@ pub fn decode_message(payload: &[u8]) -> Result<PeerMessage, ProtocolError> {
                 limit: r.u64()?,
             }
         }
-        6 => PeerMessage::FetchPart {
+        tag::FETCH_PART => PeerMessage::FetchPart {
             id: r.u64()?,
             partition: r.u16()?,
             after: r.opt_bytes()?,
             limit: r.u32()?,
         },
-        7 => {
+        tag::PART_PAGE => {
             let id = r.u64()?;
             let partition = r.u16()?;
             let n = r.count(8)?;
@@ -198,11 +286,11 @@ pub fn decode_message(payload: &[u8]) -> Result<PeerMessage, ProtocolError> {
                 done: r.u8()? != 0,
             }
         }
-        8 => PeerMessage::FreezePart {
+        tag::FREEZE_PART => PeerMessage::FreezePart {
             id: r.u64()?,
             partition: r.u16()?,
         },
-        9 => {
+        tag::PART_TAIL => {
             let id = r.u64()?;
             let partition = r.u16()?;
             let n = r.count(5)?;
@@ -216,15 +304,15 @@ pub fn decode_message(payload: &[u8]) -> Result<PeerMessage, ProtocolError> {
                 items,
             }
         }
-        10 => PeerMessage::PartRefused {
+        tag::PART_REFUSED => PeerMessage::PartRefused {
             id: r.u64()?,
             partition: r.u16()?,
             reason: r.string()?,
         },
-        11 => PeerMessage::MoveReady {
+        tag::MOVE_READY => PeerMessage::MoveReady {
             partition: r.u16()?,
         },
-        12 => PeerMessage::Decommission { node: r.string()? },
+        tag::DECOMMISSION => PeerMessage::Decommission { node: r.string()? },
         t => return Err(perr(format!("unknown message tag {t}"))),
     };
     if !r.buf.is_empty() {
@@ -236,8 +324,13 @@ pub fn decode_message(payload: &[u8]) -> Result<PeerMessage, ProtocolError> {
 fn encode_message(msg: &PeerMessage, out: &mut Vec<u8>) {
     let mut w = Writer { out };
     match msg {
-        PeerMessage::Hello { from, cluster } => {
-            w.u8(1);
+        PeerMessage::Hello {
+            version,
+            from,
+            cluster,
+        } => {
+            w.u8(tag::HELLO);
+            w.out.extend_from_slice(&version.to_le_bytes());
             w.bytes(from.as_bytes());
             w.bytes(cluster.as_bytes());
         }
@@ -246,18 +339,18 @@ fn encode_message(msg: &PeerMessage, out: &mut Vec<u8>) {
             map_version,
             request,
         } => {
-            w.u8(2);
+            w.u8(tag::FORWARD);
             w.u64(*id);
             w.u64(*map_version);
             w.request(request);
         }
         PeerMessage::Reply { id, response } => {
-            w.u8(3);
+            w.u8(tag::REPLY);
             w.u64(*id);
             w.response(response);
         }
         PeerMessage::NotOwner { id, map_version } => {
-            w.u8(4);
+            w.u8(tag::NOT_OWNER);
             w.u64(*id);
             w.u64(*map_version);
         }
@@ -270,7 +363,7 @@ fn encode_message(msg: &PeerMessage, out: &mut Vec<u8>) {
             after,
             limit,
         } => {
-            w.u8(5);
+            w.u8(tag::SCAN_PARTS);
             w.u64(*id);
             w.u64(*map_version);
             w.out
@@ -289,7 +382,7 @@ fn encode_message(msg: &PeerMessage, out: &mut Vec<u8>) {
             after,
             limit,
         } => {
-            w.u8(6);
+            w.u8(tag::FETCH_PART);
             w.u64(*id);
             w.u16(*partition);
             w.opt_bytes(after);
@@ -301,7 +394,7 @@ fn encode_message(msg: &PeerMessage, out: &mut Vec<u8>) {
             items,
             done,
         } => {
-            w.u8(7);
+            w.u8(tag::PART_PAGE);
             w.u64(*id);
             w.u16(*partition);
             w.out.extend_from_slice(&(items.len() as u32).to_le_bytes());
@@ -312,7 +405,7 @@ fn encode_message(msg: &PeerMessage, out: &mut Vec<u8>) {
             w.u8(u8::from(*done));
         }
         PeerMessage::FreezePart { id, partition } => {
-            w.u8(8);
+            w.u8(tag::FREEZE_PART);
             w.u64(*id);
             w.u16(*partition);
         }
@@ -321,7 +414,7 @@ fn encode_message(msg: &PeerMessage, out: &mut Vec<u8>) {
             partition,
             items,
         } => {
-            w.u8(9);
+            w.u8(tag::PART_TAIL);
             w.u64(*id);
             w.u16(*partition);
             w.out.extend_from_slice(&(items.len() as u32).to_le_bytes());
@@ -335,17 +428,17 @@ fn encode_message(msg: &PeerMessage, out: &mut Vec<u8>) {
             partition,
             reason,
         } => {
-            w.u8(10);
+            w.u8(tag::PART_REFUSED);
             w.u64(*id);
             w.u16(*partition);
             w.bytes(reason.as_bytes());
         }
         PeerMessage::MoveReady { partition } => {
-            w.u8(11);
+            w.u8(tag::MOVE_READY);
             w.u16(*partition);
         }
         PeerMessage::Decommission { node } => {
-            w.u8(12);
+            w.u8(tag::DECOMMISSION);
             w.bytes(node.as_bytes());
         }
     }
@@ -380,29 +473,29 @@ impl Writer<'_> {
     }
     fn cond(&mut self, c: &Condition) {
         match c {
-            Condition::None => self.u8(0),
+            Condition::None => self.u8(tag::COND_NONE),
             Condition::IfMatch(v) => {
-                self.u8(1);
+                self.u8(tag::COND_IF_MATCH);
                 self.u64(*v);
             }
-            Condition::IfAbsent => self.u8(2),
-            Condition::IfExists => self.u8(3),
+            Condition::IfAbsent => self.u8(tag::COND_IF_ABSENT),
+            Condition::IfExists => self.u8(tag::COND_IF_EXISTS),
         }
     }
     fn request(&mut self, r: &Request) {
         match r {
             Request::Get { key } => {
-                self.u8(1);
+                self.u8(tag::GET);
                 self.bytes(key);
             }
             Request::Put { key, value, cond } => {
-                self.u8(2);
+                self.u8(tag::PUT);
                 self.bytes(key);
                 self.bytes(value);
                 self.cond(cond);
             }
             Request::Delete { key, cond } => {
-                self.u8(3);
+                self.u8(tag::DELETE);
                 self.bytes(key);
                 self.cond(cond);
             }
@@ -412,34 +505,34 @@ impl Writer<'_> {
                 after,
                 limit,
             } => {
-                self.u8(4);
+                self.u8(tag::SCAN);
                 self.bytes(start);
                 self.opt_bytes(end);
                 self.opt_bytes(after);
                 self.u64(*limit as u64);
             }
             Request::Incr { key, by } => {
-                self.u8(6);
+                self.u8(tag::INCR);
                 self.bytes(key);
                 self.out.extend_from_slice(&by.to_le_bytes());
             }
             Request::Batch { ops } => {
-                self.u8(5);
+                self.u8(tag::BATCH);
                 self.out
                     .extend_from_slice(&(ops.len() as u32).to_le_bytes());
                 for op in ops {
                     match op {
                         BatchOp::Put(k, v) => {
-                            self.u8(1);
+                            self.u8(tag::OP_PUT);
                             self.bytes(k);
                             self.bytes(v);
                         }
                         BatchOp::Delete(k) => {
-                            self.u8(2);
+                            self.u8(tag::OP_DELETE);
                             self.bytes(k);
                         }
                         BatchOp::PutIfAbsent(k, v) => {
-                            self.u8(3);
+                            self.u8(tag::OP_PUT_IF_ABSENT);
                             self.bytes(k);
                             self.bytes(v);
                         }
@@ -456,24 +549,24 @@ impl Writer<'_> {
                 created_ms,
                 modified_ms,
             } => {
-                self.u8(1);
+                self.u8(tag::VALUE);
                 self.bytes(value);
                 self.u64(*version);
                 self.u64(*created_ms);
                 self.u64(*modified_ms);
             }
-            Response::NotFound => self.u8(2),
-            Response::Accepted => self.u8(8),
+            Response::NotFound => self.u8(tag::NOT_FOUND),
+            Response::Accepted => self.u8(tag::ACCEPTED),
             Response::Written { version } => {
-                self.u8(3);
+                self.u8(tag::WRITTEN);
                 self.u64(*version);
             }
             Response::Deleted { version } => {
-                self.u8(4);
+                self.u8(tag::DELETED);
                 self.u64(*version);
             }
             Response::PreconditionFailed { current } => {
-                self.u8(5);
+                self.u8(tag::PRECONDITION_FAILED);
                 match current {
                     None => self.u8(0),
                     Some(v) => {
@@ -483,7 +576,7 @@ impl Writer<'_> {
                 }
             }
             Response::Page { items, next_after } => {
-                self.u8(6);
+                self.u8(tag::PAGE);
                 self.out
                     .extend_from_slice(&(items.len() as u32).to_le_bytes());
                 for i in items {
@@ -494,13 +587,8 @@ impl Writer<'_> {
                 self.opt_bytes(next_after);
             }
             Response::Error { kind, message } => {
-                self.u8(7);
-                self.u8(match kind {
-                    ErrorKind::BadRequest => 1,
-                    ErrorKind::TooLarge => 2,
-                    ErrorKind::Unavailable => 3,
-                    ErrorKind::Internal => 4,
-                });
+                self.u8(tag::ERROR);
+                self.u8(error_kind_tag(*kind));
                 self.bytes(message.as_bytes());
             }
         }
@@ -565,45 +653,45 @@ impl Reader<'_> {
     }
     fn cond(&mut self) -> Result<Condition, ProtocolError> {
         Ok(match self.u8()? {
-            0 => Condition::None,
-            1 => Condition::IfMatch(self.u64()?),
-            2 => Condition::IfAbsent,
-            3 => Condition::IfExists,
+            tag::COND_NONE => Condition::None,
+            tag::COND_IF_MATCH => Condition::IfMatch(self.u64()?),
+            tag::COND_IF_ABSENT => Condition::IfAbsent,
+            tag::COND_IF_EXISTS => Condition::IfExists,
             t => return Err(perr(format!("bad condition tag {t}"))),
         })
     }
     fn request(&mut self) -> Result<Request, ProtocolError> {
         Ok(match self.u8()? {
-            1 => Request::Get { key: self.bytes()? },
-            2 => Request::Put {
+            tag::GET => Request::Get { key: self.bytes()? },
+            tag::PUT => Request::Put {
                 key: self.bytes()?,
                 value: self.bytes()?,
                 cond: self.cond()?,
             },
-            3 => Request::Delete {
+            tag::DELETE => Request::Delete {
                 key: self.bytes()?,
                 cond: self.cond()?,
             },
-            4 => Request::Scan {
+            tag::SCAN => Request::Scan {
                 start: self.bytes()?,
                 end: self.opt_bytes()?,
                 after: self.opt_bytes()?,
                 limit: usize::try_from(self.u64()?).unwrap_or(usize::MAX),
             },
-            5 => {
+            tag::BATCH => {
                 let n = self.count(5)?;
                 let mut ops = Vec::with_capacity(n);
                 for _ in 0..n {
                     ops.push(match self.u8()? {
-                        1 => BatchOp::Put(self.bytes()?, self.bytes()?),
-                        2 => BatchOp::Delete(self.bytes()?),
-                        3 => BatchOp::PutIfAbsent(self.bytes()?, self.bytes()?),
+                        tag::OP_PUT => BatchOp::Put(self.bytes()?, self.bytes()?),
+                        tag::OP_DELETE => BatchOp::Delete(self.bytes()?),
+                        tag::OP_PUT_IF_ABSENT => BatchOp::PutIfAbsent(self.bytes()?, self.bytes()?),
                         t => return Err(perr(format!("bad batch op tag {t}"))),
                     });
                 }
                 Request::Batch { ops }
             }
-            6 => Request::Incr {
+            tag::INCR => Request::Incr {
                 key: self.bytes()?,
                 by: self.u64()? as i64,
             },
@@ -612,28 +700,28 @@ impl Reader<'_> {
     }
     fn response(&mut self) -> Result<Response, ProtocolError> {
         Ok(match self.u8()? {
-            1 => Response::Value {
+            tag::VALUE => Response::Value {
                 value: self.bytes()?,
                 version: self.u64()?,
                 created_ms: self.u64()?,
                 modified_ms: self.u64()?,
             },
-            2 => Response::NotFound,
-            8 => Response::Accepted,
-            3 => Response::Written {
+            tag::NOT_FOUND => Response::NotFound,
+            tag::ACCEPTED => Response::Accepted,
+            tag::WRITTEN => Response::Written {
                 version: self.u64()?,
             },
-            4 => Response::Deleted {
+            tag::DELETED => Response::Deleted {
                 version: self.u64()?,
             },
-            5 => Response::PreconditionFailed {
+            tag::PRECONDITION_FAILED => Response::PreconditionFailed {
                 current: match self.u8()? {
                     0 => None,
                     1 => Some(self.u64()?),
                     t => return Err(perr(format!("bad option tag {t}"))),
                 },
             },
-            6 => {
+            tag::PAGE => {
                 let n = self.count(16)?;
                 let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -648,13 +736,10 @@ impl Reader<'_> {
                     next_after: self.opt_bytes()?,
                 }
             }
-            7 => {
-                let kind = match self.u8()? {
-                    1 => ErrorKind::BadRequest,
-                    2 => ErrorKind::TooLarge,
-                    3 => ErrorKind::Unavailable,
-                    4 => ErrorKind::Internal,
-                    t => return Err(perr(format!("bad error kind {t}"))),
+            tag::ERROR => {
+                let kind = match error_kind_from_tag(self.u8()?) {
+                    Some(k) => k,
+                    None => return Err(perr("bad error kind")),
                 };
                 let message = String::from_utf8_lossy(&self.bytes()?).into_owned();
                 Response::Error { kind, message }
@@ -671,6 +756,7 @@ mod tests {
     fn samples() -> Vec<PeerMessage> {
         vec![
             PeerMessage::Hello {
+                version: PROTOCOL_VERSION,
                 from: "node-a".into(),
                 cluster: "prod".into(),
             },
@@ -822,5 +908,52 @@ mod tests {
         payload.push(5);
         payload.extend_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode_message(&payload).is_err());
+    }
+
+    #[test]
+    fn every_error_kind_crosses_the_wire_and_hellos_name_their_version() {
+        for kind in ErrorKind::ALL {
+            let m = PeerMessage::Reply {
+                id: 1,
+                response: Response::Error {
+                    kind,
+                    message: kind.as_str().into(),
+                },
+            };
+            let mut buf = Vec::new();
+            encode_frame(&m, &mut buf);
+            assert_eq!(decode_frame(&buf).unwrap().map(|(m, _)| m), Some(m));
+        }
+        let tags: std::collections::BTreeSet<u8> =
+            ErrorKind::ALL.into_iter().map(error_kind_tag).collect();
+        assert_eq!(
+            tags.len(),
+            ErrorKind::ALL.len(),
+            "error kind tags are distinct"
+        );
+        // Version 1 had no version field.
+        let mut v1 = vec![tag::HELLO_V1];
+        for s in ["old", "c"] {
+            v1.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            v1.extend_from_slice(s.as_bytes());
+        }
+        assert_eq!(
+            decode_message(&v1),
+            Ok(PeerMessage::Hello {
+                version: 1,
+                from: "old".into(),
+                cluster: "c".into()
+            })
+        );
+        // A later version may say more than we know.
+        let mut buf = Vec::new();
+        let future = PeerMessage::Hello {
+            version: 9,
+            from: "new".into(),
+            cluster: "c".into(),
+        };
+        encode_message(&future, &mut buf);
+        buf.extend_from_slice(b"fields of version 9");
+        assert_eq!(decode_message(&buf), Ok(future));
     }
 }

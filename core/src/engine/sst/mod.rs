@@ -10,14 +10,14 @@ pub(crate) mod bloom;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use crate::cache::BlockCache;
-use crate::disk::DiskFile;
-use crate::error::{Error, Result};
-use crate::format::{
+use crate::engine::cache::BlockCache;
+use crate::engine::disk::DiskFile;
+use crate::engine::error::{Error, Result};
+use crate::engine::format::{
     crc, le_u32, pack_trailer, put_varint, Cursor, Kind, BLOCK_CRC_LEN, FORMAT_VERSION,
     SST_FOOTER_LEN, SST_MAGIC,
 };
-use crate::memtable::Entry;
+use crate::engine::memtable::Entry;
 use block::Block;
 use bloom::{Bloom, BloomBuilder};
 

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::RwLock;
 
-use crate::format::Kind;
+use crate::engine::format::Kind;
 
 /// Bookkeeping bytes per entry beyond its key and value: the entry's share of a B-tree node
 /// (about 70 bytes at typical fill) plus two heap allocations' headers and rounding. Measured

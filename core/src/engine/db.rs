@@ -32,18 +32,18 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use parking_lot::{Condvar, Mutex};
 
-use crate::batch::WriteBatch;
-use crate::cache::BlockCache;
-use crate::compaction::{self, CompactionPlan, LevelConfig, TableShape};
-use crate::disk::Disk;
-use crate::error::{Error, Result};
-use crate::format::{hash64, Kind, MAX_SEQ, WAL_TYPE_BATCH};
-use crate::iter::{empty_range, LevelSource, MemSource, MergeIter, Source};
-use crate::manifest::{self, ManifestState, TableRecord};
-use crate::memtable::{Entry, Memtable};
-use crate::options::{Background, Options, StallPolicy, SyncMode};
-use crate::sst::{table_name, BuildOptions, Table, TableBuilder, TableIter};
-use crate::wal::{self, frame_record, wal_name, ReplayEnd, WalWriter};
+use crate::engine::batch::WriteBatch;
+use crate::engine::cache::BlockCache;
+use crate::engine::compaction::{self, CompactionPlan, LevelConfig, TableShape};
+use crate::engine::disk::Disk;
+use crate::engine::error::{Error, Result};
+use crate::engine::format::{hash64, Kind, MAX_SEQ, WAL_TYPE_BATCH};
+use crate::engine::iter::{empty_range, LevelSource, MemSource, MergeIter, Source};
+use crate::engine::manifest::{self, ManifestState, TableRecord};
+use crate::engine::memtable::{Entry, Memtable};
+use crate::engine::options::{Background, Options, StallPolicy, SyncMode};
+use crate::engine::sst::{table_name, BuildOptions, Table, TableBuilder, TableIter};
+use crate::engine::wal::{self, frame_record, wal_name, ReplayEnd, WalWriter};
 
 /// The table set: level 0 newest first, deeper levels sorted by key and disjoint.
 #[derive(Clone, Debug)]
@@ -115,7 +115,7 @@ struct WalState {
     writer: WalWriter,
     /// Logs retired by a memtable switch whose tails may not be synced yet. Every sync of the
     /// log syncs these first, so "synced up to N" holds across files.
-    retired: Vec<(Arc<dyn crate::disk::DiskFile>, String)>,
+    retired: Vec<(Arc<dyn crate::engine::disk::DiskFile>, String)>,
     last_seq: u64,
     buf: Vec<u8>,
     payload: Vec<u8>,
@@ -1431,7 +1431,8 @@ impl Inner {
                 }
             }
             let mut merge = MergeIter::new(sources);
-            let mut builder: Option<(u64, TableBuilder, Arc<dyn crate::disk::DiskFile>)> = None;
+            let mut builder: Option<(u64, TableBuilder, Arc<dyn crate::engine::disk::DiskFile>)> =
+                None;
             // A table taken out of `builder` and not yet in `outputs`.
             let mut pending: Option<u64> = None;
             let result = (|| -> Result<()> {

@@ -1,8 +1,8 @@
 //! The manifest: the live table set, rewritten whole on every change and swapped in by rename.
 
-use crate::disk::{read_all, Disk};
-use crate::error::{Error, Result};
-use crate::format::{crc, le_u32, put_varint, Cursor, FORMAT_VERSION, MANIFEST_MAGIC};
+use crate::engine::disk::{read_all, Disk};
+use crate::engine::error::{Error, Result};
+use crate::engine::format::{crc, le_u32, put_varint, Cursor, FORMAT_VERSION, MANIFEST_MAGIC};
 
 pub(crate) const MANIFEST: &str = "MANIFEST";
 const MANIFEST_TMP: &str = "MANIFEST.tmp";

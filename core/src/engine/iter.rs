@@ -5,9 +5,9 @@ use std::collections::VecDeque;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use crate::error::Result;
-use crate::memtable::{Entry, Memtable};
-use crate::sst::{Table, TableIter};
+use crate::engine::error::Result;
+use crate::engine::memtable::{Entry, Memtable};
+use crate::engine::sst::{Table, TableIter};
 
 /// One ordered input. Within a source every user key appears at most once.
 pub(crate) trait Source: Send {

@@ -1,0 +1,424 @@
+//! The node: CoreCache's request logic as a state machine with one door.
+//!
+//! [`Node::handle`] takes an [`Input`] and pushes [`Output`]s; [`Node::next_deadline`] says when
+//! the driver must call again with [`Input::Timeout`] if nothing else arrives. Time is an input
+//! (`now`, wall-clock milliseconds read by the driver); the node reads no clock, draws no random
+//! numbers and never waits: work it cannot do on its event loop (an fsync, a flush) leaves as an
+//! output, and its completion comes back as an input.
+//!
+//! # Where things live
+//!
+//! | file | owns |
+//! |---|---|
+//! | `mod.rs` | the door: inputs, outputs, dispatch, the invariants checked after every input |
+//! | [`gate`] | the write gate: replies held until the writes they saw are durable; persists |
+//! | [`exec`] | running a request this node owns: conditions, versions, the engine write |
+//! | [`reader`] | reads, also outside the door (the `Reader` a driver runs on any thread) |
+//! | [`routing`] | who owns a key, forwarding to the owner, `NotOwner` retries, parked requests |
+//! | [`scan`] | scans fanned out over owners and merged by key |
+//! | [`leader`] | leadership as one state (follower, candidate, leader) and the leader's duties |
+//! | [`timers`] | `next_deadline` and the time-driven chores run after every input |
+//! | [`handoff`] | moving a partition: the old owner's side, the new owner's side, the clean-up |
+//!
+//! The vocabulary (requests, responses, error kinds, the value envelope, the peer protocol) is
+//! in [`crate::proto`]; the cluster's shared state and coordinator events in [`crate::cluster`].
+
+mod exec;
+mod gate;
+mod handoff;
+mod leader;
+mod reader;
+mod routing;
+mod scan;
+mod timers;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::cluster::{ClusterState, CoordCommand, CoordEvent, Member};
+use crate::engine::{Background, Db, Error, SyncMode};
+use crate::proto::peer::PeerMessage;
+use crate::proto::{err, AdminCommand, ErrorKind, Request, Response};
+
+pub use leader::Leadership;
+pub use reader::{Reader, Routes};
+
+use exec::VersionClock;
+use gate::Gate;
+use handoff::Handoffs;
+use routing::Forwarding;
+
+/// Limits and identity.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub node_id: String,
+    pub partitions: u16,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    pub max_batch_ops: usize,
+    pub max_scan_limit: usize,
+    /// A new cluster's first leader waits for this many members before dealing out the
+    /// partitions, so a cluster started with several nodes starts balanced.
+    pub initial_members: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            node_id: "node-1".into(),
+            partitions: 64,
+            max_key_bytes: 8 << 10,
+            max_value_bytes: 1 << 20,
+            max_batch_ops: 10_000,
+            max_scan_limit: 10_000,
+            initial_members: 1,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Input {
+    Client {
+        id: u64,
+        request: Request,
+    },
+    /// A message from another node.
+    Peer {
+        from: String,
+        message: PeerMessage,
+    },
+    /// The connection to `peer` failed: requests forwarded to it have an unknown outcome.
+    PeerDown {
+        peer: String,
+    },
+    /// Something the coordinator observed.
+    Coordinator(CoordEvent),
+    /// An operator's command (answered with `Reply { id }`).
+    Admin {
+        id: u64,
+        command: AdminCommand,
+    },
+    /// A `persist` finished: everything up to `upto` is durable and visible.
+    Persisted {
+        upto: u64,
+    },
+    /// A `persist` failed: writes waiting for it cannot be acknowledged.
+    PersistFailed {
+        message: String,
+    },
+    /// `next_deadline` passed (or the driver merely woke up; a timeout is never harmful).
+    Timeout,
+    /// The `Background` work finished (`Err` carries the engine's message; the engine has
+    /// already recorded the failure and will retry).
+    BackgroundDone {
+        result: Result<usize, String>,
+    },
+}
+
+/// What the node asks of its driver. Outputs pushed by one `handle` call are in the order the
+/// driver must act on them.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Answer client request `id`. A reply to a write leaves only once the write (and every
+    /// write it was decided on) is as durable as `sync` says: the gate holds it until then.
+    Reply { id: u64, response: Response },
+    /// Send `message` to node `to` over the peer transport. A `Reply` to a forwarded write
+    /// obeys the same durability rule as a client `Reply`.
+    Send { to: String, message: PeerMessage },
+    /// Ask the coordinator to do something; its outcome comes back as an event.
+    Coordinator(CoordCommand),
+    /// Run `Db::persist` off the event loop (at most two at once) and report `Persisted` or
+    /// `PersistFailed`. Replies waiting for it are released by `Persisted`, never before.
+    Persist,
+    /// Run `Db::do_background_work` off the event loop (one at a time) and report
+    /// `BackgroundDone`. Only emitted for an engine opened with `Background::Manual`.
+    Background,
+}
+
+/// The node's view of the cluster. A node without a coordinator is a cluster of one: leader of
+/// epoch 1, owner of every partition. The cluster stage feeds coordinator events that change it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterView {
+    pub role: Role,
+    pub leader: Option<String>,
+    pub epoch: u64,
+    pub members: Vec<String>,
+    /// Owner of each partition, indexed by partition number.
+    pub owners: Vec<String>,
+    /// Version of the partition map.
+    pub map_version: u64,
+    /// Partitions being handed off, and to whom.
+    pub moving: BTreeMap<u16, String>,
+    /// Nodes being decommissioned.
+    pub leaving: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Follower,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+        }
+    }
+}
+
+/// Counters a driver exports as metrics.
+#[derive(Clone, Debug, Default)]
+pub struct NodeStats {
+    pub waiting_for_persist: usize,
+    pub persists: u64,
+    /// Background work units finished (only when the node drives them).
+    pub backgrounds: u64,
+    /// Requests forwarded to other nodes and not answered yet.
+    pub forwards_in_flight: usize,
+}
+
+/// What the coordinator last told this node: the shared state (with the stamp its next
+/// conditional write must name) and the live members.
+struct CoordView {
+    state: Option<ClusterState>,
+    stamp: i64,
+    members: Vec<Member>,
+}
+
+pub struct Node {
+    db: Arc<Db>,
+    cfg: NodeConfig,
+    reader: Reader,
+    /// Replies held until the writes they saw are durable; persists in flight.
+    gate: Gate,
+    /// The node drives flushes and compactions (the engine has no threads of its own).
+    drive_background: bool,
+    background_running: bool,
+    backgrounds: u64,
+    versions: VersionClock,
+    view: CoordView,
+    lead: Leadership,
+    fwd: Forwarding,
+    ho: Handoffs,
+}
+
+/// An engine error as the node reports it.
+fn engine_err(e: Error) -> Response {
+    match e {
+        Error::WriteStall(m) => err(ErrorKind::Stalled, m),
+        Error::Background(m) => err(ErrorKind::Unavailable, m),
+        Error::Closed => err(ErrorKind::Unavailable, "the database is closing"),
+        Error::InvalidArgument(m) => err(ErrorKind::BadRequest, m),
+        other => err(ErrorKind::Internal, other.to_string()),
+    }
+}
+
+impl Node {
+    /// A node that is a cluster of one from the start: leader of epoch 1, owner of every
+    /// partition, with no coordinator (unit tests, tools).
+    pub fn new(db: Arc<Db>, cfg: NodeConfig) -> Node {
+        let me = cfg.node_id.clone();
+        let mut n = Node::new_clustered(db, cfg);
+        let member = Member {
+            id: me.clone(),
+            http: String::new(),
+            peer: String::new(),
+        };
+        n.lead = Leadership::leader();
+        n.view.state = Some(ClusterState::initial(
+            &me,
+            std::slice::from_ref(&member),
+            n.cfg.partitions,
+        ));
+        n.view.members = vec![member];
+        n.publish_routes();
+        n
+    }
+
+    /// A node that learns its cluster from coordinator events; until a partition map arrives
+    /// it answers `NotReady`.
+    pub fn new_clustered(db: Arc<Db>, cfg: NodeConfig) -> Node {
+        let durable = db.options().sync == SyncMode::Always;
+        let drive_background = db.options().background == Background::Manual;
+        let persist_every_ms = match db.options().sync {
+            SyncMode::Interval { ms } if drive_background => Some(ms.max(1)),
+            _ => None,
+        };
+        Node {
+            reader: Reader::new(
+                db.clone(),
+                cfg.clone(),
+                Arc::new(ArcSwap::from_pointee(Routes::default())),
+            ),
+            db,
+            cfg,
+            gate: Gate::new(durable, persist_every_ms),
+            drive_background,
+            background_running: false,
+            backgrounds: 0,
+            versions: VersionClock::default(),
+            view: CoordView {
+                state: None,
+                stamp: -1,
+                members: Vec::new(),
+            },
+            lead: Leadership::Disconnected,
+            fwd: Forwarding::default(),
+            ho: Handoffs::default(),
+        }
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    pub fn db(&self) -> &Arc<Db> {
+        &self.db
+    }
+
+    /// The read side, for a driver that serves reads outside the node's door.
+    pub fn reader(&self) -> Reader {
+        self.reader.clone()
+    }
+
+    /// The partition a user key belongs to.
+    pub fn partition_of(&self, key: &[u8]) -> u16 {
+        self.reader.partition_of(key)
+    }
+
+    /// The node's view of the cluster, for status pages.
+    pub fn cluster(&self) -> ClusterView {
+        let st = self.view.state.as_ref();
+        ClusterView {
+            role: if self.lead.is_leader() {
+                Role::Leader
+            } else {
+                Role::Follower
+            },
+            leader: st.map(|s| s.leader.clone()),
+            epoch: st.map_or(0, |s| s.epoch),
+            members: self.view.members.iter().map(|m| m.id.clone()).collect(),
+            owners: st.map_or_else(Vec::new, |s| s.owners.clone()),
+            map_version: st.map_or(0, |s| s.version),
+            moving: st.map_or_else(BTreeMap::new, |s| s.moving.clone()),
+            leaving: st.map_or_else(Vec::new, |s| s.leaving.clone()),
+        }
+    }
+
+    /// The live members as the coordinator last reported them.
+    pub fn members(&self) -> &[Member] {
+        &self.view.members
+    }
+
+    /// Whether the node can route requests (it knows a partition map that fits its
+    /// partition count).
+    pub fn ready(&self) -> bool {
+        self.routable().is_ok()
+    }
+
+    /// Leadership as the node holds it now (for tests and status).
+    pub fn leadership(&self) -> &Leadership {
+        &self.lead
+    }
+
+    pub fn stats(&self) -> NodeStats {
+        NodeStats {
+            waiting_for_persist: self.gate.waiting(),
+            persists: self.gate.persists(),
+            backgrounds: self.backgrounds,
+            forwards_in_flight: self.fwd.forwards.len(),
+        }
+    }
+
+    /// The one door. `now` is the driver's wall clock in milliseconds since the Unix epoch.
+    pub fn handle(&mut self, now: u64, input: Input, out: &mut Vec<Output>) {
+        match input {
+            Input::Client { id, request } => self.route(now, id, request, None, out),
+            Input::Peer { from, message } => self.on_peer(now, from, message, out),
+            Input::PeerDown { peer } => self.on_peer_down(&peer, out),
+            Input::Coordinator(event) => self.on_coordinator(now, event, out),
+            Input::Admin { id, command } => self.on_admin(id, command, out),
+            Input::Timeout => {}
+            Input::BackgroundDone { result: _ } => {
+                self.background_running = false;
+                self.backgrounds += 1;
+            }
+            Input::Persisted { upto } => self.gate.on_persisted(upto, out),
+            Input::PersistFailed { message } => self.gate.on_persist_failed(&message, out),
+        }
+        self.tick(now, out);
+        debug_assert_eq!(self.check_invariants(), Ok(()), "node {}", self.cfg.node_id);
+    }
+
+    /// A message from a peer, to the handler of its concern.
+    fn on_peer(&mut self, now: u64, from: String, message: PeerMessage, out: &mut Vec<Output>) {
+        match message {
+            // The transport checks the version and the cluster before any other frame.
+            PeerMessage::Hello { .. } => {}
+            PeerMessage::Forward {
+                id,
+                map_version: _,
+                request,
+            } => self.on_forward(now, from, id, request, out),
+            PeerMessage::Reply { id, response } => self.on_forward_reply(id, response, out),
+            PeerMessage::NotOwner { id, map_version: _ } => self.on_not_owner(now, id, out),
+            PeerMessage::ScanParts {
+                id,
+                map_version: _,
+                partitions,
+                start,
+                end,
+                after,
+                limit,
+            } => {
+                let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+                self.on_scan_parts(from, id, &partitions, start, end, after, limit, out)
+            }
+            PeerMessage::FetchPart {
+                id,
+                partition,
+                after,
+                limit,
+            } => self.on_fetch_part(from, id, partition, after, limit, out),
+            PeerMessage::FreezePart { id, partition } => {
+                self.on_freeze_part(now, from, id, partition, out)
+            }
+            PeerMessage::PartPage {
+                id,
+                partition,
+                items,
+                done,
+            } => self.on_part_page(now, &from, id, partition, items, done, out),
+            PeerMessage::PartTail {
+                id,
+                partition,
+                items,
+            } => self.on_part_tail(now, &from, id, partition, items, out),
+            PeerMessage::PartRefused {
+                id,
+                partition,
+                reason: _,
+            } => self.on_part_refused(now, id, partition),
+            PeerMessage::MoveReady { partition } => self.on_move_ready(&from, partition, out),
+            PeerMessage::Decommission { node } => self.decommission(node),
+        }
+    }
+
+    /// What must hold between any two inputs. Checked after every input in debug builds (the
+    /// unit tests and the simulation); a violation names the broken rule.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.gate.check()?;
+        self.lead.check()?;
+        if let Some(st) = &self.view.state {
+            self.ho.check(&self.cfg.node_id, st)?;
+        }
+        Ok(())
+    }
+}
