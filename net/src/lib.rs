@@ -23,7 +23,7 @@ use std::sync::{Arc, OnceLock};
 
 use corecache_core::cluster::Member;
 use corecache_core::node::{Node, NodeConfig};
-use corecache_core::{Db, Options, StdDisk};
+use corecache_core::{Db, Options, StallPolicy, StdDisk};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -232,6 +232,10 @@ pub async fn serve(
         max_key_bytes: cfg.max_key_bytes + 2,
         max_value_bytes: cfg.max_value_bytes + 64,
         listener: corecache_core::Listener(Some(metrics.clone())),
+        // The node's door never waits: a write that would stall is refused at once (503 with
+        // Retry-After, RESP TRYAGAIN) and the next log file is made by the engine's threads.
+        stall: StallPolicy::Refuse,
+        inline_log_files: false,
         ..Options::default()
     };
     let db_dir = cfg.data_dir.join("db");

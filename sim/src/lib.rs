@@ -337,6 +337,7 @@ async fn node_main(
         block_cache_bytes: 64 << 10,
         background: Background::Manual,
         stall: StallPolicy::Refuse,
+        inline_log_files: false,
         ..Options::default()
     };
     let db = Db::open(Arc::new(disk), opts).map_err(|e| format!("{id}: open failed: {e}"))?;

@@ -81,6 +81,12 @@ pub struct Options {
     pub num_levels: usize,
     pub background: Background,
     pub stall: StallPolicy,
+    /// A memtable switch finds its next log made ahead of time by background work. With
+    /// `true`, a switch that finds none makes it itself (a file create and a directory sync on
+    /// the writer's path); with `false` it stalls instead (blocks or refuses, as `stall` says)
+    /// until background work has made it. A driver whose event loop must never wait on the
+    /// disk (the node) sets `false` together with `StallPolicy::Refuse`.
+    pub inline_log_files: bool,
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
     pub listener: Listener,
@@ -103,6 +109,7 @@ impl Default for Options {
             num_levels: 7,
             background: Background::Threads,
             stall: StallPolicy::Block,
+            inline_log_files: true,
             max_key_bytes: 64 << 10,
             max_value_bytes: 64 << 20,
             listener: Listener::default(),

@@ -29,6 +29,7 @@ pub(crate) fn frame_record(out: &mut Vec<u8>, typ: u8, payload: &[u8]) {
 pub(crate) struct WalWriter {
     pub file: Arc<dyn DiskFile>,
     pub name: String,
+    pub number: u64,
     pub bytes: u64,
 }
 
@@ -37,6 +38,7 @@ impl WalWriter {
         WalWriter {
             file,
             name: wal_name(number),
+            number,
             bytes: 0,
         }
     }

@@ -367,12 +367,19 @@ impl Inner {
         loop {
             {
                 let mut bg = self.bg.lock();
-                while !bg.shutdown && self.sv.load().imms.is_empty() {
+                while !bg.shutdown
+                    && self.sv.load().imms.is_empty()
+                    && self.wal.lock().spare.is_some()
+                {
                     self.bg_cv.wait(&mut bg);
                 }
                 if bg.shutdown {
                     return;
                 }
+            }
+            // The next log first: writers cannot switch memtables without it.
+            if !self.run_job("log preparation", || self.prepare_spare_log()) {
+                self.back_off(Duration::from_millis(100));
             }
             if !self.run_job("flush", || self.flush_one()) {
                 self.back_off(Duration::from_millis(100));

@@ -120,6 +120,10 @@ struct WalState {
     /// Logs retired by a memtable switch whose tails may not be synced yet. Every sync of the
     /// log syncs these first, so "synced up to N" holds across files.
     retired: Vec<(Arc<dyn crate::engine::disk::DiskFile>, String)>,
+    /// The next log, created and made durable in the directory ahead of time (by background
+    /// work), so a memtable rotation swaps files without any file or directory work on the
+    /// writer's path. Numbered above the current log; at most one.
+    spare: Option<WalWriter>,
     last_seq: u64,
     buf: Vec<u8>,
     payload: Vec<u8>,
@@ -179,6 +183,9 @@ struct Inner {
     versions: Mutex<Vec<Vec<u8>>>,
     flush_lock: Mutex<()>,
     compaction_lock: Mutex<()>,
+    /// Held while the spare log is made, and by a rotation that may make one itself: the spare
+    /// must be numbered above the log it follows.
+    spare_lock: Mutex<()>,
     bg: Mutex<BgState>,
     bg_cv: Condvar,
     /// Set when a WAL write or sync failed: the log's tail is unknown, so no more writes.
@@ -468,7 +475,7 @@ impl Db {
     /// Runs background work due now (flushes first, then compactions) until none is left.
     /// Returns how many units ran. With `Background::Threads` the threads do this already.
     pub fn do_background_work(&self) -> Result<usize> {
-        let mut n = 0;
+        let mut n = usize::from(self.inner.prepare_spare_log()?);
         while self.inner.flush_one()? {
             n += 1;
         }
@@ -483,7 +490,7 @@ impl Db {
     /// [`do_background_work`](Self::do_background_work).
     pub fn background_pending(&self) -> bool {
         let i = &self.inner;
-        if !i.sv.load().imms.is_empty() {
+        if !i.sv.load().imms.is_empty() || i.wal.lock().spare.is_none() {
             return true;
         }
         let pointers = i.versions.lock();

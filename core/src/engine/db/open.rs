@@ -37,7 +37,8 @@ impl Db {
             levels[0].insert(0, t);
         }
         let wal_number = next_file;
-        next_file += 1;
+        let spare_number = next_file + 1;
+        next_file += 2;
         let version = Version { levels };
         manifest::write(
             &*disk,
@@ -52,6 +53,9 @@ impl Db {
         let wal_file = disk
             .create(&wal_name(wal_number))
             .map_err(|e| Error::io(wal_name(wal_number), e))?;
+        let spare_file = disk
+            .create(&wal_name(spare_number))
+            .map_err(|e| Error::io(wal_name(spare_number), e))?;
         disk.sync_dir().map_err(|e| Error::io(".", e))?;
 
         // Everything older is now covered by the manifest; remove leftovers.
@@ -88,6 +92,7 @@ impl Db {
             wal: Mutex::new(WalState {
                 writer: WalWriter::new(wal_file, wal_number),
                 retired: Vec::new(),
+                spare: Some(WalWriter::new(spare_file, spare_number)),
                 last_seq,
                 buf: Vec::new(),
                 payload: Vec::new(),
@@ -95,6 +100,7 @@ impl Db {
             versions: Mutex::new(vec![Vec::new(); opts.num_levels]),
             flush_lock: Mutex::new(()),
             compaction_lock: Mutex::new(()),
+            spare_lock: Mutex::new(()),
             bg: Mutex::new(BgState::default()),
             bg_cv: Condvar::new(),
             poisoned: Mutex::new(None),

@@ -144,8 +144,12 @@ impl Inner {
                 return Ok(());
             }
             let l0 = sv.version.levels[0].len();
+            // A forced switch (`Db::flush`) is an explicit, blocking call and may make the
+            // next log itself; an automatic one does only when `inline_log_files` allows it.
+            let no_log = !force && !self.opts.inline_log_files && self.wal.lock().spare.is_none();
             let behind = sv.imms.len() >= self.opts.max_immutable_memtables
-                || l0 >= self.opts.l0_stop_writes;
+                || l0 >= self.opts.l0_stop_writes
+                || no_log;
             if !behind {
                 drop(bg);
                 return self.rotate();
@@ -154,13 +158,19 @@ impl Inner {
                 self.counters.write_stalls.fetch_add(1, Ordering::Relaxed);
                 counted = true;
             }
-            let why = format!(
-                "{} frozen memtables (limit {}) and {} level-0 tables (limit {}) await background work",
-                sv.imms.len(),
-                self.opts.max_immutable_memtables,
-                l0,
-                self.opts.l0_stop_writes
-            );
+            let why = if no_log {
+                "the memtable is full and background work has not made the next log file yet"
+                    .to_string()
+            } else {
+                format!(
+                    "{} frozen memtables (limit {}) and {} level-0 tables (limit {}) await \
+                     background work",
+                    sv.imms.len(),
+                    self.opts.max_immutable_memtables,
+                    l0,
+                    self.opts.l0_stop_writes
+                )
+            };
             drop(sv);
             match self.opts.stall {
                 StallPolicy::Refuse => return Err(Error::WriteStall(why)),
@@ -177,15 +187,25 @@ impl Inner {
         }
     }
 
+    /// Switches to the next log and freezes the memtable. The next log is the spare made
+    /// ahead of time; without one (only when `make_room` allows it) it is made here.
     pub(super) fn rotate(&self) -> Result<()> {
+        let _spare = self.spare_lock.lock();
         let mut wal = self.wal.lock();
+        let next = match wal.spare.take() {
+            Some(spare) => spare,
+            None => {
+                let number = self.next_file.fetch_add(1, Ordering::SeqCst);
+                let name = wal_name(number);
+                let file = self.disk.create(&name).map_err(|e| Error::io(&name, e))?;
+                self.disk.sync_dir().map_err(|e| Error::io(".", e))?;
+                WalWriter::new(file, number)
+            }
+        };
+        let number = next.number;
         // The retired log is synced later, off the write path (by the next persist or sync, or
         // by the flush of its memtable), never here: an fsync here would stall every writer.
-        let number = self.next_file.fetch_add(1, Ordering::SeqCst);
-        let name = wal_name(number);
-        let file = self.disk.create(&name).map_err(|e| Error::io(&name, e))?;
-        self.disk.sync_dir().map_err(|e| Error::io(".", e))?;
-        let old = std::mem::replace(&mut wal.writer, WalWriter::new(file, number));
+        let old = std::mem::replace(&mut wal.writer, next);
         wal.retired.push((old.file, old.name));
         {
             let _g = self.sv_lock.lock();
@@ -240,5 +260,23 @@ impl Inner {
         if p.is_none() {
             *p = Some(e.to_string());
         }
+    }
+
+    /// Makes the spare log if there is none: created and made durable in the directory, off
+    /// the write path. Returns whether it made one.
+    pub(super) fn prepare_spare_log(&self) -> Result<bool> {
+        let _g = self.spare_lock.lock();
+        if self.wal.lock().spare.is_some() {
+            return Ok(false);
+        }
+        // Numbered after the current log (taken after it, under `spare_lock`, which every
+        // rotation that makes a log itself also holds).
+        let number = self.next_file.fetch_add(1, Ordering::SeqCst);
+        let name = wal_name(number);
+        let file = self.disk.create(&name).map_err(|e| Error::io(&name, e))?;
+        self.disk.sync_dir().map_err(|e| Error::io(".", e))?;
+        self.wal.lock().spare = Some(WalWriter::new(file, number));
+        self.notify_bg();
+        Ok(true)
     }
 }
