@@ -23,7 +23,7 @@ use std::sync::{Arc, OnceLock};
 
 use corecache_core::cluster::Member;
 use corecache_core::node::{Node, NodeConfig};
-use corecache_core::{Db, Options, StallPolicy, StdDisk};
+use corecache_core::{Db, Disk, DiskFile, Options, StallPolicy, StdDisk};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -239,9 +239,20 @@ pub async fn serve(
         ..Options::default()
     };
     let db_dir = cfg.data_dir.join("db");
+    // Test-only failpoint: every table file takes this long to create, so flushes (and the
+    // next log, made by the same thread) fall behind and writes stall, and a test can watch
+    // the node keep answering reads meanwhile.
+    let slow_tables = std::env::var("CORECACHE_FAILPOINT_TABLE_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|ms| std::time::Duration::from_millis(ms.min(120_000)));
     let db = tokio::task::spawn_blocking(move || -> Result<Db, String> {
         let disk = StdDisk::open(&db_dir).map_err(|e| format!("{}: {e}", db_dir.display()))?;
-        Db::open(Arc::new(disk), opts).map_err(|e| e.to_string())
+        let disk: Arc<dyn Disk> = match slow_tables {
+            Some(delay) => Arc::new(SlowTables { disk, delay }),
+            None => Arc::new(disk),
+        };
+        Db::open(disk, opts).map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| e.to_string())??;
@@ -274,4 +285,35 @@ pub async fn serve(
         server,
         db: db_cell,
     })
+}
+
+/// The failpoint `CORECACHE_FAILPOINT_TABLE_DELAY_MS`: a disk whose table files are slow to
+/// create (everything else is the real disk).
+struct SlowTables {
+    disk: StdDisk,
+    delay: std::time::Duration,
+}
+
+impl Disk for SlowTables {
+    fn create(&self, name: &str) -> std::io::Result<Arc<dyn DiskFile>> {
+        if name.ends_with(".sst") {
+            std::thread::sleep(self.delay);
+        }
+        self.disk.create(name)
+    }
+    fn open(&self, name: &str) -> std::io::Result<Arc<dyn DiskFile>> {
+        self.disk.open(name)
+    }
+    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+        self.disk.rename(from, to)
+    }
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        self.disk.remove(name)
+    }
+    fn list(&self) -> std::io::Result<Vec<String>> {
+        self.disk.list()
+    }
+    fn sync_dir(&self) -> std::io::Result<()> {
+        self.disk.sync_dir()
+    }
 }
