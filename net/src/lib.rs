@@ -7,6 +7,7 @@
 //! nodes over the peer transport; without it, an in-process coordinator makes it a cluster of
 //! one.
 
+pub mod assemble;
 pub mod config;
 pub mod coord;
 pub mod driver;
@@ -22,8 +23,8 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use corecache_core::cluster::Member;
-use corecache_core::node::{Node, NodeConfig};
-use corecache_core::{Db, Disk, DiskFile, Options, StallPolicy, StdDisk};
+use corecache_core::node::NodeConfig;
+use corecache_core::{Db, Disk, DiskFile, Options, StdDisk};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -190,24 +191,25 @@ pub async fn serve(
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (node_stop, node_stop_rx) = watch::channel(false);
     let metrics = Arc::new(metrics::Metrics::default());
-    let node_cell: Arc<OnceLock<driver::NodeHandle>> = Arc::new(OnceLock::new());
     let db_cell: Arc<OnceLock<Arc<Db>>> = Arc::new(OnceLock::new());
-    let state = http::AppState {
-        node: node_cell.clone(),
-        metrics: metrics.clone(),
-        max_key_bytes: cfg.max_key_bytes,
-        max_body_bytes: cfg.max_body_bytes,
-    };
-    let app = http::router(state);
+    let parts = assemble::Assembly::new(
+        &assemble::FrontEndConfig {
+            max_key_bytes: cfg.max_key_bytes,
+            max_value_bytes: cfg.max_value_bytes,
+            max_body_bytes: cfg.max_body_bytes,
+            resp_flushdb: cfg.resp_flushdb,
+            sync: cfg.sync.clone(),
+            resp_port: resp_addr.map_or(0, |a| a.port()),
+        },
+        metrics.clone(),
+    );
+    let app = parts.http.clone();
     let resp = resp_listener.map(|l| {
-        let st = Arc::new(resp::RespState::new(
-            node_cell.clone(),
-            resp::limits_for(cfg.max_key_bytes, cfg.max_value_bytes, cfg.max_body_bytes),
-            cfg.resp_flushdb,
-            cfg.sync.clone(),
-            resp_addr.map_or(0, |a| a.port()),
-        ));
-        tokio::spawn(resp::serve(l, st, shutdown_rx.clone()))
+        tokio::spawn(resp::serve(
+            resp::NoDelay(l),
+            parts.resp.clone(),
+            shutdown_rx.clone(),
+        ))
     });
     let mut stop_rx = shutdown_rx.clone();
     let server = tokio::spawn(async move {
@@ -225,19 +227,15 @@ pub async fn serve(
     {
         tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
     }
-    let opts = Options {
+    let opts = assemble::node_engine_options(Options {
         sync: cfg.sync_mode(),
         memtable_bytes: (cfg.memtable_mb as usize) << 20,
         block_cache_bytes: cfg.block_cache_mb << 20,
         max_key_bytes: cfg.max_key_bytes + 2,
         max_value_bytes: cfg.max_value_bytes + 64,
         listener: corecache_core::Listener(Some(metrics.clone())),
-        // The node's door never waits: a write that would stall is refused at once (503 with
-        // Retry-After, RESP TRYAGAIN) and the next log file is made by the engine's threads.
-        stall: StallPolicy::Refuse,
-        inline_log_files: false,
         ..Options::default()
-    };
+    });
     let db_dir = cfg.data_dir.join("db");
     // Test-only failpoint: every table file takes this long to create, so flushes (and the
     // next log, made by the same thread) fall behind and writes stall, and a test can watch
@@ -261,7 +259,8 @@ pub async fn serve(
         tracing::warn!(file = %t.0, offset = t.1, "dropped a torn write at the end of the log");
     }
     let _ = db_cell.set(db.clone());
-    let node = Node::new_clustered(
+    let io = cluster_io(&cfg, &id, addr).await?;
+    parts.start(
         db,
         NodeConfig {
             node_id: id.clone(),
@@ -271,10 +270,10 @@ pub async fn serve(
             initial_members: cfg.initial_nodes,
             ..NodeConfig::default()
         },
+        io,
+        node_stop_rx,
+        driver::Env::real(),
     );
-    let io = cluster_io(&cfg, &id, addr).await?;
-    let handle = driver::spawn(node, metrics, node_stop_rx, io);
-    let _ = node_cell.set(handle);
     tracing::info!(node_id = %id, %addr, "ready");
     Ok(Running {
         addr,

@@ -31,16 +31,17 @@ use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use corecache_core::cluster::Member;
-use corecache_core::node::{Node, NodeConfig};
-use corecache_core::{Background, Db, Options, SimDisk, StallPolicy, SyncMode};
-use corecache_net::driver::{self, Blocking, ClusterIo, Env};
+use corecache_core::node::NodeConfig;
+use corecache_core::{Background, Db, Options, SimDisk, SyncMode};
+use corecache_net::assemble::{node_engine_options, Assembly, FrontEndConfig};
+use corecache_net::driver::{Blocking, ClusterIo, Env};
+use corecache_net::metrics::Metrics;
 use corecache_net::peer::{Connecting, Connector, PeerNet, PeerStream};
 use corecache_net::server::Listen;
-use corecache_net::{http, metrics::Metrics};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
@@ -50,6 +51,7 @@ use history::{Op, OpKind, Outcome};
 const CLUSTER: &str = "sim";
 const HTTP_PORT: u16 = 80;
 const PEER_PORT: u16 = 7071;
+const RESP_PORT: u16 = 6379;
 /// The simulated wall clock starts here (2026-01-01), so node timestamps look like real ones.
 const EPOCH_MS: u64 = 1_767_225_600_000;
 /// When the client host starts its workload, leaving the cluster time to form.
@@ -323,7 +325,7 @@ async fn node_main(
             tokio::time::sleep(at - now).await;
         }
     }
-    let opts = Options {
+    let opts = node_engine_options(Options {
         sync: SyncMode::Always,
         // Tiny memtables and tables: flushes and compactions happen within a short run.
         memtable_bytes: 2048,
@@ -336,22 +338,11 @@ async fn node_main(
         block_bytes: 512,
         block_cache_bytes: 64 << 10,
         background: Background::Manual,
-        stall: StallPolicy::Refuse,
-        inline_log_files: false,
         ..Options::default()
-    };
+    });
     let db = Db::open(Arc::new(disk), opts).map_err(|e| format!("{id}: open failed: {e}"))?;
     let db = Arc::new(db);
     *slot.lock() = Some(db.clone());
-    let node = Node::new_clustered(
-        db,
-        NodeConfig {
-            node_id: id.clone(),
-            partitions: cfg.partitions,
-            initial_members: cfg.nodes,
-            ..NodeConfig::default()
-        },
-    );
     let (peer_tx, peer_rx) = tokio::sync::mpsc::channel(8192);
     let net = PeerNet::with_connector(
         id.clone(),
@@ -379,26 +370,40 @@ async fn node_main(
         },
         peers: Some((net, peer_rx)),
     };
-    let metrics = Arc::new(Metrics::default());
+    let parts = Assembly::new(
+        &FrontEndConfig {
+            max_key_bytes: 1024,
+            max_value_bytes: 1 << 20,
+            max_body_bytes: 64 << 10,
+            resp_flushdb: false,
+            sync: "always".into(),
+            resp_port: RESP_PORT,
+        },
+        Arc::new(Metrics::default()),
+    );
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let handle = driver::spawn_with(
-        node,
-        metrics.clone(),
-        stop_rx,
+    parts.start(
+        db,
+        NodeConfig {
+            node_id: id.clone(),
+            partitions: cfg.partitions,
+            initial_members: cfg.nodes,
+            ..NodeConfig::default()
+        },
         io,
+        stop_rx.clone(),
         Env {
             now_ms: sim_now_ms,
             blocking: Blocking::Inline { fsync_delay },
         },
     );
-    let cell = Arc::new(OnceLock::new());
-    let _ = cell.set(handle);
-    let app = http::router(http::AppState {
-        node: cell,
-        metrics,
-        max_key_bytes: 1024,
-        max_body_bytes: 64 << 10,
-    });
+    let resp_listener = turmoil::net::TcpListener::bind(("0.0.0.0", RESP_PORT)).await?;
+    tokio::spawn(corecache_net::resp::serve(
+        SimListener(resp_listener),
+        parts.resp.clone(),
+        stop_rx,
+    ));
+    let app = parts.http.clone();
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", HTTP_PORT)).await?;
     corecache_net::server::serve(SimListener(listener), app, std::future::pending()).await?;
     Ok(())

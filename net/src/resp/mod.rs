@@ -15,12 +15,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::driver::NodeHandle;
+use crate::server::Listen;
 use parse::{Limits, Parser};
 use reply::Reply;
 
@@ -135,13 +135,17 @@ pub struct Conn {
 
 /// Accepts connections until `shutdown` turns true, then waits for open connections to finish
 /// the command they are running.
-pub async fn serve(listener: TcpListener, st: Arc<RespState>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve<L: Listen>(
+    mut listener: L,
+    st: Arc<RespState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut conns = JoinSet::new();
     let conn_stop = shutdown.clone();
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, _)) => {
+                Ok(stream) => {
                     st.stats.connections.fetch_add(1, Ordering::Relaxed);
                     let st = st.clone();
                     let stop = conn_stop.clone();
@@ -171,13 +175,26 @@ pub async fn serve(listener: TcpListener, st: Arc<RespState>, mut shutdown: watc
     while conns.join_next().await.is_some() {}
 }
 
+/// A TCP listener whose connections send small writes at once (a connection writes its
+/// replies whole, one write per batch, and a client waits for them).
+pub struct NoDelay(pub tokio::net::TcpListener);
+
+impl Listen for NoDelay {
+    type Io = tokio::net::TcpStream;
+    async fn accept(&mut self) -> std::io::Result<Self::Io> {
+        let (stream, _peer) = self.0.accept().await?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
 /// Resolves once `stop` turns true (or its sender is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn write_out(
-    stream: &mut TcpStream,
+async fn write_out<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     out: &mut Vec<u8>,
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
@@ -196,8 +213,11 @@ async fn write_out(
     ok
 }
 
-async fn connection(mut stream: TcpStream, st: &RespState, mut stop: watch::Receiver<bool>) {
-    let _ = stream.set_nodelay(true);
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    st: &RespState,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut conn = Conn {
         id: st.next_id.fetch_add(1, Ordering::Relaxed),
         name: None,
