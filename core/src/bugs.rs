@@ -43,10 +43,14 @@ pub enum Bug {
     /// froze it, takes writes again, and loses them when the map flips. (Found by a 3,000-seed
     /// sweep, seed 1001.)
     ForgetFreezeOnRestart = 512,
+    /// RESP's INCR reads the value and writes the sum back as two requests (as a front-end
+    /// without a one-step increment on the owner would): concurrent increments are lost. Only
+    /// the simulation's RESP clients can see it.
+    IncrOutsideOwner = 1024,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 10] = [
+    pub const ALL: [Bug; 11] = [
         Bug::AckBeforeFsync,
         Bug::NoEpochBump,
         Bug::DropTombstoneEarly,
@@ -57,6 +61,7 @@ impl Bug {
         Bug::VersionIsSequence,
         Bug::WipeOnlyDurable,
         Bug::ForgetFreezeOnRestart,
+        Bug::IncrOutsideOwner,
     ];
 }
 

@@ -8,6 +8,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use corecache_core::bugs::{self, Bug};
 use corecache_core::proto::int::parse_decimal;
 use corecache_core::proto::{BatchOp, Condition, ErrorKind, Request, Response};
 
@@ -121,14 +122,40 @@ async fn rmw_wait(attempt: &mut u32, started: Instant) -> Result<(), Reply> {
     Ok(())
 }
 
-/// INCRBY and friends.
 /// INCRBY and friends: one request, done in one step on the key's owner.
 async fn incr_by(node: &NodeHandle, key: &[u8], by: i64) -> Reply {
+    if bugs::on(Bug::IncrOutsideOwner) {
+        return incr_read_then_write(node, key, by).await;
+    }
     let request = Request::Incr {
         key: key.to_vec(),
         by,
     };
     incr_reply(node.call(request).await)
+}
+
+/// The deliberate bug `IncrOutsideOwner`: a read, then a plain write of the sum.
+async fn incr_read_then_write(node: &NodeHandle, key: &[u8], by: i64) -> Reply {
+    let old = match get(node, key).await {
+        Ok(None) => 0,
+        Ok(Some((v, _))) => match parse_decimal(&v) {
+            Some(n) => n,
+            None => return not_integer(),
+        },
+        Err(e) => return e,
+    };
+    let Some(new) = old.checked_add(by) else {
+        return Reply::err("increment or decrement would overflow");
+    };
+    let put = Request::Put {
+        key: key.to_vec(),
+        value: new.to_string().into_bytes(),
+        cond: Condition::None,
+    };
+    match node.call(put).await {
+        Response::Written { .. } => Reply::Int(new),
+        other => unexpected(&other),
+    }
 }
 
 fn incr_reply(r: Response) -> Reply {
@@ -586,6 +613,9 @@ pub async fn exec(st: &RespState, c: &mut Conn, args: Vec<Vec<u8>>) -> (Reply, A
 /// `SET key value`, or INCR / DECR / INCRBY / DECRBY (each one request to the owner).
 pub fn pipelined_write(args: &[Vec<u8>]) -> bool {
     let is = |name: &[u8], n: usize| args.len() == n && args[0].eq_ignore_ascii_case(name);
+    if bugs::on(Bug::IncrOutsideOwner) && !is(b"set", 3) {
+        return false;
+    }
     is(b"set", 3) || is(b"incr", 2) || is(b"decr", 2) || is(b"incrby", 3) || is(b"decrby", 3)
 }
 
