@@ -25,6 +25,8 @@ pub enum OpKind {
         expect: Option<String>,
         new: String,
     },
+    /// Add `by` to the key's value read as an integer (absent: 0), as Redis's INCRBY does.
+    Incr(i64),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -37,6 +39,8 @@ pub enum Outcome {
     CasFailed,
     /// A delete of a key that was absent (404): nothing changed.
     NotFound,
+    /// What a successful increment answered: the key's new value.
+    Counted(i64),
     /// No answer the client could rely on: the write may or may not have happened.
     Unknown,
     /// Refused with an error that says nothing was done (a 503 for a dead owner, say). Such
@@ -57,6 +61,8 @@ pub struct Op {
     pub outcome: Outcome,
     /// What the client got, as text (status and body, or why there was no answer).
     pub detail: String,
+    /// Sent over the Redis protocol (else HTTP).
+    pub resp: bool,
 }
 
 /// A value as printed: without the padding that makes values long.
@@ -76,6 +82,7 @@ impl fmt::Display for Op {
                 expect.as_deref().map_or("absent", short),
                 short(new)
             ),
+            OpKind::Incr(by) => format!("incr {by}"),
         };
         let outcome = match &self.outcome {
             Outcome::Read(v) => format!("read {}", v.as_deref().map_or("absent", short)),
@@ -133,10 +140,52 @@ pub fn check(ops: &[Op]) -> Result<(), Violation> {
     Ok(())
 }
 
+/// The register's values as small integers: 0 is absent, 1 every value that no read returned
+/// and no compare-and-set expected (they constrain nothing by themselves, and merging them keeps
+/// the search small), and one id each for the rest. Integers always get their own id, since an
+/// increment reads them.
+struct Values<'a> {
+    observed: BTreeMap<&'a str, ()>,
+    ids: BTreeMap<String, u32>,
+    /// By id: the value read as an integer (absent counts 0), if it is one.
+    num: Vec<Option<i64>>,
+}
+
+impl<'a> Values<'a> {
+    fn intern(&mut self, s: &str) -> u32 {
+        let n = parse_int(s);
+        if n.is_none() && !self.observed.contains_key(s) {
+            return 1;
+        }
+        if let Some(&id) = self.ids.get(s) {
+            return id;
+        }
+        let id = self.num.len() as u32;
+        self.ids.insert(s.to_string(), id);
+        self.num.push(n);
+        id
+    }
+
+    fn int(&mut self, n: i64) -> u32 {
+        self.intern(&n.to_string())
+    }
+}
+
+/// Redis's integer rules, as far as the workload's values need them.
+fn parse_int(s: &str) -> Option<i64> {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    let plain = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits.len() == 1 || !digits.starts_with('0'))
+        && s != "-0";
+    if plain {
+        s.parse().ok()
+    } else {
+        None
+    }
+}
+
 fn check_key<'a>(key: &str, ops: &'a [Op]) -> Result<(), Violation> {
-    // Values as small integers (0: absent).
-    // Values that no read returned and no compare-and-set expected constrain nothing by
-    // themselves: they are all "some other value" (id 1). Merging them keeps the search small.
     let mut observed: BTreeMap<&str, ()> = BTreeMap::new();
     for op in ops {
         match (&op.kind, &op.outcome) {
@@ -154,13 +203,10 @@ fn check_key<'a>(key: &str, ops: &'a [Op]) -> Result<(), Violation> {
             _ => {}
         }
     }
-    let mut ids: BTreeMap<&str, u32> = BTreeMap::new();
-    let mut intern = |s: &'a str| -> u32 {
-        if !observed.contains_key(s) {
-            return 1;
-        }
-        let n = ids.len() as u32 + 2;
-        *ids.entry(s).or_insert(n)
+    let mut values = Values {
+        observed,
+        ids: BTreeMap::new(),
+        num: vec![Some(0), None],
     };
     // The register transitions, pre-interned.
     #[derive(Clone, Copy)]
@@ -174,23 +220,37 @@ fn check_key<'a>(key: &str, ops: &'a [Op]) -> Result<(), Violation> {
             new: u32,
             ok: Option<bool>,
         },
+        /// An increment, and what it answered (`None`: unknown).
+        Incr {
+            by: i64,
+            result: Option<i64>,
+        },
     }
     let n = ops.len();
     let mut trans = Vec::with_capacity(n);
     for op in ops {
         let t = match (&op.kind, &op.outcome) {
-            (OpKind::Get, Outcome::Read(v)) => T::Read(v.as_deref().map_or(0, &mut intern)),
+            (OpKind::Get, Outcome::Read(v)) => {
+                T::Read(v.as_deref().map_or(0, |v| values.intern(v)))
+            }
             (OpKind::Get, _) => T::Read(0),
-            (OpKind::Put(v), _) => T::Write(intern(v)),
+            (OpKind::Put(v), _) => T::Write(values.intern(v)),
             (OpKind::Delete, Outcome::Ok) => T::Remove,
             (OpKind::Delete, Outcome::NotFound) => T::Read(0),
             (OpKind::Delete, _) => T::Write(0),
             (OpKind::Cas { expect, new }, o) => T::Cas {
-                expect: expect.as_deref().map_or(0, &mut intern),
-                new: intern(new),
+                expect: expect.as_deref().map_or(0, |v| values.intern(v)),
+                new: values.intern(new),
                 ok: match o {
                     Outcome::Ok => Some(true),
                     Outcome::CasFailed => Some(false),
+                    _ => None,
+                },
+            },
+            (OpKind::Incr(by), o) => T::Incr {
+                by: *by,
+                result: match o {
+                    Outcome::Counted(r) => Some(*r),
                     _ => None,
                 },
             },
@@ -262,6 +322,16 @@ fn check_key<'a>(key: &str, ops: &'a [Op]) -> Result<(), Violation> {
                         None => Some(if holds { new } else { state }),
                     }
                 }
+                T::Incr { by, result } => {
+                    let sum = values.num[state as usize].and_then(|m| m.checked_add(by));
+                    match (sum, result) {
+                        (Some(s), Some(r)) => (s == r).then(|| values.int(s)),
+                        (Some(s), None) => Some(values.int(s)),
+                        // Not a number: an increment fails and changes nothing.
+                        (None, Some(_)) => None,
+                        (None, None) => Some(state),
+                    }
+                }
             };
             if let Some(s) = next {
                 let mut b = bits.clone();
@@ -300,6 +370,7 @@ mod tests {
             ret,
             outcome,
             detail: String::new(),
+            resp: false,
         }
     }
     fn put(v: &str) -> OpKind {
@@ -413,5 +484,36 @@ mod tests {
             op(3, Some(4), cas(None, "b"), Outcome::Ok),
         ];
         assert!(check(&bad).is_err());
+    }
+
+    #[test]
+    fn increments_read_the_register_and_a_lost_one_is_caught() {
+        let h = vec![
+            op(1, Some(2), OpKind::Incr(1), Outcome::Counted(1)),
+            op(3, Some(6), OpKind::Incr(1), Outcome::Counted(3)),
+            op(4, Some(5), OpKind::Incr(1), Outcome::Counted(2)),
+            op(7, Some(8), OpKind::Get, read(Some("3"))),
+        ];
+        assert!(check(&h).is_ok());
+        // Two increments that both answered 2: one of them was lost.
+        let lost = vec![
+            op(1, Some(2), put("1"), Outcome::Ok),
+            op(3, Some(6), OpKind::Incr(1), Outcome::Counted(2)),
+            op(4, Some(5), OpKind::Incr(1), Outcome::Counted(2)),
+        ];
+        assert!(check(&lost).is_err());
+        // An unknown increment may have happened: a later read decides.
+        let unknown = vec![
+            op(1, Some(2), put("5"), Outcome::Ok),
+            op(3, None, OpKind::Incr(2), Outcome::Unknown),
+            op(4, Some(5), OpKind::Get, read(Some("7"))),
+        ];
+        assert!(check(&unknown).is_ok());
+        // An increment of a value that is not a number cannot succeed.
+        let text = vec![
+            op(1, Some(2), put("abc"), Outcome::Ok),
+            op(3, Some(4), OpKind::Incr(1), Outcome::Counted(1)),
+        ];
+        assert!(check(&text).is_err());
     }
 }

@@ -27,6 +27,7 @@ pub mod fakezk;
 mod faults;
 pub mod history;
 mod node;
+mod resp_client;
 mod workload;
 
 use std::cell::RefCell;
@@ -60,7 +61,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Config {
     pub seed: u64,
     pub nodes: usize,
+    /// HTTP clients.
     pub clients: usize,
+    /// Clients speaking the Redis protocol (pipelines of SET, GET, DEL, INCR, MSETNX).
+    pub resp_clients: usize,
     pub keys: usize,
     pub partitions: u16,
     /// The fault phase's length; faults start and end inside it.
@@ -114,6 +118,7 @@ impl Config {
             seed,
             nodes: 3,
             clients: 4,
+            resp_clients: 2,
             keys: 16,
             partitions: 8,
             fault_phase: Duration::from_secs(8),
@@ -171,6 +176,13 @@ pub struct Report {
     pub digest: u64,
     pub ops: usize,
     pub acknowledged_writes: usize,
+    /// Operations sent over RESP, pipelines sent (of one to four commands), increments and
+    /// MSETNX keys acknowledged, SETs and DELs acknowledged over RESP.
+    pub resp_ops: usize,
+    pub resp_pipelines: usize,
+    pub resp_incrs: usize,
+    pub resp_msetnx: usize,
+    pub resp_writes: usize,
     pub acknowledged_deletes: usize,
     pub unknown: usize,
     /// Operations refused with an error that says nothing was done.
@@ -316,12 +328,14 @@ pub fn run(cfg: &Config) -> Result<Report, Failure> {
     let (disks, slots) = add_hosts(&mut sim, cfg, &mut rng, &zk_log);
     let rec = Arc::new(Recorder::default());
     let problems: Arc<Mutex<Vec<String>>> = Arc::default();
+    let resp_tally: Arc<Mutex<resp_client::RespTally>> = Arc::default();
     {
         let rec = rec.clone();
         let c = cfg.clone();
         let problems = problems.clone();
+        let tally = resp_tally.clone();
         sim.client("client", async move {
-            workload(rec, c, problems).await;
+            workload(rec, c, problems, tally).await;
             Ok(())
         });
     }
@@ -380,6 +394,7 @@ pub fn run(cfg: &Config) -> Result<Report, Failure> {
 
     let ops = rec.ops.lock().clone();
     count_ops(&ops, &mut report);
+    report.resp_pipelines = resp_tally.lock().pipelines;
     // A copy: `fail` reads the log too.
     let (writes, sessions_expired) = {
         let zk = zk_log.lock();
@@ -590,7 +605,23 @@ fn count_ops(ops: &[history::Op], report: &mut Report) {
     }
     report.acknowledged_writes = ops
         .iter()
-        .filter(|o| !matches!(o.kind, OpKind::Get) && o.outcome == Outcome::Ok)
+        .filter(|o| {
+            !matches!(o.kind, OpKind::Get) && matches!(o.outcome, Outcome::Ok | Outcome::Counted(_))
+        })
+        .count();
+    let resp: Vec<&history::Op> = ops.iter().filter(|o| o.resp).collect();
+    report.resp_ops = resp.len();
+    report.resp_incrs = resp
+        .iter()
+        .filter(|o| matches!(o.outcome, Outcome::Counted(_)))
+        .count();
+    report.resp_msetnx = resp
+        .iter()
+        .filter(|o| matches!(o.kind, OpKind::Cas { .. }) && o.outcome == Outcome::Ok)
+        .count();
+    report.resp_writes = resp
+        .iter()
+        .filter(|o| matches!(o.kind, OpKind::Put(_) | OpKind::Delete) && o.outcome == Outcome::Ok)
         .count();
 }
 

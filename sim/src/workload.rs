@@ -11,6 +11,7 @@ use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 
 use crate::history::{Op, OpKind, Outcome};
+use crate::resp_client::{self, RespTally};
 use crate::{node_name, Config, Rng, HTTP_PORT, REQUEST_TIMEOUT, STARTUP};
 
 /// An HTTP answer as the workload sees it.
@@ -100,6 +101,8 @@ async fn perform(
             };
             request(node, "PUT", &path, &h, new.clone().into_bytes()).await
         }
+        // HTTP has no increment: only the RESP clients send them.
+        OpKind::Incr(_) => None,
     };
     let ret = rec.tick();
     if let Some(n) = rec.in_flight.lock().get_mut(node) {
@@ -145,6 +148,7 @@ async fn perform(
         ret: known.then_some(ret),
         outcome: outcome.clone(),
         detail,
+        resp: false,
     });
     (outcome, etag)
 }
@@ -194,8 +198,15 @@ async fn client_loop(rec: Arc<Recorder>, cfg: Config, client: usize, until: Dura
         };
         let (outcome, etag) = perform(&rec, client, &node, &key, kind.clone(), version).await;
         match (&kind, outcome, etag) {
-            (OpKind::Get, Outcome::Read(Some(v)), Some(e)) => {
+            // The checker's compare-and-set compares values, the node's compares versions:
+            // they agree only for a value written once. Integers are not (RESP's INCR makes the
+            // same number again after a delete), so an If-Match is made only from the unique
+            // values HTTP clients write.
+            (OpKind::Get, Outcome::Read(Some(v)), Some(e)) if v.parse::<i64>().is_err() => {
                 known.insert(key, (v, e));
+            }
+            (OpKind::Get, Outcome::Read(Some(_)), _) => {
+                known.remove(&key);
             }
             (OpKind::Put(v), Outcome::Ok, Some(e)) => {
                 known.insert(key, (v.clone(), e));
@@ -214,12 +225,24 @@ async fn client_loop(rec: Arc<Recorder>, cfg: Config, client: usize, until: Dura
 
 /// The client host: wait for the cluster, run the clients, then check that every key takes a
 /// write again and reads back the same through every node.
-pub(crate) async fn workload(rec: Arc<Recorder>, cfg: Config, problems: Arc<Mutex<Vec<String>>>) {
+pub(crate) async fn workload(
+    rec: Arc<Recorder>,
+    cfg: Config,
+    problems: Arc<Mutex<Vec<String>>>,
+    resp: Arc<Mutex<RespTally>>,
+) {
     tokio::time::sleep(STARTUP).await;
     let until = STARTUP + cfg.fault_phase + cfg.heal_phase;
-    let tasks: Vec<_> = (0..cfg.clients)
+    let mut tasks: Vec<_> = (0..cfg.clients)
         .map(|c| tokio::spawn(client_loop(rec.clone(), cfg.clone(), c, until)))
         .collect();
+    // RESP clients are numbered after the HTTP ones.
+    for c in cfg.clients..cfg.clients + cfg.resp_clients {
+        let (rec, cfg, resp) = (rec.clone(), cfg.clone(), resp.clone());
+        tasks.push(tokio::spawn(resp_client::client_loop(
+            rec, cfg, c, until, resp,
+        )));
+    }
     for t in tasks {
         let _ = t.await;
     }

@@ -32,6 +32,11 @@ struct Totals {
     torn_writes: usize,
     joins: usize,
     partitions_moved: usize,
+    resp_ops: usize,
+    resp_pipelines: usize,
+    resp_incrs: usize,
+    resp_msetnx: usize,
+    resp_writes: usize,
 }
 
 impl Totals {
@@ -51,6 +56,11 @@ impl Totals {
         self.torn_writes += r.torn_writes;
         self.joins += usize::from(r.joined);
         self.partitions_moved += r.partitions_moved;
+        self.resp_ops += r.resp_ops;
+        self.resp_pipelines += r.resp_pipelines;
+        self.resp_incrs += r.resp_incrs;
+        self.resp_msetnx += r.resp_msetnx;
+        self.resp_writes += r.resp_writes;
     }
 }
 
@@ -91,6 +101,10 @@ fn sweep() {
         t.coordinator_cut_offs,
         t.sessions_expired
     );
+    println!(
+        "resp: {} operations in {} pipelines, {} increments, {} MSETNX keys and {} SET/DEL acknowledged",
+        t.resp_ops, t.resp_pipelines, t.resp_incrs, t.resp_msetnx, t.resp_writes
+    );
     // The faults must actually fire, or the sweep proves nothing.
     if seeds >= 100 {
         assert!(t.runs_with_leader_change > 0, "no run saw a leader change");
@@ -103,6 +117,10 @@ fn sweep() {
         assert!(t.torn_writes > 0, "no crash tore a write");
         assert!(t.sessions_expired > 0, "no coordinator session expired");
         assert!(t.partitions_moved > 0, "no partition was handed off");
+        assert!(t.resp_pipelines > 0, "no RESP pipeline was sent");
+        assert!(t.resp_incrs > 0, "no RESP increment was acknowledged");
+        assert!(t.resp_msetnx > 0, "no RESP MSETNX was acknowledged");
+        assert!(t.resp_writes > 0, "no RESP SET or DEL was acknowledged");
         assert!(
             t.acknowledged > t.runs * 10,
             "too few acknowledged writes: {}",

@@ -33,12 +33,15 @@ pub enum After {
 /// The one mapping from the node's error kinds to RESP error replies.
 fn node_error(kind: ErrorKind, message: &str) -> Reply {
     match kind {
+        // Refused, nothing done: a client may retry as it is.
         ErrorKind::NotReady
         | ErrorKind::OwnerDown
         | ErrorKind::Moving
         | ErrorKind::Stalled
-        | ErrorKind::OutcomeUnknown
         | ErrorKind::Unavailable => Reply::Error(format!("TRYAGAIN {message}")),
+        // Maybe done: a client must read before it retries a write that is not idempotent
+        // (a cluster client's automatic TRYAGAIN retry would apply an INCR twice).
+        ErrorKind::OutcomeUnknown => Reply::Error(format!("UNCERTAIN {message}")),
         ErrorKind::TooLarge => Reply::err(format!("too large: {message}")),
         ErrorKind::BadRequest | ErrorKind::SpansNodes => Reply::err(message),
         ErrorKind::Internal => Reply::err(format!("internal error: {message}")),
