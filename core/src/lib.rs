@@ -30,7 +30,7 @@
 //! | [`bugs`] | deliberate bugs the simulation must catch | nothing |
 //!
 //! Every byte layout (engine files, value envelope, internal key, peer frames) is described in
-//! [`engine::format`].
+//! [`engine::format`](mod@engine::format).
 
 pub mod bugs;
 pub mod cluster;

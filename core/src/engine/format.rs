@@ -1,4 +1,5 @@
-//! Every on-disk format, in one place.
+//! Every byte layout, in one place: the engine's files (WAL, tables, manifest), and above the
+//! engine the node's internal keys and value envelopes and the peer protocol's frames.
 //!
 //! All integers are little-endian. `varint` is LEB128 (7 bits a byte, low bits first, at most 5
 //! bytes for a u32 and 10 for a u64). CRC32C is the Castagnoli polynomial (hardware on x86/ARM).
@@ -92,10 +93,85 @@
 //!
 //! `log_number`: every WAL numbered below it has been flushed into tables and may be deleted.
 //!
+//! A log file may exist before any write goes into it: the engine makes the *next* log ahead of
+//! time (created, then the directory synced) so that a memtable switch does no file work on the
+//! writer's path. Such a log is empty; replay finds nothing in it, and open deletes it with the
+//! other logs the manifest covers.
+//!
 //! # Versions
 //!
 //! Each format carries version 1 ([`FORMAT_VERSION`]). A reader refuses a version it does not
 //! know with a corruption error naming the file.
+//!
+//! # Above the engine: what the node stores (`crate::proto::envelope`)
+//!
+//! The node keeps every user key in the engine under an *internal key*, so that a hash
+//! partition is one contiguous engine range (what a hand-off copies and a clean-up deletes):
+//!
+//! ```text
+//! internal key = partition: u16 BE | user key        partition = hash64(user key) % partitions
+//! ```
+//!
+//! Big-endian, so engine order is partition order. The value stored under it is an *envelope*
+//! around the user's value; the first byte says which:
+//!
+//! ```text
+//! envelope 2 (written today): 2: u8 | created_ms: u64 | modified_ms: u64 | version: u64 | value
+//! envelope 1 (read only):     1: u8 | created_ms: u64 | modified_ms: u64 | value
+//! ```
+//!
+//! Times are milliseconds since the Unix epoch. `version` is the key's version (its ETag), from
+//! the owner's hybrid clock (`ms << 10`, then a counter), so it survives a move to another node;
+//! a key in envelope 1 has the engine sequence number of its write as its version. Any other
+//! first byte, or a value shorter than its envelope, is refused as an internal error (the
+//! engine has already verified the bytes' checksums). The engine's own checksums cover both.
+//!
+//! # Peer frames (`crate::proto::peer`)
+//!
+//! Node-to-node messages travel as frames on one TCP connection per direction:
+//!
+//! ```text
+//! len: u32 | crc32c(payload): u32 | payload: len bytes          (len ≤ 64 MiB)
+//! ```
+//!
+//! A bad checksum, an oversized length or a payload that does not decode drops the connection.
+//! The payload is a tag byte and the message's fields. `bytes` is `len: u32 | len bytes`, `str`
+//! is `bytes` holding UTF-8, `opt` is `0: u8` or `1: u8 | bytes`; integers are little-endian.
+//!
+//! ```text
+//! 13 Hello        version: u32 | from: str | cluster: str | (fields of later versions)
+//!  1 Hello (v1)   from: str | cluster: str                       (read only: version 1)
+//!  2 Forward      id: u64 | map_version: u64 | request
+//!  3 Reply        id: u64 | response
+//!  4 NotOwner     id: u64 | map_version: u64
+//!  5 ScanParts    id: u64 | map_version: u64 | n: u32 | n × partition: u16 |
+//!                 start: bytes | end: opt | after: opt | limit: u64
+//!  6 FetchPart    id: u64 | partition: u16 | after: opt | limit: u32
+//!  7 PartPage     id: u64 | partition: u16 | n: u32 | n × (user key: bytes | envelope: bytes) |
+//!                 done: u8
+//!  8 FreezePart   id: u64 | partition: u16
+//!  9 PartTail     id: u64 | partition: u16 | n: u32 | n × (user key: bytes | envelope: opt)
+//! 10 PartRefused  id: u64 | partition: u16 | reason: str
+//! 11 MoveReady    partition: u16
+//! 12 Decommission node: str
+//!
+//! request   = 1 Get key: bytes | 2 Put key: bytes | value: bytes | cond
+//!           | 3 Delete key: bytes | cond | 4 Scan start: bytes | end: opt | after: opt | limit: u64
+//!           | 5 Batch n: u32 | n × op | 6 Incr key: bytes | by: i64
+//! op        = 1 Put key | value | 2 Delete key | 3 PutIfAbsent key | value     (each bytes)
+//! cond      = 0 None | 1 IfMatch version: u64 | 2 IfAbsent | 3 IfExists
+//! response  = 1 Value value: bytes | version: u64 | created_ms: u64 | modified_ms: u64
+//!           | 2 NotFound | 3 Written version: u64 | 4 Deleted version: u64
+//!           | 5 PreconditionFailed (0 | 1 current: u64)
+//!           | 6 Page n: u32 | n × (key: bytes | value: bytes | version: u64) | next_after: opt
+//!           | 7 Error kind: u8 | message: str | 8 Accepted
+//! kind      = 1 BadRequest | 2 TooLarge | 3 Unavailable | 4 Internal | 5 SpansNodes
+//!           | 6 NotReady | 7 OwnerDown | 8 Moving | 9 Stalled | 10 OutcomeUnknown
+//! ```
+//!
+//! Every connection starts with `Hello`; a peer whose version is not this node's
+//! (`PROTOCOL_VERSION`, 2) is refused, and the log line names both versions. Version 1 had no
+//! version field and four error kinds.
 
 /// The one format version every file of this release writes.
 pub const FORMAT_VERSION: u32 = 1;

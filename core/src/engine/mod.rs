@@ -3,7 +3,7 @@
 //!
 //! This module owns every byte the engine writes and imports nothing from the node, the
 //! cluster or the protocol (`crate::bugs` aside, the deliberate bugs the simulation must catch).
-//! Its one public door is [`Db`]; [`format`] describes every byte layout, including the ones the
+//! Its one public door is [`Db`]; [`format`](mod@format) describes every byte layout, including the ones the
 //! node writes on top of the engine.
 
 pub mod batch;
