@@ -8,7 +8,7 @@ use super::gate::Target;
 use super::{engine_err, Node, Output};
 use crate::engine::WriteBatch;
 use crate::proto::envelope::{encode_value, Stored};
-use crate::proto::{err, int, BatchOp, Condition, ErrorKind, Request, Response};
+use crate::proto::{check_size, err, int, BatchOp, Condition, ErrorKind, Request, Response};
 
 /// Bits of a version below the millisecond clock (writes per millisecond before the version
 /// clock runs ahead of the wall clock). Versions stay below 2^53, exact in JSON everywhere.
@@ -88,17 +88,7 @@ impl Node {
     }
 
     fn check_value(&self, value: &[u8]) -> Result<(), Response> {
-        if value.len() > self.cfg.max_value_bytes {
-            return Err(err(
-                ErrorKind::TooLarge,
-                format!(
-                    "value of {} bytes is over the {}-byte limit",
-                    value.len(),
-                    self.cfg.max_value_bytes
-                ),
-            ));
-        }
-        Ok(())
+        check_size("value", value.len(), self.cfg.max_value_bytes)
     }
 
     /// The latest applied state of a key (including writes not yet persisted), for conditions.

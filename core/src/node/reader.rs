@@ -10,7 +10,7 @@ use super::{engine_err, NodeConfig};
 use crate::engine::db::Versioned;
 use crate::engine::{Db, DbIter};
 use crate::proto::envelope::{self, decode_value};
-use crate::proto::{err, ErrorKind, Item, Request, Response};
+use crate::proto::{check_size, err, ErrorKind, Item, Request, Response};
 
 /// thread, outside the node's single door. Reads see only persisted writes.
 #[derive(Clone)]
@@ -104,17 +104,7 @@ impl Reader {
     }
 
     pub(crate) fn check_key(&self, key: &[u8]) -> Result<(), Response> {
-        if key.len() > self.cfg.max_key_bytes {
-            return Err(err(
-                ErrorKind::TooLarge,
-                format!(
-                    "key of {} bytes is over the {}-byte limit",
-                    key.len(),
-                    self.cfg.max_key_bytes
-                ),
-            ));
-        }
-        Ok(())
+        check_size("key", key.len(), self.cfg.max_key_bytes)
     }
 
     pub(crate) fn get(&self, key: &[u8]) -> Result<Response, Response> {

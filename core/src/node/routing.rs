@@ -35,6 +35,12 @@ impl Forwarding {
         self.next_id += 1;
         id
     }
+
+    /// Remembers forward `id` to `to`, expiring `FORWARD_TIMEOUT_MS` after `now`.
+    pub(crate) fn track(&mut self, id: u64, to: String, now: u64, kind: FwdKind) {
+        let deadline = now + FORWARD_TIMEOUT_MS;
+        self.forwards.insert(id, Forwarded { to, deadline, kind });
+    }
 }
 
 pub(crate) struct Parked {
@@ -190,18 +196,12 @@ impl Node {
                 request: request.clone(),
             },
         });
-        self.fwd.forwards.insert(
-            fid,
-            Forwarded {
-                to: owner,
-                deadline: now + FORWARD_TIMEOUT_MS,
-                kind: FwdKind::Single {
-                    client: id,
-                    request,
-                    give_up,
-                },
-            },
-        );
+        let kind = FwdKind::Single {
+            client: id,
+            request,
+            give_up,
+        };
+        self.fwd.track(fid, owner, now, kind);
     }
 
     fn park(&mut self, now: u64, give_up: u64, client: u64, request: Request) {
@@ -282,15 +282,7 @@ impl Node {
             .filter(|(_, f)| f.to == peer)
             .map(|(id, _)| *id)
             .collect();
-        for fid in lost {
-            if let Some(f) = self.fwd.forwards.remove(&fid) {
-                let e = err(
-                    ErrorKind::OutcomeUnknown,
-                    format!("lost the connection to node {peer}; the outcome is unknown"),
-                );
-                self.fail_forward(f, e, out);
-            }
-        }
+        self.fail_forwards(lost, |to| format!("lost the connection to node {to}"), out);
     }
 
     /// Forwards whose owner did not answer in time. They are keyed by an increasing id and all
@@ -304,14 +296,25 @@ impl Node {
             .take_while(|(_, f)| f.deadline <= now)
             .map(|(id, _)| *id)
             .collect();
-        for fid in expired {
+        self.fail_forwards(
+            expired,
+            |to| format!("node {to} did not answer in time"),
+            out,
+        );
+    }
+
+    /// Answers forwards `ids` "outcome unknown": the owner may have carried them out.
+    fn fail_forwards(
+        &mut self,
+        ids: Vec<u64>,
+        why: impl Fn(&str) -> String,
+        out: &mut Vec<Output>,
+    ) {
+        for fid in ids {
             if let Some(f) = self.fwd.forwards.remove(&fid) {
                 let e = err(
                     ErrorKind::OutcomeUnknown,
-                    format!(
-                        "node {} did not answer in time; the outcome is unknown",
-                        f.to
-                    ),
+                    format!("{}; the outcome is unknown", why(&f.to)),
                 );
                 self.fail_forward(f, e, out);
             }

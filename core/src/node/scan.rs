@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::gate::{respond, Target};
-use super::routing::{Forwarded, FwdKind, FORWARD_TIMEOUT_MS};
+use super::routing::FwdKind;
 use super::{Node, Output};
 use crate::proto::peer::PeerMessage;
 use crate::proto::{err, ErrorKind, Item, Response};
@@ -122,14 +122,8 @@ impl Node {
                     limit: limit as u64,
                 },
             });
-            self.fwd.forwards.insert(
-                fid,
-                Forwarded {
-                    to: owner,
-                    deadline: now + FORWARD_TIMEOUT_MS,
-                    kind: FwdKind::ScanPart { scan: sid },
-                },
-            );
+            self.fwd
+                .track(fid, owner, now, FwdKind::ScanPart { scan: sid });
         }
         if agg.pending == 0 {
             out.push(finish_scan(agg));

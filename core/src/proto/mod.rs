@@ -198,6 +198,17 @@ pub enum AdminCommand {
     Decommission { node: String },
 }
 
+/// `TooLarge` when `len` bytes of `what` are over `max`.
+pub fn check_size(what: &str, len: usize, max: usize) -> Result<(), Response> {
+    if len > max {
+        return Err(err(
+            ErrorKind::TooLarge,
+            format!("{what} of {len} bytes is over the {max}-byte limit"),
+        ));
+    }
+    Ok(())
+}
+
 /// Shorthand for an error response.
 pub fn err(kind: ErrorKind, message: impl Into<String>) -> Response {
     Response::Error {
