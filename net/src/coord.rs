@@ -5,7 +5,7 @@
 //! runs over ZooKeeper ([`crate::zk::ZkCoordinator`]), over the in-process [`LocalCoordinator`]
 //! of the embedded default, and over the simulation's fake.
 
-use corecache_core::cluster::{ClusterState, CoordCommand, CoordEvent, Member};
+use corecache_core::cluster::{ClusterState, CoordCommand, CoordEvent, Member, StateStore};
 use tokio::sync::mpsc;
 
 /// Starts a coordinator for member `me`. Events go to `events`; commands come from the
@@ -38,35 +38,19 @@ impl Coordinator for LocalCoordinator {
         });
         let _ = events.send(CoordEvent::Elected);
         tokio::spawn(async move {
-            let mut stored: Option<ClusterState> = None;
-            let mut stamp: i64 = -1;
+            let mut store: StateStore<ClusterState> = StateStore::new();
             while let Some(cmd) = rx.recv().await {
                 match cmd {
                     CoordCommand::WriteState { state, expected } => {
-                        let ok = expected == stamp;
-                        if ok {
-                            stored = Some(state);
-                            stamp += 1;
-                        }
-                        let done = CoordEvent::WriteDone {
-                            ok,
-                            message: if ok {
-                                String::new()
-                            } else {
-                                "version changed".into()
-                            },
-                        };
-                        if events.send(done).is_err() {
+                        let ok = store.write(state, expected);
+                        if events
+                            .send(StateStore::<ClusterState>::write_done(ok))
+                            .is_err()
+                        {
                             return;
                         }
-                        if ok {
-                            let ev = CoordEvent::State {
-                                state: stored.clone(),
-                                stamp,
-                            };
-                            if events.send(ev).is_err() {
-                                return;
-                            }
+                        if ok && events.send(store.state_event()).is_err() {
+                            return;
                         }
                     }
                 }

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use corecache_core::cluster::{ClusterState, CoordCommand, CoordEvent, Member};
+use corecache_core::cluster::{ClusterState, CoordCommand, CoordEvent, Member, StateStore};
 use corecache_net::coord::Coordinator;
 use corecache_net::zk::{state_from_json, state_to_json};
 use parking_lot::Mutex;
@@ -122,8 +122,8 @@ struct Server {
     next_seq: u64,
     next_conn: u64,
     sessions: BTreeMap<u64, Session>,
-    state: Option<String>,
-    stamp: i64,
+    /// The cluster state as JSON, with ZooKeeper's version semantics.
+    state: StateStore<String>,
 }
 
 impl Server {
@@ -159,8 +159,8 @@ impl Server {
             self.send(
                 *id,
                 ToClient::State {
-                    state: self.state.clone(),
-                    stamp: self.stamp,
+                    state: self.state.value().cloned(),
+                    stamp: self.state.stamp(),
                 },
             );
         }
@@ -209,10 +209,7 @@ impl Server {
 /// The fake's server: the software of the `zk` host.
 pub async fn serve(log: Arc<Mutex<ZkLog>>) -> Result<(), Box<dyn std::error::Error>> {
     let listener = TcpListener::bind(("0.0.0.0", PORT)).await?;
-    let server = Arc::new(Mutex::new(Server {
-        stamp: -1,
-        ..Server::default()
-    }));
+    let server = Arc::new(Mutex::new(Server::default()));
     {
         let server = server.clone();
         let log = log.clone();
@@ -283,8 +280,8 @@ async fn connection(stream: TcpStream, server: Arc<Mutex<Server>>, log: Arc<Mute
             s.send(
                 id,
                 ToClient::State {
-                    state: s.state.clone(),
-                    stamp: s.stamp,
+                    state: s.state.value().cloned(),
+                    stamp: s.state.stamp(),
                 },
             );
             s.elect();
@@ -322,10 +319,8 @@ async fn connection(stream: TcpStream, server: Arc<Mutex<Server>>, log: Arc<Mute
             ToServer::Connect { .. } => break,
             ToServer::Write { state, expected } => {
                 let parsed = state_from_json(state.as_bytes());
-                let ok = expected == s.stamp && parsed.is_ok();
+                let ok = parsed.is_ok() && s.state.write(state, expected);
                 if ok {
-                    s.state = Some(state);
-                    s.stamp += 1;
                     if let Ok(st) = parsed {
                         let writer = s
                             .sessions
@@ -341,11 +336,7 @@ async fn connection(stream: TcpStream, server: Arc<Mutex<Server>>, log: Arc<Mute
                         });
                     }
                 }
-                let message = if ok {
-                    String::new()
-                } else {
-                    "version changed".to_string()
-                };
+                let message = StateStore::<String>::write_message(ok).to_string();
                 s.send(id, ToClient::WriteDone { ok, message });
                 if ok {
                     s.broadcast_state();

@@ -45,15 +45,20 @@ impl<T: Clone> StateStore<T> {
         true
     }
 
+    /// What a coordinator says of a write: nothing when it was made, else why not.
+    pub fn write_message(ok: bool) -> &'static str {
+        if ok {
+            ""
+        } else {
+            "version changed"
+        }
+    }
+
     /// The event that answers a write.
     pub fn write_done(ok: bool) -> CoordEvent {
         CoordEvent::WriteDone {
             ok,
-            message: if ok {
-                String::new()
-            } else {
-                "version changed".into()
-            },
+            message: Self::write_message(ok).to_string(),
         }
     }
 }
