@@ -4,7 +4,7 @@
 
 use std::cell::Cell;
 
-use super::gate::Target;
+use super::gate::{respond, Target};
 use super::{engine_err, Node, Output};
 use crate::engine::WriteBatch;
 use crate::proto::envelope::{encode_value, Stored};
@@ -62,6 +62,13 @@ impl Node {
                 .collect()
         };
         let is_write = request.is_write();
+        if is_write && self.gate.log_failed() {
+            let e = err(
+                ErrorKind::Unavailable,
+                "the write-ahead log failed: this node takes no writes until it restarts",
+            );
+            return respond(target, e, out);
+        }
         let result = match request {
             Request::Get { key } => self.reader.get(&key).map(|r| (r, None)),
             Request::Put { key, value, cond } => self.put(&key, &value, &cond, now),

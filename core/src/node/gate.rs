@@ -57,6 +57,9 @@ pub(crate) struct Gate {
     /// write not yet covered by a persist was applied.
     persist_every_ms: Option<u64>,
     unpersisted_since: Option<u64>,
+    /// A persist failed: the log's state is unknown and the engine takes no more writes, so
+    /// applied state is no longer a promise of what a crash keeps.
+    log_failed: bool,
 }
 
 impl Gate {
@@ -71,7 +74,15 @@ impl Gate {
             last_written: 0,
             persist_every_ms,
             unpersisted_since: None,
+            log_failed: false,
         }
+    }
+
+    /// A persist failed. From then on the node takes no writes: each would be decided on
+    /// applied state that may hold a write whose outcome is unknown (a 412 would reveal it as
+    /// if it were kept), and the engine refuses them anyway.
+    pub(crate) fn log_failed(&self) -> bool {
+        self.log_failed
     }
 
     pub(crate) fn waiting(&self) -> usize {
@@ -161,6 +172,7 @@ impl Gate {
     /// The bytes may be on disk after all: every waiting write's outcome is unknown.
     pub(crate) fn on_persist_failed(&mut self, message: &str, out: &mut Vec<Output>) {
         self.persists_running = self.persists_running.saturating_sub(1);
+        self.log_failed = true;
         for (_, target, _) in self.waiting.drain(..) {
             let response = err(
                 ErrorKind::OutcomeUnknown,

@@ -11,14 +11,14 @@
 //! | file | owns |
 //! |---|---|
 //! | `mod.rs` | the door: inputs, outputs, dispatch, the invariants checked after every input |
-//! | [`gate`] | the write gate: replies held until the writes they saw are durable; persists |
-//! | [`exec`] | running a request this node owns: conditions, versions, the engine write |
-//! | [`reader`] | reads, also outside the door (the `Reader` a driver runs on any thread) |
-//! | [`routing`] | who owns a key, forwarding to the owner, `NotOwner` retries, parked requests |
-//! | [`scan`] | scans fanned out over owners and merged by key |
-//! | [`leader`] | leadership as one state (follower, candidate, leader) and the leader's duties |
-//! | [`timers`] | `next_deadline` and the time-driven chores run after every input |
-//! | [`handoff`] | moving a partition: the old owner's side, the new owner's side, the clean-up |
+//! | `gate` | the write gate: replies held until the writes they saw are durable; persists |
+//! | `exec` | running a request this node owns: conditions, versions, the engine write |
+//! | `reader` | reads, also outside the door (the `Reader` a driver runs on any thread) |
+//! | `routing` | who owns a key, forwarding to the owner, `NotOwner` retries, parked requests |
+//! | `scan` | scans fanned out over owners and merged by key |
+//! | `leader` | leadership as one state (follower, candidate, leader) and the leader's duties |
+//! | `timers` | `next_deadline` and the time-driven chores run after every input |
+//! | `handoff` | moving a partition: the old owner's side, the new owner's side, the clean-up |
 //!
 //! The vocabulary (requests, responses, error kinds, the value envelope, the peer protocol) is
 //! in [`crate::proto`]; the cluster's shared state and coordinator events in [`crate::cluster`].
@@ -33,7 +33,11 @@ mod scan;
 mod timers;
 
 #[cfg(test)]
+mod harness;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod transcript;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

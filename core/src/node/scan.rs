@@ -131,6 +131,8 @@ impl Node {
             self.fwd.scans.insert(sid, agg);
         }
     }
+    /// One owner's page (or error) of fanned-out scan `scan`; the merged page leaves once all
+    /// are in.
     pub(crate) fn scan_part_done(&mut self, scan: u64, response: Response, out: &mut Vec<Output>) {
         let Some(agg) = self.fwd.scans.get_mut(&scan) else {
             return;
@@ -143,8 +145,6 @@ impl Node {
             }
         }
     }
-
-    /// Re-routes parked requests whose retry time came (or all, after a map change), and
 
     /// One owner's part of a scan, asked by a peer: every partition named must be ours.
     #[allow(clippy::too_many_arguments)]

@@ -1,25 +1,20 @@
-//! The node's unit tests: one node, and small clusters in one thread ([`Net`]).
+//! The node's unit tests: one node, and small clusters in one thread ([`Net`], driven by the
+//! harness's one loop in `harness.rs`; the transcripts in `testdata/` use the same loop).
 
 // ---- old 2600-3533
-use std::collections::VecDeque;
 use std::ops::Bound;
 
 use super::exec::VERSION_COUNTER_BITS;
+use super::harness::{engine_options, open_engine, Net};
 use super::*;
 use crate::cluster::StateStore;
 use crate::proto::envelope::encode_value;
 use crate::proto::{BatchOp, Condition};
-use crate::{Background, Options, SimDisk, StallPolicy, WriteBatch};
+use crate::{Background, Options, StallPolicy, WriteBatch};
 
 fn node() -> Node {
-    let opts = Options {
-        background: Background::Manual,
-        stall: StallPolicy::Refuse,
-        ..Options::default()
-    };
-    let db = Arc::new(Db::open(Arc::new(SimDisk::new()), opts).unwrap());
     Node::new(
-        db,
+        open_engine(engine_options()),
         NodeConfig {
             partitions: 8,
             ..NodeConfig::default()
@@ -27,25 +22,10 @@ fn node() -> Node {
     )
 }
 
-/// Sends one request; runs persists as a driver would; returns the reply.
+/// Sends one request; runs persists (and background work) as a driver would, through the
+/// harness's one driver loop; returns the reply.
 fn call(n: &mut Node, wall_ms: u64, request: Request) -> Response {
-    let mut out = Vec::new();
-    n.handle(wall_ms, Input::Client { id: 7, request }, &mut out);
-    loop {
-        match out.pop() {
-            Some(Output::Reply { response, .. }) => return response,
-            Some(Output::Persist) => {
-                let upto = n.db().persist().unwrap();
-                n.handle(wall_ms, Input::Persisted { upto }, &mut out);
-            }
-            Some(Output::Background) => {
-                let result = n.db().do_background_work().map_err(|e| e.to_string());
-                n.handle(wall_ms, Input::BackgroundDone { result }, &mut out);
-            }
-            Some(other) => panic!("a node of one emitted {other:?}"),
-            None => panic!("no reply"),
-        }
-    }
+    Net::over(std::slice::from_mut(n), wall_ms).call(0, 7, request)
 }
 
 fn put(key: &str, value: &str) -> Request {
@@ -124,9 +104,8 @@ fn a_durable_write_is_answered_only_after_its_persist() {
 }
 
 fn node_with(opts: Options) -> Node {
-    let db = Arc::new(Db::open(Arc::new(SimDisk::new()), opts).unwrap());
     Node::new(
-        db,
+        open_engine(opts),
         NodeConfig {
             partitions: 4,
             ..NodeConfig::default()
@@ -295,158 +274,6 @@ fn versions_go_up_per_key_and_survive_in_the_envelope() {
     assert!(far > u64::from(u32::MAX) << 12);
     // Never back, even when the clock is.
     assert!(n.versions.next(0, None) > far);
-}
-
-/// A tiny cluster in one thread: nodes, a coordinator store, and a queue of messages
-/// delivered in order.
-struct Net {
-    nodes: Vec<Node>,
-    store: StateStore<ClusterState>,
-    replies: Vec<(usize, u64, Response)>,
-    now: u64,
-}
-
-impl Net {
-    fn new(ids: &[&str]) -> Net {
-        let members: Vec<Member> = ids
-            .iter()
-            .map(|id| Member {
-                id: id.to_string(),
-                http: String::new(),
-                peer: String::new(),
-            })
-            .collect();
-        let mut net = Net {
-            nodes: Vec::new(),
-            store: StateStore::new(),
-            replies: Vec::new(),
-            now: 1_000,
-        };
-        for id in ids {
-            net.add_node(id);
-        }
-        for i in 0..ids.len() {
-            net.input(i, Input::Coordinator(CoordEvent::Connected));
-            net.input(i, Input::Coordinator(CoordEvent::Members(members.clone())));
-            let st = CoordEvent::State {
-                state: None,
-                stamp: -1,
-            };
-            net.input(i, Input::Coordinator(st));
-        }
-        net
-    }
-
-    fn members(&self) -> Vec<Member> {
-        self.nodes
-            .iter()
-            .map(|n| Member {
-                id: n.cfg.node_id.clone(),
-                http: String::new(),
-                peer: String::new(),
-            })
-            .collect()
-    }
-
-    /// A new node joins: connects, sees the members and the state; everyone sees it.
-    fn join(&mut self, id: &str) {
-        self.add_node(id);
-        let i = self.nodes.len() - 1;
-        self.input(i, Input::Coordinator(CoordEvent::Connected));
-        let st = self.store.state_event();
-        self.input(i, Input::Coordinator(st));
-        let ms = self.members();
-        for j in 0..self.nodes.len() {
-            self.input(j, Input::Coordinator(CoordEvent::Members(ms.clone())));
-        }
-    }
-
-    /// Time passes: every node gets timeouts until nothing is due.
-    fn settle(&mut self) {
-        for _ in 0..200 {
-            self.now += 100;
-            for j in 0..self.nodes.len() {
-                self.input(j, Input::Timeout);
-            }
-        }
-    }
-
-    fn add_node(&mut self, id: &str) {
-        {
-            let db = Arc::new(
-                Db::open(
-                    Arc::new(SimDisk::new()),
-                    Options {
-                        background: Background::Manual,
-                        stall: StallPolicy::Refuse,
-                        ..Options::default()
-                    },
-                )
-                .unwrap(),
-            );
-            let n = Node::new_clustered(
-                db,
-                NodeConfig {
-                    node_id: id.to_string(),
-                    partitions: 16,
-                    ..NodeConfig::default()
-                },
-            );
-            self.nodes.push(n);
-        }
-    }
-
-    fn index(&self, id: &str) -> usize {
-        self.nodes.iter().position(|n| n.cfg.node_id == id).unwrap()
-    }
-
-    /// Feeds one input and carries out every output, in FIFO order, until all is quiet.
-    fn input(&mut self, i: usize, input: Input) {
-        let mut queue = VecDeque::from([(i, input)]);
-        let mut steps = 0;
-        while let Some((i, input)) = queue.pop_front() {
-            steps += 1;
-            assert!(steps < 1_000_000, "the cluster never went quiet");
-            let mut out = Vec::new();
-            self.nodes[i].handle(self.now, input, &mut out);
-            for o in out {
-                match o {
-                    Output::Reply { id, response } => self.replies.push((i, id, response)),
-                    Output::Persist => {
-                        let upto = self.nodes[i].db().persist().unwrap();
-                        queue.push_back((i, Input::Persisted { upto }));
-                    }
-                    Output::Background => {}
-                    Output::Send { to, message } => {
-                        let from = self.nodes[i].cfg.node_id.clone();
-                        let j = self.index(&to);
-                        queue.push_back((j, Input::Peer { from, message }));
-                    }
-                    Output::Coordinator(CoordCommand::WriteState { state, expected }) => {
-                        let ok = self.store.write(state, expected);
-                        let done = StateStore::<ClusterState>::write_done(ok);
-                        queue.push_back((i, Input::Coordinator(done)));
-                        if ok {
-                            for j in 0..self.nodes.len() {
-                                let st = self.store.state_event();
-                                queue.push_back((j, Input::Coordinator(st)));
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    fn call(&mut self, i: usize, id: u64, request: Request) -> Response {
-        self.input(i, Input::Client { id, request });
-        let at = self
-            .replies
-            .iter()
-            .position(|(n, r, _)| *n == i && *r == id)
-            .expect("a reply");
-        self.replies.remove(at).2
-    }
 }
 
 #[test]

@@ -11,6 +11,8 @@ use crate::proto::Response;
 const CLEANUP_CHUNK: usize = 2_000;
 
 impl Node {
+    /// Deletes up to `max` keys of partition `p` (after user key `after`) from the local
+    /// engine. Returns the last key deleted if more may be left.
     pub(crate) fn delete_partition(
         &mut self,
         p: u16,

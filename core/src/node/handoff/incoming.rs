@@ -35,6 +35,7 @@ pub(crate) enum Phase {
 }
 
 impl Node {
+    /// Clears any stale local copy of `p`, then asks its owner for the first page.
     pub(crate) fn start_incoming(&mut self, now: u64, p: u16, from: String, out: &mut Vec<Output>) {
         // A failure here surfaces again when the copy's own writes fail.
         let _ = self.delete_partition(p, usize::MAX, None, out);
@@ -59,7 +60,8 @@ impl Node {
         );
     }
 
-    /// Deletes up to `max` keys of partition `p` (after user key `after`) from the local
+    /// New owner: apply a page, then ask for the next one or freeze.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn on_part_page(
         &mut self,
         now: u64,

@@ -90,10 +90,12 @@ impl Handoffs {
 }
 
 impl Node {
+    /// Partition `p` is frozen here: its requests wait for the map to flip.
     pub(crate) fn frozen(&self, p: u16) -> bool {
         self.ho.outgoing.get(&p).is_some_and(|o| o.frozen.is_some())
     }
 
+    /// The request names a key of a frozen partition.
     pub(crate) fn touches_frozen(&self, request: &Request) -> bool {
         !self.ho.outgoing.is_empty()
             && request
