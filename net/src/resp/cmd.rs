@@ -449,19 +449,7 @@ pub async fn exec(st: &RespState, c: &mut Conn, args: Vec<Vec<u8>>) -> (Reply, A
     let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
     let known = COMMANDS.iter().any(|k| k.0 == name);
     if !known {
-        let mut shown = String::new();
-        for a in args.iter().skip(1).take(16) {
-            shown.push('\'');
-            shown.push_str(&String::from_utf8_lossy(&a[..a.len().min(128)]));
-            shown.push_str("' ");
-        }
-        let name_shown = String::from_utf8_lossy(&args[0][..args[0].len().min(128)]).into_owned();
-        return (
-            Reply::err(format!(
-                "unknown command '{name_shown}', with args beginning with: {shown}"
-            )),
-            After::Continue,
-        );
+        return (unknown_command(&args), After::Continue);
     }
     if !arity_ok(&name, args.len()) {
         return (wrong_args(&name), After::Continue);
@@ -481,118 +469,10 @@ pub async fn exec(st: &RespState, c: &mut Conn, args: Vec<Vec<u8>>) -> (Reply, A
             Some(_) => Reply::err("DB index is out of range"),
             None => not_integer(),
         },
-        "hello" => {
-            let mut i = 0;
-            if let Some(v) = a.first() {
-                match parse_decimal(v) {
-                    Some(p @ 2..=3) => c.proto = p as u8,
-                    Some(_) => {
-                        return (
-                            Reply::Error("NOPROTO unsupported protocol version".into()),
-                            After::Continue,
-                        )
-                    }
-                    None => {
-                        return (
-                            Reply::err("Protocol version is not an integer or out of range"),
-                            After::Continue,
-                        )
-                    }
-                }
-                i = 1;
-            }
-            while i < a.len() {
-                match upper(&a[i]).as_str() {
-                    "SETNAME" if i + 1 < a.len() => {
-                        c.name = Some(a[i + 1].clone());
-                        i += 2;
-                    }
-                    "AUTH" if i + 2 < a.len() => {
-                        return (
-                            Reply::err("AUTH is not supported (CoreCache has no passwords)"),
-                            After::Continue,
-                        );
-                    }
-                    _ => return (Reply::err("syntax error in HELLO option"), After::Continue),
-                }
-            }
-            hello_reply(c)
-        }
-        "client" => match (upper(&a[0]).as_str(), &a[1..]) {
-            ("SETNAME", [n]) => {
-                if n.iter().any(|&b| !(b'!'..=b'~').contains(&b)) {
-                    Reply::err(
-                        "Client names cannot contain spaces, newlines or special characters.",
-                    )
-                } else {
-                    c.name = (!n.is_empty()).then(|| n.clone());
-                    Reply::ok()
-                }
-            }
-            ("GETNAME", []) => c.name.clone().map_or(Reply::Nil, Reply::Bulk),
-            ("ID", []) => Reply::Int(c.id as i64),
-            ("SETINFO", [_, _]) => Reply::ok(),
-            (sub @ ("SETNAME" | "GETNAME" | "ID" | "SETINFO"), _) => Reply::err(format!(
-                "wrong number of arguments for 'client|{}' command",
-                sub.to_ascii_lowercase()
-            )),
-            (sub, _) => Reply::err(format!(
-                "unknown subcommand '{}'. Try CLIENT HELP.",
-                sub.to_ascii_lowercase()
-            )),
-        },
-        "command" => match a.first().map(|s| upper(s)).as_deref() {
-            None => Reply::Array(COMMANDS.iter().map(command_info).collect()),
-            Some("COUNT") => Reply::Int(COMMANDS.len() as i64),
-            Some("DOCS") => Reply::Map(Vec::new()),
-            Some("INFO") => Reply::Array(
-                a[1..]
-                    .iter()
-                    .map(|n| {
-                        let n = String::from_utf8_lossy(n).to_ascii_lowercase();
-                        COMMANDS
-                            .iter()
-                            .find(|c| c.0 == n)
-                            .map_or(Reply::Nil, command_info)
-                    })
-                    .collect(),
-            ),
-            Some(sub) => Reply::err(format!(
-                "unknown subcommand '{}'. Try COMMAND HELP.",
-                sub.to_ascii_lowercase()
-            )),
-        },
-        "config" => match upper(&a[0]).as_str() {
-            // Enough for tools that ask (redis-benchmark reads `save` and `appendonly`): the
-            // log is always on; how often it is synced follows `sync`.
-            "GET" if a.len() >= 2 => {
-                let fsync = match st.sync.as_str() {
-                    "always" => "always",
-                    "interval" => "everysec",
-                    _ => "no",
-                };
-                let table = [
-                    ("save", ""),
-                    ("appendonly", "yes"),
-                    ("appendfsync", fsync),
-                    ("databases", "1"),
-                ];
-                let mut pairs = Vec::new();
-                for (k, v) in table {
-                    if a[1..]
-                        .iter()
-                        .any(|p| glob::matches(&p.to_ascii_lowercase(), k.as_bytes()))
-                    {
-                        pairs.push((Reply::bulk(k), Reply::bulk(v)));
-                    }
-                }
-                Reply::Map(pairs)
-            }
-            "GET" => wrong_args("config|get"),
-            sub => Reply::err(format!(
-                "CONFIG {sub} is not supported by CoreCache (its settings are in corecache serve)"
-            )),
-        },
+        "hello" => hello(c, a),
+        "client" => client(c, a),
+        "command" => command(a),
+        "config" => config(st, a),
         "info" => {
             let section = a
                 .first()
@@ -610,6 +490,131 @@ pub async fn exec(st: &RespState, c: &mut Conn, args: Vec<Vec<u8>>) -> (Reply, A
         }
     };
     (reply, After::Continue)
+}
+
+/// The error for a command this front-end does not know, as Redis words it.
+fn unknown_command(args: &[Vec<u8>]) -> Reply {
+    let mut shown = String::new();
+    for a in args.iter().skip(1).take(16) {
+        shown.push('\'');
+        shown.push_str(&String::from_utf8_lossy(&a[..a.len().min(128)]));
+        shown.push_str("' ");
+    }
+    let name_shown = String::from_utf8_lossy(&args[0][..args[0].len().min(128)]).into_owned();
+    Reply::err(format!(
+        "unknown command '{name_shown}', with args beginning with: {shown}"
+    ))
+}
+
+/// HELLO [protover [SETNAME name]]: switches the protocol and answers the server's facts.
+fn hello(c: &mut Conn, a: &[Vec<u8>]) -> Reply {
+    let mut i = 0;
+    if let Some(v) = a.first() {
+        match parse_decimal(v) {
+            Some(p @ 2..=3) => c.proto = p as u8,
+            Some(_) => return Reply::Error("NOPROTO unsupported protocol version".into()),
+            None => return Reply::err("Protocol version is not an integer or out of range"),
+        }
+        i = 1;
+    }
+    while i < a.len() {
+        match upper(&a[i]).as_str() {
+            "SETNAME" if i + 1 < a.len() => {
+                c.name = Some(a[i + 1].clone());
+                i += 2;
+            }
+            "AUTH" if i + 2 < a.len() => {
+                return Reply::err("AUTH is not supported (CoreCache has no passwords)");
+            }
+            _ => return Reply::err("syntax error in HELLO option"),
+        }
+    }
+    hello_reply(c)
+}
+
+/// CLIENT SETNAME / GETNAME / ID / SETINFO.
+fn client(c: &mut Conn, a: &[Vec<u8>]) -> Reply {
+    match (upper(&a[0]).as_str(), &a[1..]) {
+        ("SETNAME", [n]) => {
+            if n.iter().any(|&b| !(b'!'..=b'~').contains(&b)) {
+                Reply::err("Client names cannot contain spaces, newlines or special characters.")
+            } else {
+                c.name = (!n.is_empty()).then(|| n.clone());
+                Reply::ok()
+            }
+        }
+        ("GETNAME", []) => c.name.clone().map_or(Reply::Nil, Reply::Bulk),
+        ("ID", []) => Reply::Int(c.id as i64),
+        ("SETINFO", [_, _]) => Reply::ok(),
+        (sub @ ("SETNAME" | "GETNAME" | "ID" | "SETINFO"), _) => Reply::err(format!(
+            "wrong number of arguments for 'client|{}' command",
+            sub.to_ascii_lowercase()
+        )),
+        (sub, _) => Reply::err(format!(
+            "unknown subcommand '{}'. Try CLIENT HELP.",
+            sub.to_ascii_lowercase()
+        )),
+    }
+}
+
+/// COMMAND, COMMAND COUNT / DOCS / INFO.
+fn command(a: &[Vec<u8>]) -> Reply {
+    match a.first().map(|s| upper(s)).as_deref() {
+        None => Reply::Array(COMMANDS.iter().map(command_info).collect()),
+        Some("COUNT") => Reply::Int(COMMANDS.len() as i64),
+        Some("DOCS") => Reply::Map(Vec::new()),
+        Some("INFO") => Reply::Array(
+            a[1..]
+                .iter()
+                .map(|n| {
+                    let n = String::from_utf8_lossy(n).to_ascii_lowercase();
+                    COMMANDS
+                        .iter()
+                        .find(|c| c.0 == n)
+                        .map_or(Reply::Nil, command_info)
+                })
+                .collect(),
+        ),
+        Some(sub) => Reply::err(format!(
+            "unknown subcommand '{}'. Try COMMAND HELP.",
+            sub.to_ascii_lowercase()
+        )),
+    }
+}
+
+/// CONFIG GET, for tools that ask.
+fn config(st: &RespState, a: &[Vec<u8>]) -> Reply {
+    match upper(&a[0]).as_str() {
+        // Enough for tools that ask (redis-benchmark reads `save` and `appendonly`): the
+        // log is always on; how often it is synced follows `sync`.
+        "GET" if a.len() >= 2 => {
+            let fsync = match st.sync.as_str() {
+                "always" => "always",
+                "interval" => "everysec",
+                _ => "no",
+            };
+            let table = [
+                ("save", ""),
+                ("appendonly", "yes"),
+                ("appendfsync", fsync),
+                ("databases", "1"),
+            ];
+            let mut pairs = Vec::new();
+            for (k, v) in table {
+                if a[1..]
+                    .iter()
+                    .any(|p| glob::matches(&p.to_ascii_lowercase(), k.as_bytes()))
+                {
+                    pairs.push((Reply::bulk(k), Reply::bulk(v)));
+                }
+            }
+            Reply::Map(pairs)
+        }
+        "GET" => wrong_args("config|get"),
+        sub => Reply::err(format!(
+            "CONFIG {sub} is not supported by CoreCache (its settings are in corecache serve)"
+        )),
+    }
 }
 
 /// A write a pipeline may send ahead without waiting for the one before: a plain
@@ -693,22 +698,7 @@ async fn data(st: &RespState, node: &NodeHandle, name: &str, a: &[Vec<u8>]) -> R
             Ok(None) => Reply::Nil,
             Err(e) => e,
         },
-        "set" => {
-            let mut o = SetOpts::default();
-            for opt in &a[2..] {
-                match upper(opt).as_str() {
-                    "NX" if !o.xx => o.nx = true,
-                    "XX" if !o.nx => o.xx = true,
-                    "GET" => o.get = true,
-                    "KEEPTTL" => {}
-                    "EX" | "PX" | "EXAT" | "PXAT" => {
-                        return Reply::err("expiry not supported by CoreCache")
-                    }
-                    _ => return syntax(),
-                }
-            }
-            set(node, &a[0], &a[1], o).await
-        }
+        "set" => set_cmd(node, a).await,
         "setnx" => match set(
             node,
             &a[0],
@@ -737,68 +727,10 @@ async fn data(st: &RespState, node: &NodeHandle, name: &str, a: &[Vec<u8>]) -> R
             .await
         }
         "getdel" => getdel(node, &a[0]).await,
-        "del" | "unlink" => {
-            let mut n = 0;
-            for k in a {
-                match node
-                    .call(Request::Delete {
-                        key: k.clone(),
-                        cond: Condition::None,
-                    })
-                    .await
-                {
-                    Response::Deleted { .. } => n += 1,
-                    Response::NotFound => {}
-                    other => return unexpected(&other),
-                }
-            }
-            Reply::Int(n)
-        }
-        "exists" => {
-            let mut n = 0;
-            for k in a {
-                match get(node, k).await {
-                    Ok(Some(_)) => n += 1,
-                    Ok(None) => {}
-                    Err(e) => return e,
-                }
-            }
-            Reply::Int(n)
-        }
-        "mget" => {
-            let mut out = Vec::with_capacity(a.len());
-            for k in a {
-                out.push(match get(node, k).await {
-                    Ok(Some((v, _))) => Reply::Bulk(v),
-                    Ok(None) => Reply::Nil,
-                    Err(e) => return e,
-                });
-            }
-            Reply::Array(out)
-        }
-        "mset" | "msetnx" => {
-            if !a.len().is_multiple_of(2) {
-                return wrong_args(name);
-            }
-            // One batch, so atomic on the owner; MSETNX's condition is checked inside it, in
-            // apply order, for every key at once.
-            let ops = a
-                .chunks(2)
-                .map(|p| {
-                    if name == "msetnx" {
-                        BatchOp::PutIfAbsent(p[0].clone(), p[1].clone())
-                    } else {
-                        BatchOp::Put(p[0].clone(), p[1].clone())
-                    }
-                })
-                .collect();
-            match node.call(Request::Batch { ops }).await {
-                Response::Written { .. } if name == "msetnx" => Reply::Int(1),
-                Response::PreconditionFailed { .. } if name == "msetnx" => Reply::Int(0),
-                Response::Written { .. } => Reply::ok(),
-                other => unexpected(&other),
-            }
-        }
+        "del" | "unlink" => del(node, a).await,
+        "exists" => exists(node, a).await,
+        "mget" => mget(node, a).await,
+        "mset" | "msetnx" => mset(node, name, a).await,
         "strlen" => match get(node, &a[0]).await {
             Ok(Some((v, _))) => Reply::Int(v.len() as i64),
             Ok(None) => Reply::Int(0),
@@ -820,46 +752,139 @@ async fn data(st: &RespState, node: &NodeHandle, name: &str, a: &[Vec<u8>]) -> R
             Err(e) => e,
         },
         "scan" => scan(st, node, a).await,
-        "keys" => {
-            let pat = &a[0];
-            let prefix = glob::literal_prefix(pat);
-            let mut after = None;
-            let mut out = Vec::new();
-            loop {
-                let (keys, next) = match page(node, &prefix, after, PAGE * 10).await {
-                    Ok(p) => p,
-                    Err(e) => return e,
-                };
-                out.extend(
-                    keys.into_iter()
-                        .filter(|k| glob::matches(pat, k))
-                        .map(Reply::Bulk),
-                );
-                if out.len() > MAX_KEYS_REPLY {
-                    return Reply::err(format!("more than {MAX_KEYS_REPLY} keys match; use SCAN"));
-                }
-                match next {
-                    Some(k) => after = Some(k),
-                    None => return Reply::Array(out),
-                }
-            }
-        }
-        "flushdb" => {
-            if a.len() > 1
-                || a.first()
-                    .is_some_and(|m| !matches!(upper(m).as_str(), "SYNC" | "ASYNC"))
-            {
-                return syntax();
-            }
-            if !st.flushdb {
-                return Reply::err(
-                    "FLUSHDB is disabled on this node (setting resp_flushdb = true enables it)",
-                );
-            }
-            flushdb(node).await
-        }
+        "keys" => keys(node, &a[0]).await,
+        "flushdb" => flushdb_cmd(st, node, a).await,
         other => Reply::err(format!("unknown command '{other}'")),
     }
+}
+
+/// SET key value [NX | XX] [GET] [KEEPTTL].
+async fn set_cmd(node: &NodeHandle, a: &[Vec<u8>]) -> Reply {
+    let mut o = SetOpts::default();
+    for opt in &a[2..] {
+        match upper(opt).as_str() {
+            "NX" if !o.xx => o.nx = true,
+            "XX" if !o.nx => o.xx = true,
+            "GET" => o.get = true,
+            "KEEPTTL" => {}
+            "EX" | "PX" | "EXAT" | "PXAT" => {
+                return Reply::err("expiry not supported by CoreCache")
+            }
+            _ => return syntax(),
+        }
+    }
+    set(node, &a[0], &a[1], o).await
+}
+
+/// DEL / UNLINK: one delete per key; the count of keys that existed.
+async fn del(node: &NodeHandle, a: &[Vec<u8>]) -> Reply {
+    let mut n = 0;
+    for k in a {
+        match node
+            .call(Request::Delete {
+                key: k.clone(),
+                cond: Condition::None,
+            })
+            .await
+        {
+            Response::Deleted { .. } => n += 1,
+            Response::NotFound => {}
+            other => return unexpected(&other),
+        }
+    }
+    Reply::Int(n)
+}
+
+/// EXISTS: how many of the keys exist (a key named twice counts twice).
+async fn exists(node: &NodeHandle, a: &[Vec<u8>]) -> Reply {
+    let mut n = 0;
+    for k in a {
+        match get(node, k).await {
+            Ok(Some(_)) => n += 1,
+            Ok(None) => {}
+            Err(e) => return e,
+        }
+    }
+    Reply::Int(n)
+}
+
+/// MGET: each key's value or nil.
+async fn mget(node: &NodeHandle, a: &[Vec<u8>]) -> Reply {
+    let mut out = Vec::with_capacity(a.len());
+    for k in a {
+        out.push(match get(node, k).await {
+            Ok(Some((v, _))) => Reply::Bulk(v),
+            Ok(None) => Reply::Nil,
+            Err(e) => return e,
+        });
+    }
+    Reply::Array(out)
+}
+
+/// MSET / MSETNX: one batch on the owner.
+async fn mset(node: &NodeHandle, name: &str, a: &[Vec<u8>]) -> Reply {
+    if !a.len().is_multiple_of(2) {
+        return wrong_args(name);
+    }
+    // One batch, so atomic on the owner; MSETNX's condition is checked inside it, in
+    // apply order, for every key at once.
+    let ops = a
+        .chunks(2)
+        .map(|p| {
+            if name == "msetnx" {
+                BatchOp::PutIfAbsent(p[0].clone(), p[1].clone())
+            } else {
+                BatchOp::Put(p[0].clone(), p[1].clone())
+            }
+        })
+        .collect();
+    match node.call(Request::Batch { ops }).await {
+        Response::Written { .. } if name == "msetnx" => Reply::Int(1),
+        Response::PreconditionFailed { .. } if name == "msetnx" => Reply::Int(0),
+        Response::Written { .. } => Reply::ok(),
+        other => unexpected(&other),
+    }
+}
+
+/// KEYS pattern: every match, page by page (refused past `MAX_KEYS_REPLY`).
+async fn keys(node: &NodeHandle, pat: &[u8]) -> Reply {
+    let prefix = glob::literal_prefix(pat);
+    let mut after = None;
+    let mut out = Vec::new();
+    loop {
+        let (keys, next) = match page(node, &prefix, after, PAGE * 10).await {
+            Ok(p) => p,
+            Err(e) => return e,
+        };
+        out.extend(
+            keys.into_iter()
+                .filter(|k| glob::matches(pat, k))
+                .map(Reply::Bulk),
+        );
+        if out.len() > MAX_KEYS_REPLY {
+            return Reply::err(format!("more than {MAX_KEYS_REPLY} keys match; use SCAN"));
+        }
+        match next {
+            Some(k) => after = Some(k),
+            None => return Reply::Array(out),
+        }
+    }
+}
+
+/// FLUSHDB [SYNC | ASYNC], when `resp_flushdb` allows it.
+async fn flushdb_cmd(st: &RespState, node: &NodeHandle, a: &[Vec<u8>]) -> Reply {
+    if a.len() > 1
+        || a.first()
+            .is_some_and(|m| !matches!(upper(m).as_str(), "SYNC" | "ASYNC"))
+    {
+        return syntax();
+    }
+    if !st.flushdb {
+        return Reply::err(
+            "FLUSHDB is disabled on this node (setting resp_flushdb = true enables it)",
+        );
+    }
+    flushdb(node).await
 }
 
 async fn scan(st: &RespState, node: &NodeHandle, a: &[Vec<u8>]) -> Reply {
