@@ -277,67 +277,10 @@ fn serve(args: ServeArgs) -> ExitCode {
 
 /// Runs a client command: Ok(true) found/done, Ok(false) not found.
 fn client_cmd(cmd: Command) -> Result<bool, String> {
-    let fail = |r: &client::Reply| {
-        format!(
-            "HTTP {}: {}",
-            r.status,
-            String::from_utf8_lossy(&r.body).trim()
-        )
-    };
     match cmd {
-        Command::Get { key, ep } => {
-            let r = client::request(
-                &ep.endpoint,
-                "GET",
-                &format!("/v1/kv/{}", client::encode(key.as_bytes())),
-                b"",
-            )?;
-            match r.status {
-                200 => {
-                    std::io::stdout()
-                        .write_all(&r.body)
-                        .map_err(|e| e.to_string())?;
-                    Ok(true)
-                }
-                404 => Ok(false),
-                _ => Err(fail(&r)),
-            }
-        }
-        Command::Put { key, value, ep } => {
-            let value = match value {
-                Some(v) => v.into_bytes(),
-                None => {
-                    let mut v = Vec::new();
-                    std::io::stdin()
-                        .read_to_end(&mut v)
-                        .map_err(|e| format!("reading the value from stdin: {e}"))?;
-                    v
-                }
-            };
-            let r = client::request(
-                &ep.endpoint,
-                "PUT",
-                &format!("/v1/kv/{}", client::encode(key.as_bytes())),
-                &value,
-            )?;
-            match r.status {
-                200 => Ok(true),
-                _ => Err(fail(&r)),
-            }
-        }
-        Command::Delete { key, ep } => {
-            let r = client::request(
-                &ep.endpoint,
-                "DELETE",
-                &format!("/v1/kv/{}", client::encode(key.as_bytes())),
-                b"",
-            )?;
-            match r.status {
-                200 | 204 => Ok(true),
-                404 => Ok(false),
-                _ => Err(fail(&r)),
-            }
-        }
+        Command::Get { key, ep } => get_cmd(&key, &ep),
+        Command::Put { key, value, ep } => put_cmd(&key, value, &ep),
+        Command::Delete { key, ep } => delete_cmd(&key, &ep),
         Command::Scan {
             prefix,
             start,
@@ -346,111 +289,214 @@ fn client_cmd(cmd: Command) -> Result<bool, String> {
             values,
             ep,
         } => {
-            let mut query = format!("limit={}", limit.clamp(1, 1000));
-            for (name, v) in [("prefix", &prefix), ("start", &start), ("end", &end)] {
-                if let Some(v) = v {
-                    query.push_str(&format!("&{name}={}", client::encode(v.as_bytes())));
-                }
-            }
-            let mut printed = 0usize;
-            let mut continuation: Option<String> = None;
-            let b64 = base64::engine::general_purpose::STANDARD;
-            let mut out = std::io::stdout().lock();
-            loop {
-                let mut q = query.clone();
-                if let Some(c) = &continuation {
-                    q.push_str(&format!("&continuation={c}"));
-                }
-                let r = client::request(&ep.endpoint, "GET", &format!("/v1/kv?{q}"), b"")?;
-                if r.status != 200 {
-                    return Err(fail(&r));
-                }
-                let page: serde_json::Value =
-                    serde_json::from_slice(&r.body).map_err(|e| format!("bad scan reply: {e}"))?;
-                for item in page["items"].as_array().into_iter().flatten() {
-                    let key = b64
-                        .decode(item["key"].as_str().unwrap_or(""))
-                        .map_err(|e| format!("bad key in reply: {e}"))?;
-                    let _ = out.write_all(&key);
-                    if values {
-                        let v = b64
-                            .decode(item["value"].as_str().unwrap_or(""))
-                            .map_err(|e| format!("bad value in reply: {e}"))?;
-                        let _ = out.write_all(b"\t");
-                        let _ = out.write_all(&v);
-                    }
-                    let _ = out.write_all(b"\n");
-                    printed += 1;
-                }
-                match page["continuation"].as_str() {
-                    Some(c) if printed < limit => continuation = Some(c.to_string()),
-                    _ => break,
-                }
-            }
-            Ok(true)
+            let query = scan_query(&prefix, &start, &end, limit);
+            scan_cmd(&query, limit, values, &ep)
         }
-        Command::Status { ep } => {
-            let r = client::request(&ep.endpoint, "GET", "/v1/status", b"")?;
-            if r.status != 200 {
-                return Err(fail(&r));
-            }
-            std::io::stdout()
-                .write_all(&r.body)
-                .and_then(|()| std::io::stdout().write_all(b"\n"))
-                .map_err(|e| e.to_string())?;
-            Ok(true)
-        }
+        Command::Status { ep } => status_cmd(&ep),
         Command::Decommission {
             node,
             timeout_secs,
             ep,
-        } => {
-            let status = |ep: &str| -> Result<serde_json::Value, String> {
-                let r = client::request(ep, "GET", "/v1/status", b"")?;
-                if r.status != 200 {
-                    return Err(fail(&r));
-                }
-                serde_json::from_slice(&r.body).map_err(|e| format!("bad status reply: {e}"))
-            };
-            let node = match node {
-                Some(n) => n,
-                None => status(&ep.endpoint)?["node_id"]
-                    .as_str()
-                    .ok_or("the status has no node_id")?
-                    .to_string(),
-            };
-            let r = client::request(
-                &ep.endpoint,
-                "POST",
-                &format!(
-                    "/v1/admin/decommission?node={}",
-                    client::encode(node.as_bytes())
-                ),
-                b"",
-            )?;
-            if r.status != 202 {
-                return Err(fail(&r));
-            }
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_secs);
-            loop {
-                let st = status(&ep.endpoint)?;
-                let owned = st["partitions"].as_object().map_or(0, |m| {
-                    m.values().filter(|o| o.as_str() == Some(&node)).count()
-                });
-                let moving = st["moving"].as_object().map_or(0, |m| m.len());
-                if owned == 0 && moving == 0 {
-                    eprintln!("{node} owns no partitions; it can be stopped");
-                    return Ok(true);
-                }
-                if std::time::Instant::now() > deadline {
-                    return Err(format!(
-                        "{node} still owns {owned} partitions ({moving} moving) after {timeout_secs} s"
-                    ));
-                }
-                std::thread::sleep(std::time::Duration::from_millis(200));
-            }
-        }
+        } => decommission_cmd(node, timeout_secs, &ep),
         Command::Serve(_) => unreachable!("handled in main"),
+    }
+}
+
+/// The error for a reply the command did not expect: the status and the node's own message,
+/// which says more than any text of ours could.
+fn fail(r: &client::Reply) -> String {
+    format!(
+        "HTTP {}: {}",
+        r.status,
+        String::from_utf8_lossy(&r.body).trim()
+    )
+}
+
+/// A key's path in the HTTP API: percent-encoded, since a key may hold any byte.
+fn kv_path(key: &str) -> String {
+    format!("/v1/kv/{}", client::encode(key.as_bytes()))
+}
+
+fn get_cmd(key: &str, ep: &Endpoint) -> Result<bool, String> {
+    let r = client::request(&ep.endpoint, "GET", &kv_path(key), b"")?;
+    match r.status {
+        200 => {
+            std::io::stdout()
+                .write_all(&r.body)
+                .map_err(|e| e.to_string())?;
+            Ok(true)
+        }
+        404 => Ok(false),
+        _ => Err(fail(&r)),
+    }
+}
+
+/// Without a value argument the value is read from stdin, so that it may hold any byte.
+fn put_cmd(key: &str, value: Option<String>, ep: &Endpoint) -> Result<bool, String> {
+    let value = match value {
+        Some(v) => v.into_bytes(),
+        None => {
+            let mut v = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut v)
+                .map_err(|e| format!("reading the value from stdin: {e}"))?;
+            v
+        }
+    };
+    let r = client::request(&ep.endpoint, "PUT", &kv_path(key), &value)?;
+    match r.status {
+        200 => Ok(true),
+        _ => Err(fail(&r)),
+    }
+}
+
+fn delete_cmd(key: &str, ep: &Endpoint) -> Result<bool, String> {
+    let r = client::request(&ep.endpoint, "DELETE", &kv_path(key), b"")?;
+    match r.status {
+        200 | 204 => Ok(true),
+        404 => Ok(false),
+        _ => Err(fail(&r)),
+    }
+}
+
+/// The query every page of a scan repeats: only the continuation changes from page to page.
+fn scan_query(
+    prefix: &Option<String>,
+    start: &Option<String>,
+    end: &Option<String>,
+    limit: usize,
+) -> String {
+    let mut query = format!("limit={}", limit.clamp(1, 1000));
+    for (name, v) in [("prefix", prefix), ("start", start), ("end", end)] {
+        if let Some(v) = v {
+            query.push_str(&format!("&{name}={}", client::encode(v.as_bytes())));
+        }
+    }
+    query
+}
+
+/// Follows the continuation from page to page until the node has no more or `limit` keys are
+/// printed, so that a scan of any length needs no more memory than one page.
+fn scan_cmd(query: &str, limit: usize, values: bool, ep: &Endpoint) -> Result<bool, String> {
+    let mut printed = 0usize;
+    let mut continuation: Option<String> = None;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let mut q = query.to_string();
+        if let Some(c) = &continuation {
+            q.push_str(&format!("&continuation={c}"));
+        }
+        let r = client::request(&ep.endpoint, "GET", &format!("/v1/kv?{q}"), b"")?;
+        if r.status != 200 {
+            return Err(fail(&r));
+        }
+        let page: serde_json::Value =
+            serde_json::from_slice(&r.body).map_err(|e| format!("bad scan reply: {e}"))?;
+        printed += print_scan_page(&page, values, &mut out)?;
+        match page["continuation"].as_str() {
+            Some(c) if printed < limit => continuation = Some(c.to_string()),
+            _ => break,
+        }
+    }
+    Ok(true)
+}
+
+/// Prints one page's keys (and values), decoded from the base64 that JSON needs for arbitrary
+/// bytes. Returns how many it printed, for `scan_cmd` to count against its limit.
+fn print_scan_page(
+    page: &serde_json::Value,
+    values: bool,
+    out: &mut impl Write,
+) -> Result<usize, String> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut printed = 0usize;
+    for item in page["items"].as_array().into_iter().flatten() {
+        let key = b64
+            .decode(item["key"].as_str().unwrap_or(""))
+            .map_err(|e| format!("bad key in reply: {e}"))?;
+        let _ = out.write_all(&key);
+        if values {
+            let v = b64
+                .decode(item["value"].as_str().unwrap_or(""))
+                .map_err(|e| format!("bad value in reply: {e}"))?;
+            let _ = out.write_all(b"\t");
+            let _ = out.write_all(&v);
+        }
+        let _ = out.write_all(b"\n");
+        printed += 1;
+    }
+    Ok(printed)
+}
+
+fn status_cmd(ep: &Endpoint) -> Result<bool, String> {
+    let r = client::request(&ep.endpoint, "GET", "/v1/status", b"")?;
+    if r.status != 200 {
+        return Err(fail(&r));
+    }
+    std::io::stdout()
+        .write_all(&r.body)
+        .and_then(|()| std::io::stdout().write_all(b"\n"))
+        .map_err(|e| e.to_string())?;
+    Ok(true)
+}
+
+/// The node's status, parsed: decommissioning reads the node id and the partition map from it.
+fn fetch_status(endpoint: &str) -> Result<serde_json::Value, String> {
+    let r = client::request(endpoint, "GET", "/v1/status", b"")?;
+    if r.status != 200 {
+        return Err(fail(&r));
+    }
+    serde_json::from_slice(&r.body).map_err(|e| format!("bad status reply: {e}"))
+}
+
+/// Asks the leader (through the node at `ep`) to move every partition off `node`, then waits:
+/// the command succeeds only once the node can be stopped without losing a partition.
+fn decommission_cmd(
+    node: Option<String>,
+    timeout_secs: u64,
+    ep: &Endpoint,
+) -> Result<bool, String> {
+    let node = match node {
+        Some(n) => n,
+        None => fetch_status(&ep.endpoint)?["node_id"]
+            .as_str()
+            .ok_or("the status has no node_id")?
+            .to_string(),
+    };
+    let r = client::request(
+        &ep.endpoint,
+        "POST",
+        &format!(
+            "/v1/admin/decommission?node={}",
+            client::encode(node.as_bytes())
+        ),
+        b"",
+    )?;
+    if r.status != 202 {
+        return Err(fail(&r));
+    }
+    wait_until_empty(&node, timeout_secs, ep)
+}
+
+/// Polls the status until `node` owns no partition and none is moving, or `timeout_secs` pass.
+fn wait_until_empty(node: &str, timeout_secs: u64, ep: &Endpoint) -> Result<bool, String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_secs);
+    loop {
+        let st = fetch_status(&ep.endpoint)?;
+        let owned = st["partitions"].as_object().map_or(0, |m| {
+            m.values().filter(|o| o.as_str() == Some(node)).count()
+        });
+        let moving = st["moving"].as_object().map_or(0, |m| m.len());
+        if owned == 0 && moving == 0 {
+            eprintln!("{node} owns no partitions; it can be stopped");
+            return Ok(true);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "{node} still owns {owned} partitions ({moving} moving) after {timeout_secs} s"
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
 

@@ -108,6 +108,23 @@ fn num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
 impl Config {
     /// Sets one setting from its text form, checking it.
     pub fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
+        // Each group checks and sets the names it knows: `Ok(false)` passes `name` on.
+        let known = self.set_local(name, value)?
+            || self.set_cluster(name, value)?
+            || self.set_limits(name, value)?
+            || self.set_front_ends(name, value)?;
+        if !known {
+            return Err(format!(
+                "unknown setting `{name}` (known: {})",
+                SETTINGS.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// The node's own HTTP address, data directory and log syncing. Like each group below,
+    /// answers `Ok(false)` for a name it does not know, so that `set` can try the next group.
+    fn set_local(&mut self, name: &str, value: &str) -> Result<bool, String> {
         match name {
             "listen" => {
                 value
@@ -136,6 +153,15 @@ impl Config {
                 }
                 self.sync_interval_ms = v;
             }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Identity and membership: who the node is, which cluster it joins and how, and the
+    /// partition count fixed when its data directory is created.
+    fn set_cluster(&mut self, name: &str, value: &str) -> Result<bool, String> {
+        match name {
             "node_id" => {
                 if value.is_empty()
                     || value.len() > 64
@@ -195,6 +221,15 @@ impl Config {
                 }
                 self.partitions = v;
             }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Memory budgets and request size limits: numbers, each checked against the range the
+    /// node can run with.
+    fn set_limits(&mut self, name: &str, value: &str) -> Result<bool, String> {
+        match name {
             "memtable_mb" => {
                 let v: u64 = num(name, value)?;
                 if !(1..=4096).contains(&v) {
@@ -230,6 +265,14 @@ impl Config {
                 }
                 self.max_body_bytes = v;
             }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The log format and the RESP front-end: the node's outputs other than its HTTP API.
+    fn set_front_ends(&mut self, name: &str, value: &str) -> Result<bool, String> {
+        match name {
             "log_format" => match value {
                 "human" | "json" => self.log_format = value.into(),
                 _ => {
@@ -255,14 +298,9 @@ impl Config {
                     ))
                 }
             },
-            other => {
-                return Err(format!(
-                    "unknown setting `{other}` (known: {})",
-                    SETTINGS.join(", ")
-                ))
-            }
+            _ => return Ok(false),
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Applies a TOML file's settings.

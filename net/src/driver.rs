@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use corecache_core::cluster::{CoordEvent, Member};
+use corecache_core::cluster::{CoordCommand, CoordEvent, Member};
 use corecache_core::node::{ClusterView, Input, Node, NodeStats, Output, Reader};
 use corecache_core::proto::{AdminCommand, ErrorKind, Request, Response};
 use corecache_core::Db;
@@ -96,7 +96,7 @@ impl NodeHandle {
         if self.tx.send(Msg::Client { request, reply }).await.is_err() {
             return stopped();
         }
-        rx.await.unwrap_or_else(|_| stopped())
+        rx.await.unwrap_or_else(|_| lost())
     }
 
     /// Sends a request to the node without waiting for its answer ([`Pending::reply`] waits).
@@ -159,16 +159,25 @@ pub struct Pending(Option<oneshot::Receiver<Response>>);
 impl Pending {
     pub async fn reply(self) -> Response {
         match self.0 {
-            Some(rx) => rx.await.unwrap_or_else(|_| stopped()),
+            Some(rx) => rx.await.unwrap_or_else(|_| lost()),
             None => stopped(),
         }
     }
 }
 
+/// The request never reached the node task.
 fn stopped() -> Response {
     Response::Error {
         kind: ErrorKind::Unavailable,
         message: "the node is shutting down".into(),
+    }
+}
+
+/// The node task took the request and stopped before answering: it may have been applied.
+fn lost() -> Response {
+    Response::Error {
+        kind: ErrorKind::OutcomeUnknown,
+        message: "the node stopped before answering; the outcome is unknown".into(),
     }
 }
 
@@ -224,12 +233,11 @@ pub fn spawn(
 pub fn spawn_with(
     node: Node,
     metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     io: ClusterIo,
     env: Env,
 ) -> NodeHandle {
-    let wall_ms = env.now_ms;
-    let (tx, mut rx) = mpsc::channel::<Msg>(8192);
+    let (tx, rx) = mpsc::channel::<Msg>(8192);
     let ready = Arc::new(AtomicBool::new(false));
     let handle = NodeHandle {
         tx: tx.clone(),
@@ -239,9 +247,32 @@ pub fn spawn_with(
         partitions: node.config().partitions,
         ready: ready.clone(),
     };
-    // Coordinator events and peer messages join the node's one queue.
-    let (coord_tx, mut coord_rx) = mpsc::unbounded_channel::<CoordEvent>();
+    let (coord_tx, coord_rx) = mpsc::unbounded_channel::<CoordEvent>();
     let commands = io.coordinator.start(io.me, coord_tx);
+    let peer_net = join_queue(&tx, coord_rx, io.peers);
+    let task = NodeTask {
+        node,
+        metrics,
+        env,
+        tx,
+        ready,
+        peer_net,
+        commands,
+        next_id: 0,
+        replies: HashMap::new(),
+        out: Vec::new(),
+    };
+    tokio::spawn(task.run(rx, shutdown));
+    handle
+}
+
+/// Feeds coordinator events and peer messages into the node's one queue, so that the node task
+/// takes every input from one place, in one order. Returns the peer transport, for the sends.
+fn join_queue(
+    tx: &mpsc::Sender<Msg>,
+    mut coord_rx: mpsc::UnboundedReceiver<CoordEvent>,
+    peers: Option<(PeerNet, mpsc::Receiver<PeerEvent>)>,
+) -> Option<PeerNet> {
     {
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -252,7 +283,7 @@ pub fn spawn_with(
             }
         });
     }
-    let peer_net = match io.peers {
+    match peers {
         Some((net, mut events)) => {
             let tx = tx.clone();
             tokio::spawn(async move {
@@ -265,15 +296,33 @@ pub fn spawn_with(
             Some(net)
         }
         None => None,
-    };
-    tokio::spawn(async move {
-        let mut node = node;
-        let mut next_id: u64 = 0;
-        let mut replies: HashMap<u64, oneshot::Sender<Response>> = HashMap::new();
-        let mut out = Vec::new();
+    }
+}
+
+/// The node task: it alone owns the `Node`, so the node needs no lock, and it keeps what
+/// carrying out the node's outputs needs.
+struct NodeTask {
+    node: Node,
+    metrics: Arc<Metrics>,
+    env: Env,
+    /// The node's own queue, on which blocking work reports back.
+    tx: mpsc::Sender<Msg>,
+    ready: Arc<AtomicBool>,
+    peer_net: Option<PeerNet>,
+    commands: mpsc::UnboundedSender<CoordCommand>,
+    next_id: u64,
+    /// The callers waiting for an `Output::Reply`, by the id the node was given.
+    replies: HashMap<u64, oneshot::Sender<Response>>,
+    /// The node's outputs, one buffer reused for every input.
+    out: Vec<Output>,
+}
+
+impl NodeTask {
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>, mut shutdown: watch::Receiver<bool>) {
+        let wall_ms = self.env.now_ms;
         loop {
             // The node's own deadline, as a sleep on tokio's clock.
-            let deadline = node.next_deadline().map(|at| {
+            let deadline = self.node.next_deadline().map(|at| {
                 let wait = at.saturating_sub(wall_ms());
                 tokio::time::Instant::now() + Duration::from_millis(wait)
             });
@@ -285,87 +334,97 @@ pub fn spawn_with(
                 _ = shutdown.changed() => break,
                 _ = sleep_until(deadline) => None,
             };
-            let now = wall_ms();
-            match msg {
-                None => node.handle(now, Input::Timeout, &mut out),
-                Some(Msg::Client { request, reply }) => {
-                    let id = next_id;
-                    next_id += 1;
-                    replies.insert(id, reply);
-                    node.handle(now, Input::Client { id, request }, &mut out);
-                }
-                Some(Msg::Persisted(Ok(upto))) => {
-                    node.handle(now, Input::Persisted { upto }, &mut out)
-                }
-                Some(Msg::Persisted(Err(message))) => {
-                    node.handle(now, Input::PersistFailed { message }, &mut out)
-                }
-                Some(Msg::BackgroundDone(result)) => {
-                    node.handle(now, Input::BackgroundDone { result }, &mut out)
-                }
-                Some(Msg::Admin { command, reply }) => {
-                    let id = next_id;
-                    next_id += 1;
-                    replies.insert(id, reply);
-                    node.handle(now, Input::Admin { id, command }, &mut out);
-                }
-                Some(Msg::Coord(event)) => {
-                    if let (CoordEvent::Members(ms), Some(net)) = (&event, &peer_net) {
-                        net.set_addrs(ms.iter().map(|m| (m.id.clone(), m.peer.clone())));
-                    }
-                    node.handle(now, Input::Coordinator(event), &mut out);
-                }
-                Some(Msg::Peer(PeerEvent::Message { from, message })) => {
-                    node.handle(now, Input::Peer { from, message }, &mut out)
-                }
-                Some(Msg::Peer(PeerEvent::Down { peer })) => {
-                    node.handle(now, Input::PeerDown { peer }, &mut out)
-                }
-                Some(Msg::Stats(tx)) => {
-                    let _ = tx.send(node.stats());
-                }
-                Some(Msg::Cluster(tx)) => {
-                    let _ = tx.send(node.cluster());
-                }
-            }
-            ready.store(node.ready(), Ordering::Release);
-            for o in out.drain(..) {
-                match o {
-                    Output::Send { to, message } => match &peer_net {
-                        Some(net) => net.send(to, message),
-                        None => tracing::error!(%to, "no peer transport for a peer message"),
-                    },
-                    Output::Coordinator(cmd) => {
-                        let _ = commands.send(cmd);
-                    }
-                    Output::Reply { id, response } => {
-                        if let Some(r) = replies.remove(&id) {
-                            let _ = r.send(response);
-                        }
-                    }
-                    Output::Persist => {
-                        let db = node.db().clone();
-                        let metrics = metrics.clone();
-                        run_blocking(env.blocking, tx.clone(), move || {
-                            let start = Instant::now();
-                            let r = db.persist().map_err(|e| e.to_string());
-                            metrics.observe_fsync(start.elapsed());
-                            Msg::Persisted(r)
-                        });
-                    }
-                    Output::Background => {
-                        let db = node.db().clone();
-                        run_blocking(env.blocking, tx.clone(), move || {
-                            Msg::BackgroundDone(db.do_background_work().map_err(|e| e.to_string()))
-                        });
-                    }
-                }
-            }
+            self.feed(wall_ms(), msg);
+            self.ready.store(self.node.ready(), Ordering::Release);
+            self.carry_out();
         }
         // Answer whatever is still waiting rather than leaving clients hanging.
-        for (_, r) in replies.drain() {
-            let _ = r.send(stopped());
+        for (_, r) in self.replies.drain() {
+            let _ = r.send(lost());
         }
-    });
-    handle
+    }
+
+    /// Turns one message (`None`: the deadline passed) into the node's input. Callers that
+    /// wait for an answer get an id here, which the node's `Output::Reply` names.
+    fn feed(&mut self, now: u64, msg: Option<Msg>) {
+        let node = &mut self.node;
+        let out = &mut self.out;
+        match msg {
+            None => node.handle(now, Input::Timeout, out),
+            Some(Msg::Client { request, reply }) => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.replies.insert(id, reply);
+                node.handle(now, Input::Client { id, request }, out);
+            }
+            Some(Msg::Persisted(Ok(upto))) => node.handle(now, Input::Persisted { upto }, out),
+            Some(Msg::Persisted(Err(message))) => {
+                node.handle(now, Input::PersistFailed { message }, out)
+            }
+            Some(Msg::BackgroundDone(result)) => {
+                node.handle(now, Input::BackgroundDone { result }, out)
+            }
+            Some(Msg::Admin { command, reply }) => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.replies.insert(id, reply);
+                node.handle(now, Input::Admin { id, command }, out);
+            }
+            Some(Msg::Coord(event)) => {
+                if let (CoordEvent::Members(ms), Some(net)) = (&event, &self.peer_net) {
+                    net.set_addrs(ms.iter().map(|m| (m.id.clone(), m.peer.clone())));
+                }
+                node.handle(now, Input::Coordinator(event), out);
+            }
+            Some(Msg::Peer(PeerEvent::Message { from, message })) => {
+                node.handle(now, Input::Peer { from, message }, out)
+            }
+            Some(Msg::Peer(PeerEvent::Down { peer })) => {
+                node.handle(now, Input::PeerDown { peer }, out)
+            }
+            Some(Msg::Stats(tx)) => {
+                let _ = tx.send(node.stats());
+            }
+            Some(Msg::Cluster(tx)) => {
+                let _ = tx.send(node.cluster());
+            }
+        }
+    }
+
+    /// Carries out the outputs of the last input, in the order the node gave them. Blocking
+    /// work goes where `env.blocking` says and reports back on the node's queue.
+    fn carry_out(&mut self) {
+        for o in self.out.drain(..) {
+            match o {
+                Output::Send { to, message } => match &self.peer_net {
+                    Some(net) => net.send(to, message),
+                    None => tracing::error!(%to, "no peer transport for a peer message"),
+                },
+                Output::Coordinator(cmd) => {
+                    let _ = self.commands.send(cmd);
+                }
+                Output::Reply { id, response } => {
+                    if let Some(r) = self.replies.remove(&id) {
+                        let _ = r.send(response);
+                    }
+                }
+                Output::Persist => {
+                    let db = self.node.db().clone();
+                    let metrics = self.metrics.clone();
+                    run_blocking(self.env.blocking, self.tx.clone(), move || {
+                        let start = Instant::now();
+                        let r = db.persist().map_err(|e| e.to_string());
+                        metrics.observe_fsync(start.elapsed());
+                        Msg::Persisted(r)
+                    });
+                }
+                Output::Background => {
+                    let db = self.node.db().clone();
+                    run_blocking(self.env.blocking, self.tx.clone(), move || {
+                        Msg::BackgroundDone(db.do_background_work().map_err(|e| e.to_string()))
+                    });
+                }
+            }
+        }
+    }
 }

@@ -141,6 +141,16 @@ impl Metrics {
 
     pub fn render(&self, engine: &Stats, waiting_for_persist: usize) -> String {
         let mut out = String::with_capacity(16 << 10);
+        self.render_http(&mut out);
+        self.render_timings(&mut out);
+        render_engine_totals(&mut out, engine, waiting_for_persist);
+        render_levels(&mut out, engine);
+        out
+    }
+
+    /// Requests by route and code, then latency by route. Labels come only from the fixed
+    /// `ROUTES` and `CODES` tables, and a request count of zero is left out.
+    fn render_http(&self, out: &mut String) {
         out.push_str(
             "# HELP corecache_http_requests_total HTTP requests by route and status code.\n",
         );
@@ -168,99 +178,112 @@ impl Metrics {
         out.push_str("# TYPE corecache_http_request_duration_seconds histogram\n");
         for (ri, route) in ROUTES.iter().enumerate() {
             self.routes[ri].latency.render(
-                &mut out,
+                out,
                 "corecache_http_request_duration_seconds",
                 &format!("route=\"{route}\""),
             );
         }
+    }
+
+    /// The durations timed here rather than counted by the engine (which reads no clock).
+    fn render_timings(&self, out: &mut String) {
         out.push_str(
             "# HELP corecache_wal_fsync_duration_seconds Time of one group-commit fsync.\n",
         );
         out.push_str("# TYPE corecache_wal_fsync_duration_seconds histogram\n");
         self.fsync
-            .render(&mut out, "corecache_wal_fsync_duration_seconds", "");
+            .render(out, "corecache_wal_fsync_duration_seconds", "");
         out.push_str("# HELP corecache_flush_duration_seconds Time of one memtable flush.\n");
         out.push_str("# TYPE corecache_flush_duration_seconds histogram\n");
         self.flush
-            .render(&mut out, "corecache_flush_duration_seconds", "");
+            .render(out, "corecache_flush_duration_seconds", "");
         out.push_str("# HELP corecache_compaction_duration_seconds Time of one compaction.\n");
         out.push_str("# TYPE corecache_compaction_duration_seconds histogram\n");
         self.compaction
-            .render(&mut out, "corecache_compaction_duration_seconds", "");
-        let gauges: [(&str, &str, u64); 4] = [
-            (
-                "corecache_memtable_bytes",
-                "Bytes in memtables (active and frozen).",
-                engine.memtable_bytes,
-            ),
-            (
-                "corecache_immutable_memtables",
-                "Frozen memtables waiting for flush.",
-                engine.immutable_memtables as u64,
-            ),
-            (
-                "corecache_disk_table_bytes",
-                "Bytes in live SSTables.",
-                engine.table_bytes_total,
-            ),
-            (
-                "corecache_writes_waiting_for_fsync",
-                "Durable writes applied, not yet acknowledged.",
-                waiting_for_persist as u64,
-            ),
-        ];
-        for (name, help, v) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        }
-        let counters: [(&str, &str, u64); 7] = [
-            (
-                "corecache_flushes_total",
-                "Memtable flushes.",
-                engine.flushes,
-            ),
-            (
-                "corecache_compactions_total",
-                "Compactions.",
-                engine.compactions,
-            ),
-            (
-                "corecache_write_stalls_total",
-                "Writes that stalled on background work.",
-                engine.write_stalls,
-            ),
-            ("corecache_wal_syncs_total", "WAL fsyncs.", engine.wal_syncs),
-            (
-                "corecache_flush_bytes_total",
-                "Bytes written by flushes.",
-                engine.flush_bytes,
-            ),
-            (
-                "corecache_compaction_bytes_written_total",
-                "Bytes written by compactions.",
-                engine.compaction_bytes_written,
-            ),
-            (
-                "corecache_background_errors_total",
-                "Failed flushes, compactions and syncs.",
-                engine.background_errors,
-            ),
-        ];
-        for (name, help, v) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        }
-        out.push_str("# HELP corecache_tables Tables per level.\n# TYPE corecache_tables gauge\n");
-        for (level, n) in engine.tables_per_level.iter().enumerate() {
-            let _ = writeln!(out, "corecache_tables{{level=\"{level}\"}} {n}");
-        }
-        out.push_str(
-            "# HELP corecache_level_bytes Bytes per level.\n# TYPE corecache_level_bytes gauge\n",
+            .render(out, "corecache_compaction_duration_seconds", "");
+    }
+}
+
+/// The engine's gauges and counters, with the node's persist backlog among the gauges: all
+/// plain numbers that the node reads rather than times.
+fn render_engine_totals(out: &mut String, engine: &Stats, waiting_for_persist: usize) {
+    let gauges: [(&str, &str, u64); 4] = [
+        (
+            "corecache_memtable_bytes",
+            "Bytes in memtables (active and frozen).",
+            engine.memtable_bytes,
+        ),
+        (
+            "corecache_immutable_memtables",
+            "Frozen memtables waiting for flush.",
+            engine.immutable_memtables as u64,
+        ),
+        (
+            "corecache_disk_table_bytes",
+            "Bytes in live SSTables.",
+            engine.table_bytes_total,
+        ),
+        (
+            "corecache_writes_waiting_for_fsync",
+            "Durable writes applied, not yet acknowledged.",
+            waiting_for_persist as u64,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    }
+    let counters: [(&str, &str, u64); 7] = [
+        (
+            "corecache_flushes_total",
+            "Memtable flushes.",
+            engine.flushes,
+        ),
+        (
+            "corecache_compactions_total",
+            "Compactions.",
+            engine.compactions,
+        ),
+        (
+            "corecache_write_stalls_total",
+            "Writes that stalled on background work.",
+            engine.write_stalls,
+        ),
+        ("corecache_wal_syncs_total", "WAL fsyncs.", engine.wal_syncs),
+        (
+            "corecache_flush_bytes_total",
+            "Bytes written by flushes.",
+            engine.flush_bytes,
+        ),
+        (
+            "corecache_compaction_bytes_written_total",
+            "Bytes written by compactions.",
+            engine.compaction_bytes_written,
+        ),
+        (
+            "corecache_background_errors_total",
+            "Failed flushes, compactions and syncs.",
+            engine.background_errors,
+        ),
+    ];
+    for (name, help, v) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
         );
-        for (level, n) in engine.bytes_per_level.iter().enumerate() {
-            let _ = writeln!(out, "corecache_level_bytes{{level=\"{level}\"}} {n}");
-        }
-        out
+    }
+}
+
+/// Per-level figures: labelled by level, since how many levels there are is the engine's
+/// business, not fixed here.
+fn render_levels(out: &mut String, engine: &Stats) {
+    out.push_str("# HELP corecache_tables Tables per level.\n# TYPE corecache_tables gauge\n");
+    for (level, n) in engine.tables_per_level.iter().enumerate() {
+        let _ = writeln!(out, "corecache_tables{{level=\"{level}\"}} {n}");
+    }
+    out.push_str(
+        "# HELP corecache_level_bytes Bytes per level.\n# TYPE corecache_level_bytes gauge\n",
+    );
+    for (level, n) in engine.bytes_per_level.iter().enumerate() {
+        let _ = writeln!(out, "corecache_level_bytes{{level=\"{level}\"}} {n}");
     }
 }

@@ -246,64 +246,19 @@ pub fn decode_message(payload: &[u8]) -> Result<PeerMessage, ProtocolError> {
             id: r.u64()?,
             map_version: r.u64()?,
         },
-        tag::SCAN_PARTS => {
-            let id = r.u64()?;
-            let map_version = r.u64()?;
-            let n = r.count(2)?;
-            let mut partitions = Vec::with_capacity(n);
-            for _ in 0..n {
-                let b = r.take(2)?;
-                partitions.push(u16::from_le_bytes([b[0], b[1]]));
-            }
-            PeerMessage::ScanParts {
-                id,
-                map_version,
-                partitions,
-                start: r.bytes()?,
-                end: r.opt_bytes()?,
-                after: r.opt_bytes()?,
-                limit: r.u64()?,
-            }
-        }
+        tag::SCAN_PARTS => r.scan_parts()?,
         tag::FETCH_PART => PeerMessage::FetchPart {
             id: r.u64()?,
             partition: r.u16()?,
             after: r.opt_bytes()?,
             limit: r.u32()?,
         },
-        tag::PART_PAGE => {
-            let id = r.u64()?;
-            let partition = r.u16()?;
-            let n = r.count(8)?;
-            let mut items = Vec::with_capacity(n);
-            for _ in 0..n {
-                items.push((r.bytes()?, r.bytes()?));
-            }
-            PeerMessage::PartPage {
-                id,
-                partition,
-                items,
-                done: r.u8()? != 0,
-            }
-        }
+        tag::PART_PAGE => r.part_page()?,
         tag::FREEZE_PART => PeerMessage::FreezePart {
             id: r.u64()?,
             partition: r.u16()?,
         },
-        tag::PART_TAIL => {
-            let id = r.u64()?;
-            let partition = r.u16()?;
-            let n = r.count(5)?;
-            let mut items = Vec::with_capacity(n);
-            for _ in 0..n {
-                items.push((r.bytes()?, r.opt_bytes()?));
-            }
-            PeerMessage::PartTail {
-                id,
-                partition,
-                items,
-            }
-        }
+        tag::PART_TAIL => r.part_tail()?,
         tag::PART_REFUSED => PeerMessage::PartRefused {
             id: r.u64()?,
             partition: r.u16()?,
@@ -321,6 +276,8 @@ pub fn decode_message(payload: &[u8]) -> Result<PeerMessage, ProtocolError> {
     Ok(msg)
 }
 
+/// Encodes one payload (no frame header). The match names every message and has no wildcard
+/// arm, so that a new message cannot compile without an encoding.
 fn encode_message(msg: &PeerMessage, out: &mut Vec<u8>) {
     let mut w = Writer { out };
     match msg {
@@ -328,32 +285,14 @@ fn encode_message(msg: &PeerMessage, out: &mut Vec<u8>) {
             version,
             from,
             cluster,
-        } => {
-            w.u8(tag::HELLO);
-            w.out.extend_from_slice(&version.to_le_bytes());
-            w.bytes(from.as_bytes());
-            w.bytes(cluster.as_bytes());
-        }
+        } => w.hello(*version, from, cluster),
         PeerMessage::Forward {
             id,
             map_version,
             request,
-        } => {
-            w.u8(tag::FORWARD);
-            w.u64(*id);
-            w.u64(*map_version);
-            w.request(request);
-        }
-        PeerMessage::Reply { id, response } => {
-            w.u8(tag::REPLY);
-            w.u64(*id);
-            w.response(response);
-        }
-        PeerMessage::NotOwner { id, map_version } => {
-            w.u8(tag::NOT_OWNER);
-            w.u64(*id);
-            w.u64(*map_version);
-        }
+        } => w.forward(*id, *map_version, request),
+        PeerMessage::Reply { id, response } => w.reply(*id, response),
+        PeerMessage::NotOwner { id, map_version } => w.not_owner(*id, *map_version),
         PeerMessage::ScanParts {
             id,
             map_version,
@@ -363,84 +302,34 @@ fn encode_message(msg: &PeerMessage, out: &mut Vec<u8>) {
             after,
             limit,
         } => {
-            w.u8(tag::SCAN_PARTS);
-            w.u64(*id);
-            w.u64(*map_version);
-            w.out
-                .extend_from_slice(&(partitions.len() as u32).to_le_bytes());
-            for p in partitions {
-                w.out.extend_from_slice(&p.to_le_bytes());
-            }
-            w.bytes(start);
-            w.opt_bytes(end);
-            w.opt_bytes(after);
-            w.u64(*limit);
+            w.scan_parts(*id, *map_version, partitions);
+            w.scan_range(start, end, after, *limit);
         }
         PeerMessage::FetchPart {
             id,
             partition,
             after,
             limit,
-        } => {
-            w.u8(tag::FETCH_PART);
-            w.u64(*id);
-            w.u16(*partition);
-            w.opt_bytes(after);
-            w.out.extend_from_slice(&limit.to_le_bytes());
-        }
+        } => w.fetch_part(*id, *partition, after, *limit),
         PeerMessage::PartPage {
             id,
             partition,
             items,
             done,
-        } => {
-            w.u8(tag::PART_PAGE);
-            w.u64(*id);
-            w.u16(*partition);
-            w.out.extend_from_slice(&(items.len() as u32).to_le_bytes());
-            for (k, v) in items {
-                w.bytes(k);
-                w.bytes(v);
-            }
-            w.u8(u8::from(*done));
-        }
-        PeerMessage::FreezePart { id, partition } => {
-            w.u8(tag::FREEZE_PART);
-            w.u64(*id);
-            w.u16(*partition);
-        }
+        } => w.part_page(*id, *partition, items, *done),
+        PeerMessage::FreezePart { id, partition } => w.freeze_part(*id, *partition),
         PeerMessage::PartTail {
             id,
             partition,
             items,
-        } => {
-            w.u8(tag::PART_TAIL);
-            w.u64(*id);
-            w.u16(*partition);
-            w.out.extend_from_slice(&(items.len() as u32).to_le_bytes());
-            for (k, v) in items {
-                w.bytes(k);
-                w.opt_bytes(v);
-            }
-        }
+        } => w.part_tail(*id, *partition, items),
         PeerMessage::PartRefused {
             id,
             partition,
             reason,
-        } => {
-            w.u8(tag::PART_REFUSED);
-            w.u64(*id);
-            w.u16(*partition);
-            w.bytes(reason.as_bytes());
-        }
-        PeerMessage::MoveReady { partition } => {
-            w.u8(tag::MOVE_READY);
-            w.u16(*partition);
-        }
-        PeerMessage::Decommission { node } => {
-            w.u8(tag::DECOMMISSION);
-            w.bytes(node.as_bytes());
-        }
+        } => w.part_refused(*id, *partition, reason),
+        PeerMessage::MoveReady { partition } => w.move_ready(*partition),
+        PeerMessage::Decommission { node } => w.decommission(node),
     }
 }
 
@@ -506,10 +395,7 @@ impl Writer<'_> {
                 limit,
             } => {
                 self.u8(tag::SCAN);
-                self.bytes(start);
-                self.opt_bytes(end);
-                self.opt_bytes(after);
-                self.u64(*limit as u64);
+                self.scan_range(start, end, after, *limit as u64);
             }
             Request::Incr { key, by } => {
                 self.u8(tag::INCR);
@@ -592,6 +478,116 @@ impl Writer<'_> {
                 self.bytes(message.as_bytes());
             }
         }
+    }
+}
+
+/// Connection set-up, then forwarding: a request sent on to its key's owner, and the answer.
+/// One method per message, each the message's fields in wire order (see `engine::format`).
+impl Writer<'_> {
+    /// Always in the current layout (with a version); the version-1 layout is only decoded.
+    fn hello(&mut self, version: u32, from: &str, cluster: &str) {
+        self.u8(tag::HELLO);
+        self.out.extend_from_slice(&version.to_le_bytes());
+        self.bytes(from.as_bytes());
+        self.bytes(cluster.as_bytes());
+    }
+    fn forward(&mut self, id: u64, map_version: u64, request: &Request) {
+        self.u8(tag::FORWARD);
+        self.u64(id);
+        self.u64(map_version);
+        self.request(request);
+    }
+    fn reply(&mut self, id: u64, response: &Response) {
+        self.u8(tag::REPLY);
+        self.u64(id);
+        self.response(response);
+    }
+    fn not_owner(&mut self, id: u64, map_version: u64) {
+        self.u8(tag::NOT_OWNER);
+        self.u64(id);
+        self.u64(map_version);
+    }
+}
+
+/// Scans: one owner's part of a scan that spans several owners.
+impl Writer<'_> {
+    /// The head of `ScanParts`, up to its range (see [`Writer::scan_range`]).
+    fn scan_parts(&mut self, id: u64, map_version: u64, partitions: &[u16]) {
+        self.u8(tag::SCAN_PARTS);
+        self.u64(id);
+        self.u64(map_version);
+        self.out
+            .extend_from_slice(&(partitions.len() as u32).to_le_bytes());
+        for p in partitions {
+            self.out.extend_from_slice(&p.to_le_bytes());
+        }
+    }
+    /// A scan's range and page size: laid out alike in a forwarded `Scan` request and in
+    /// `ScanParts`, so that both stay in step.
+    fn scan_range(
+        &mut self,
+        start: &[u8],
+        end: &Option<Vec<u8>>,
+        after: &Option<Vec<u8>>,
+        limit: u64,
+    ) {
+        self.bytes(start);
+        self.opt_bytes(end);
+        self.opt_bytes(after);
+        self.u64(limit);
+    }
+}
+
+/// Hand-off: moving a partition to its new owner, and the leader's part in it.
+impl Writer<'_> {
+    fn fetch_part(&mut self, id: u64, partition: u16, after: &Option<Vec<u8>>, limit: u32) {
+        self.u8(tag::FETCH_PART);
+        self.u64(id);
+        self.u16(partition);
+        self.opt_bytes(after);
+        self.out.extend_from_slice(&limit.to_le_bytes());
+    }
+    fn part_page(&mut self, id: u64, partition: u16, items: &[(Vec<u8>, Vec<u8>)], done: bool) {
+        self.u8(tag::PART_PAGE);
+        self.u64(id);
+        self.u16(partition);
+        self.out
+            .extend_from_slice(&(items.len() as u32).to_le_bytes());
+        for (k, v) in items {
+            self.bytes(k);
+            self.bytes(v);
+        }
+        self.u8(u8::from(done));
+    }
+    fn freeze_part(&mut self, id: u64, partition: u16) {
+        self.u8(tag::FREEZE_PART);
+        self.u64(id);
+        self.u16(partition);
+    }
+    fn part_tail(&mut self, id: u64, partition: u16, items: &[(Vec<u8>, Option<Vec<u8>>)]) {
+        self.u8(tag::PART_TAIL);
+        self.u64(id);
+        self.u16(partition);
+        self.out
+            .extend_from_slice(&(items.len() as u32).to_le_bytes());
+        for (k, v) in items {
+            self.bytes(k);
+            self.opt_bytes(v);
+        }
+    }
+    fn part_refused(&mut self, id: u64, partition: u16, reason: &str) {
+        self.u8(tag::PART_REFUSED);
+        self.u64(id);
+        self.u16(partition);
+        self.bytes(reason.as_bytes());
+    }
+    fn move_ready(&mut self, partition: u16) {
+        self.u8(tag::MOVE_READY);
+        self.u16(partition);
+    }
+    fn decommission(&mut self, node: &str) {
+        self.u8(tag::DECOMMISSION);
+        self.bytes(node.as_bytes());
     }
 }
 
@@ -745,6 +741,59 @@ impl Reader<'_> {
                 Response::Error { kind, message }
             }
             t => return Err(perr(format!("bad response tag {t}"))),
+        })
+    }
+}
+
+/// The messages that carry a list: each count is checked against the frame before anything is
+/// reserved for it (see [`Reader::count`]), and each field is read in wire order.
+impl Reader<'_> {
+    fn scan_parts(&mut self) -> Result<PeerMessage, ProtocolError> {
+        let id = self.u64()?;
+        let map_version = self.u64()?;
+        let n = self.count(2)?;
+        let mut partitions = Vec::with_capacity(n);
+        for _ in 0..n {
+            let b = self.take(2)?;
+            partitions.push(u16::from_le_bytes([b[0], b[1]]));
+        }
+        Ok(PeerMessage::ScanParts {
+            id,
+            map_version,
+            partitions,
+            start: self.bytes()?,
+            end: self.opt_bytes()?,
+            after: self.opt_bytes()?,
+            limit: self.u64()?,
+        })
+    }
+    fn part_page(&mut self) -> Result<PeerMessage, ProtocolError> {
+        let id = self.u64()?;
+        let partition = self.u16()?;
+        let n = self.count(8)?;
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            items.push((self.bytes()?, self.bytes()?));
+        }
+        Ok(PeerMessage::PartPage {
+            id,
+            partition,
+            items,
+            done: self.u8()? != 0,
+        })
+    }
+    fn part_tail(&mut self) -> Result<PeerMessage, ProtocolError> {
+        let id = self.u64()?;
+        let partition = self.u16()?;
+        let n = self.count(5)?;
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            items.push((self.bytes()?, self.opt_bytes()?));
+        }
+        Ok(PeerMessage::PartTail {
+            id,
+            partition,
+            items,
         })
     }
 }

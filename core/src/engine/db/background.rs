@@ -2,7 +2,11 @@
 //! installing each result (manifest, then super version); the engine's own threads, when it
 //! has them, are thin loops over the same functions.
 
+use std::collections::HashSet;
+
 use super::*;
+
+use crate::engine::disk::DiskFile;
 
 impl Inner {
     pub(super) fn manifest_state(
@@ -164,116 +168,115 @@ impl Inner {
     /// Executes `plan` into `out_level`. The caller holds `compaction_lock`.
     pub(super) fn run_compaction(&self, plan: &CompactionPlan, out_level: usize) -> Result<()> {
         let version = self.sv.load().version.clone();
-        let wanted: std::collections::HashSet<u64> = plan
+        let wanted: HashSet<u64> = plan
             .inputs
             .iter()
             .chain(plan.overlapping.iter())
             .copied()
             .collect();
-        // Inputs grouped by level, in the version's order.
-        let by_level: Vec<Vec<Arc<Table>>> = version
-            .levels
-            .iter()
-            .map(|ts| {
-                ts.iter()
-                    .filter(|t| wanted.contains(&t.number))
-                    .cloned()
-                    .collect()
-            })
-            .collect();
-        let found: usize = by_level.iter().map(Vec::len).sum();
-        if found != wanted.len() {
-            return Err(Error::Background(
-                "compaction inputs are no longer in the table set".into(),
-            ));
-        }
-
-        let mut outputs: Vec<Arc<Table>> = Vec::new();
-        if plan.trivial_move {
-            outputs = by_level.iter().flatten().cloned().collect();
+        let by_level = compaction_inputs(&version, &wanted)?;
+        let outputs = if plan.trivial_move {
+            let outputs = by_level.iter().flatten().cloned().collect();
             self.counters.trivial_moves.fetch_add(1, Ordering::Relaxed);
+            outputs
         } else {
-            let mut sources: Vec<Box<dyn Source>> = Vec::new();
-            for (level, ts) in by_level.iter().enumerate() {
-                if level == 0 {
-                    for t in ts {
-                        sources.push(Box::new(TableIter::new(
-                            t.clone(),
-                            Bound::Unbounded,
-                            false,
-                        )?));
-                    }
-                } else if !ts.is_empty() {
-                    sources.push(Box::new(LevelSource::new(
-                        ts.clone(),
-                        Bound::Unbounded,
-                        false,
-                    )?));
-                }
-            }
-            let mut merge = MergeIter::new(sources);
-            let mut builder: Option<(u64, TableBuilder, Arc<dyn crate::engine::disk::DiskFile>)> =
-                None;
-            // A table taken out of `builder` and not yet in `outputs`.
-            let mut pending: Option<u64> = None;
-            let result = (|| -> Result<()> {
-                while let Some(Entry {
-                    key,
-                    seq,
-                    kind,
-                    value,
-                }) = merge.next_entry()?
-                {
-                    if kind == Kind::Delete
-                        && (plan.drop_tombstones
-                            || crate::bugs::on(crate::bugs::Bug::DropTombstoneEarly))
-                    {
-                        continue;
-                    }
-                    if builder.is_none() {
-                        let number = self.next_file.fetch_add(1, Ordering::SeqCst);
-                        let name = table_name(number);
-                        let file = self.disk.create(&name).map_err(|e| Error::io(&name, e))?;
-                        builder = Some((
-                            number,
-                            TableBuilder::new(file.clone(), name, self.build_opts()),
-                            file,
-                        ));
-                    }
-                    let (_, b, _) = builder.as_mut().expect("just set");
-                    b.add(&key, seq, kind, &value)?;
-                    if b.estimated_size() >= self.opts.table_bytes {
-                        let (number, b, file) = builder.take().expect("just used");
-                        pending = Some(number);
-                        b.finish()?;
-                        outputs.push(Arc::new(Table::open(file, number, self.cache.clone())?));
-                        pending = None;
-                    }
-                }
-                if let Some((number, b, file)) = builder.take() {
-                    pending = Some(number);
-                    b.finish()?;
-                    outputs.push(Arc::new(Table::open(file, number, self.cache.clone())?));
-                    pending = None;
-                }
-                Ok(())
-            })();
-            if let Err(e) = result {
-                for t in &outputs {
-                    let _ = self.disk.remove(t.name());
-                }
-                for number in builder.map(|(n, _, _)| n).into_iter().chain(pending) {
-                    let _ = self.disk.remove(&table_name(number));
-                }
-                return Err(e);
-            }
-            let written: u64 = outputs.iter().map(|t| t.size()).sum();
-            self.counters
-                .compaction_bytes_written
-                .fetch_add(written, Ordering::Relaxed);
-        }
+            self.merge_inputs(plan, &by_level)?
+        };
+        self.install_compaction(plan, out_level, &wanted, &outputs, &by_level)
+    }
 
-        // Install: inputs out, outputs in at out_level.
+    /// Writes the merged inputs as new tables. A failure removes every file written so far:
+    /// no manifest names them, and nothing else would remove them before the next open.
+    fn merge_inputs(
+        &self,
+        plan: &CompactionPlan,
+        by_level: &[Vec<Arc<Table>>],
+    ) -> Result<Vec<Arc<Table>>> {
+        let mut merge = MergeIter::new(merge_sources(by_level)?);
+        let mut outputs = CompactionOutputs::default();
+        if let Err(e) = self.write_compaction_outputs(plan, &mut merge, &mut outputs) {
+            outputs.remove_files(&*self.disk);
+            return Err(e);
+        }
+        let outputs = outputs.done;
+        let written: u64 = outputs.iter().map(|t| t.size()).sum();
+        self.counters
+            .compaction_bytes_written
+            .fetch_add(written, Ordering::Relaxed);
+        Ok(outputs)
+    }
+
+    /// The merge loop proper, kept apart from its clean-up so that every early return on an
+    /// error leaves `outputs` naming each file it created.
+    fn write_compaction_outputs(
+        &self,
+        plan: &CompactionPlan,
+        merge: &mut MergeIter,
+        outputs: &mut CompactionOutputs,
+    ) -> Result<()> {
+        while let Some(Entry {
+            key,
+            seq,
+            kind,
+            value,
+        }) = merge.next_entry()?
+        {
+            if kind == Kind::Delete
+                && (plan.drop_tombstones || crate::bugs::on(crate::bugs::Bug::DropTombstoneEarly))
+            {
+                continue;
+            }
+            if outputs.open.is_none() {
+                outputs.open = Some(self.create_compaction_output()?);
+            }
+            let (_, b, _) = outputs.open.as_mut().expect("just set");
+            b.add(&key, seq, kind, &value)?;
+            if b.estimated_size() >= self.opts.table_bytes {
+                self.finish_compaction_output(outputs)?;
+            }
+        }
+        self.finish_compaction_output(outputs)
+    }
+
+    /// Starts the next output table. Its number is taken before the file exists, so a failed
+    /// create wastes a number but leaves nothing to remove.
+    fn create_compaction_output(&self) -> Result<OpenOutput> {
+        let number = self.next_file.fetch_add(1, Ordering::SeqCst);
+        let name = table_name(number);
+        let file = self.disk.create(&name).map_err(|e| Error::io(&name, e))?;
+        Ok((
+            number,
+            TableBuilder::new(file.clone(), name, self.build_opts()),
+            file,
+        ))
+    }
+
+    /// Finishes the open output table, if any, and reopens it for reading. While it is neither
+    /// open nor done its number stays in `pending`, so a failure here still removes its file.
+    fn finish_compaction_output(&self, outputs: &mut CompactionOutputs) -> Result<()> {
+        let Some((number, b, file)) = outputs.open.take() else {
+            return Ok(());
+        };
+        outputs.pending = Some(number);
+        b.finish()?;
+        outputs
+            .done
+            .push(Arc::new(Table::open(file, number, self.cache.clone())?));
+        outputs.pending = None;
+        Ok(())
+    }
+
+    /// Installs the result (inputs out, outputs in at `out_level`): manifest first, super
+    /// version second, and only then removes the inputs, so that a table is deleted only once
+    /// no manifest names it.
+    fn install_compaction(
+        &self,
+        plan: &CompactionPlan,
+        out_level: usize,
+        wanted: &HashSet<u64>,
+        outputs: &[Arc<Table>],
+        by_level: &[Vec<Arc<Table>>],
+    ) -> Result<()> {
         let vs = self.versions.lock();
         let cur = self.sv.load_full();
         let mut next = (*cur.version).clone();
@@ -302,7 +305,7 @@ impl Inner {
                 self.poison(&f.error);
                 self.notify_bg();
             } else if !plan.trivial_move {
-                for t in &outputs {
+                for t in outputs {
                     let _ = self.disk.remove(t.name());
                 }
             }
@@ -429,4 +432,79 @@ impl Inner {
             self.run_job("wal sync", || self.sync_wal().map(|()| true));
         }
     }
+}
+
+/// A compaction output table being written: its number, its builder, and the file the builder
+/// writes (kept to reopen the finished table for reading).
+type OpenOutput = (u64, TableBuilder, Arc<dyn DiskFile>);
+
+/// The tables a compaction has created so far, in every state, so that a failure can remove
+/// each of their files.
+#[derive(Default)]
+struct CompactionOutputs {
+    /// Finished and reopened, in key order.
+    done: Vec<Arc<Table>>,
+    /// The table being written.
+    open: Option<OpenOutput>,
+    /// A table taken out of `open` and not yet in `done`.
+    pending: Option<u64>,
+}
+
+impl CompactionOutputs {
+    /// Removes every file created, finished or not. A failed removal only leaves a file that
+    /// the next open deletes.
+    fn remove_files(self, disk: &dyn Disk) {
+        for t in &self.done {
+            let _ = disk.remove(t.name());
+        }
+        for number in self.open.map(|(n, _, _)| n).into_iter().chain(self.pending) {
+            let _ = disk.remove(&table_name(number));
+        }
+    }
+}
+
+/// The plan's tables, grouped by level in the version's order. A plan names tables by number,
+/// read from an earlier super version: check that each is still installed before merging.
+fn compaction_inputs(version: &Version, wanted: &HashSet<u64>) -> Result<Vec<Vec<Arc<Table>>>> {
+    let by_level: Vec<Vec<Arc<Table>>> = version
+        .levels
+        .iter()
+        .map(|ts| {
+            ts.iter()
+                .filter(|t| wanted.contains(&t.number))
+                .cloned()
+                .collect()
+        })
+        .collect();
+    let found: usize = by_level.iter().map(Vec::len).sum();
+    if found != wanted.len() {
+        return Err(Error::Background(
+            "compaction inputs are no longer in the table set".into(),
+        ));
+    }
+    Ok(by_level)
+}
+
+/// One merge source per level-0 table, whose key ranges overlap, but one per deeper level,
+/// whose tables are disjoint and sorted and so can be read one after another.
+fn merge_sources(by_level: &[Vec<Arc<Table>>]) -> Result<Vec<Box<dyn Source>>> {
+    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    for (level, ts) in by_level.iter().enumerate() {
+        if level == 0 {
+            for t in ts {
+                sources.push(Box::new(TableIter::new(
+                    t.clone(),
+                    Bound::Unbounded,
+                    false,
+                )?));
+            }
+        } else if !ts.is_empty() {
+            sources.push(Box::new(LevelSource::new(
+                ts.clone(),
+                Bound::Unbounded,
+                false,
+            )?));
+        }
+    }
+    Ok(sources)
 }
