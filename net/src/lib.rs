@@ -169,19 +169,7 @@ pub async fn serve(
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    // The RESP listener: a failure to bind an address that was set stops the node; the embedded
-    // default's 127.0.0.1:7379 being taken (another node, a Redis) only costs the front-end.
-    let resp_listener = match cfg.resp_addr() {
-        None => None,
-        Some((at, set)) => match TcpListener::bind(at).await {
-            Ok(l) => Some(l),
-            Err(e) if set => return Err(format!("cannot listen for RESP on {at}: {e}")),
-            Err(e) => {
-                tracing::warn!(addr = %at, error = %e, "the Redis protocol front-end is off: cannot listen");
-                None
-            }
-        },
-    };
+    let resp_listener = bind_resp(&cfg).await?;
     let resp_addr = match &resp_listener {
         Some(l) => Some(l.local_addr().map_err(|e| e.to_string())?),
         None => None,
@@ -219,42 +207,7 @@ pub async fn serve(
         .await
     });
 
-    // Open the engine (WAL replay) off the event loop; /readyz says 503 until it is done.
-    // Test-only failpoint: a long replay, made deterministic, so tests can watch the node start.
-    if let Some(ms) = std::env::var("CORECACHE_FAILPOINT_OPEN_DELAY_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
-    }
-    let opts = assemble::node_engine_options(Options {
-        sync: cfg.sync_mode(),
-        memtable_bytes: (cfg.memtable_mb as usize) << 20,
-        block_cache_bytes: cfg.block_cache_mb << 20,
-        max_key_bytes: cfg.max_key_bytes + 2,
-        max_value_bytes: cfg.max_value_bytes + 64,
-        listener: corecache_core::Listener(Some(metrics.clone())),
-        ..Options::default()
-    });
-    let db_dir = cfg.data_dir.join("db");
-    // Test-only failpoint: every table file takes this long to create, so flushes (and the
-    // next log, made by the same thread) fall behind and writes stall, and a test can watch
-    // the node keep answering reads meanwhile.
-    let slow_tables = std::env::var("CORECACHE_FAILPOINT_TABLE_DELAY_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(|ms| std::time::Duration::from_millis(ms.min(120_000)));
-    let db = tokio::task::spawn_blocking(move || -> Result<Db, String> {
-        let disk = StdDisk::open(&db_dir).map_err(|e| format!("{}: {e}", db_dir.display()))?;
-        let disk: Arc<dyn Disk> = match slow_tables {
-            Some(delay) => Arc::new(SlowTables { disk, delay }),
-            None => Arc::new(disk),
-        };
-        Db::open(disk, opts).map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| e.to_string())??;
-    let db = Arc::new(db);
+    let db = Arc::new(open_db(&cfg, &metrics).await?);
     if let Some(t) = &db.recovery().torn_tail {
         tracing::warn!(file = %t.0, offset = t.1, "dropped a torn write at the end of the log");
     }
@@ -284,6 +237,63 @@ pub async fn serve(
         server,
         db: db_cell,
     })
+}
+
+/// The RESP listener, if the front-end is on. Its own function because of the rule for a
+/// failure to bind: an address that was set stops the node; the embedded default's
+/// 127.0.0.1:7379 being taken (another node, a Redis) only costs the front-end.
+async fn bind_resp(cfg: &Config) -> Result<Option<TcpListener>, String> {
+    Ok(match cfg.resp_addr() {
+        None => None,
+        Some((at, set)) => match TcpListener::bind(at).await {
+            Ok(l) => Some(l),
+            Err(e) if set => return Err(format!("cannot listen for RESP on {at}: {e}")),
+            Err(e) => {
+                tracing::warn!(addr = %at, error = %e, "the Redis protocol front-end is off: cannot listen");
+                None
+            }
+        },
+    })
+}
+
+/// Opens the engine (WAL replay) off the event loop, with the options `cfg` asks for and the
+/// test-only failpoints; kept apart from [`serve`] because the front-ends already answer (503
+/// on `/readyz`) while this runs.
+async fn open_db(cfg: &Config, metrics: &Arc<metrics::Metrics>) -> Result<Db, String> {
+    // Test-only failpoint: a long replay, made deterministic, so tests can watch the node start.
+    if let Some(ms) = std::env::var("CORECACHE_FAILPOINT_OPEN_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
+    }
+    let opts = assemble::node_engine_options(Options {
+        sync: cfg.sync_mode(),
+        memtable_bytes: (cfg.memtable_mb as usize) << 20,
+        block_cache_bytes: cfg.block_cache_mb << 20,
+        max_key_bytes: cfg.max_key_bytes + 2,
+        max_value_bytes: cfg.max_value_bytes + 64,
+        listener: corecache_core::Listener(Some(metrics.clone())),
+        ..Options::default()
+    });
+    let db_dir = cfg.data_dir.join("db");
+    // Test-only failpoint: every table file takes this long to create, so flushes (and the
+    // next log, made by the same thread) fall behind and writes stall, and a test can watch
+    // the node keep answering reads meanwhile.
+    let slow_tables = std::env::var("CORECACHE_FAILPOINT_TABLE_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|ms| std::time::Duration::from_millis(ms.min(120_000)));
+    tokio::task::spawn_blocking(move || -> Result<Db, String> {
+        let disk = StdDisk::open(&db_dir).map_err(|e| format!("{}: {e}", db_dir.display()))?;
+        let disk: Arc<dyn Disk> = match slow_tables {
+            Some(delay) => Arc::new(SlowTables { disk, delay }),
+            None => Arc::new(disk),
+        };
+        Db::open(disk, opts).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 /// The failpoint `CORECACHE_FAILPOINT_TABLE_DELAY_MS`: a disk whose table files are slow to

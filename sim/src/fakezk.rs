@@ -30,6 +30,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+use turmoil::net::tcp::OwnedWriteHalf;
 use turmoil::net::{TcpListener, TcpStream};
 
 /// The fake's host name and port in the simulation.
@@ -228,6 +229,8 @@ pub async fn serve(log: Arc<Mutex<ZkLog>>) -> Result<(), Box<dyn std::error::Err
     }
 }
 
+/// The server's side of one connection: the connection half of the session protocol. What it
+/// does to the server's state is in the [`Server`] methods below, each under the server lock.
 async fn connection(stream: TcpStream, server: Arc<Mutex<Server>>, log: Arc<Mutex<ZkLog>>) {
     let (mut rd, mut wr) = stream.into_split();
     let Some(ToServer::Connect {
@@ -239,55 +242,7 @@ async fn connection(stream: TcpStream, server: Arc<Mutex<Server>>, log: Arc<Mute
         return;
     };
     let (tx, mut outbox) = mpsc::unbounded_channel::<ToClient>();
-    let attached = {
-        let mut s = server.lock();
-        let conn_id = s.next_conn;
-        s.next_conn += 1;
-        let now = tokio::time::Instant::now();
-        let id = match session {
-            Some(id) => match s.sessions.get_mut(&id) {
-                Some(sess) => {
-                    sess.conn = Some((conn_id, tx.clone()));
-                    sess.last_heard = now;
-                    sess.elected = false;
-                    Some(id)
-                }
-                None => None,
-            },
-            None => {
-                let id = s.next_session;
-                s.next_session += 1;
-                let seq = s.next_seq;
-                s.next_seq += 1;
-                s.sessions.insert(
-                    id,
-                    Session {
-                        member,
-                        seq,
-                        timeout: Duration::from_millis(timeout_ms),
-                        last_heard: now,
-                        conn: Some((conn_id, tx.clone())),
-                        elected: false,
-                    },
-                );
-                log.lock().sessions_opened += 1;
-                Some(id)
-            }
-        };
-        if let Some(id) = id {
-            s.send(id, ToClient::Session { id });
-            s.broadcast_members();
-            s.send(
-                id,
-                ToClient::State {
-                    state: s.state.value().cloned(),
-                    stamp: s.state.stamp(),
-                },
-            );
-            s.elect();
-        }
-        id.map(|id| (id, conn_id))
-    };
+    let attached = server.lock().attach(session, member, timeout_ms, &tx, &log);
     let Some((id, conn_id)) = attached else {
         // The session is gone: say so, and close.
         let _ = write_frame(&mut wr, &ToClient::Expired).await;
@@ -302,58 +257,145 @@ async fn connection(stream: TcpStream, server: Arc<Mutex<Server>>, log: Arc<Mute
         }
     });
     while let Some(msg) = read_frame::<_, ToServer>(&mut rd).await {
-        let mut s = server.lock();
-        let attached = s
+        if !server.lock().handle(id, conn_id, msg, &log) {
+            break;
+        }
+    }
+    // Detach (the session itself lives on until it expires).
+    server.lock().detach(id, conn_id);
+    writer.abort();
+}
+
+impl Server {
+    /// Attaches a new connection (outbox `tx`) to the session it names, or to a new session if
+    /// it names none, and sends it what a client learns on connecting. `None`: the session it
+    /// names has expired. Else (session id, connection id).
+    fn attach(
+        &mut self,
+        session: Option<u64>,
+        member: (String, String, String),
+        timeout_ms: u64,
+        tx: &mpsc::UnboundedSender<ToClient>,
+        log: &Mutex<ZkLog>,
+    ) -> Option<(u64, u64)> {
+        let conn_id = self.next_conn;
+        self.next_conn += 1;
+        let now = tokio::time::Instant::now();
+        let id = match session {
+            Some(id) => match self.sessions.get_mut(&id) {
+                Some(sess) => {
+                    sess.conn = Some((conn_id, tx.clone()));
+                    sess.last_heard = now;
+                    sess.elected = false;
+                    Some(id)
+                }
+                None => None,
+            },
+            None => Some(self.open_session(member, timeout_ms, now, (conn_id, tx.clone()), log)),
+        };
+        if let Some(id) = id {
+            self.send(id, ToClient::Session { id });
+            self.broadcast_members();
+            self.send(
+                id,
+                ToClient::State {
+                    state: self.state.value().cloned(),
+                    stamp: self.state.stamp(),
+                },
+            );
+            self.elect();
+        }
+        id.map(|id| (id, conn_id))
+    }
+
+    /// A new session, attached to `conn`, with the next candidacy sequence number (so it
+    /// waits behind every older live session in the election). Returns its id.
+    fn open_session(
+        &mut self,
+        member: (String, String, String),
+        timeout_ms: u64,
+        now: tokio::time::Instant,
+        conn: (u64, mpsc::UnboundedSender<ToClient>),
+        log: &Mutex<ZkLog>,
+    ) -> u64 {
+        let id = self.next_session;
+        self.next_session += 1;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.sessions.insert(
+            id,
+            Session {
+                member,
+                seq,
+                timeout: Duration::from_millis(timeout_ms),
+                last_heard: now,
+                conn: Some(conn),
+                elected: false,
+            },
+        );
+        log.lock().sessions_opened += 1;
+        id
+    }
+
+    /// One message from connection `conn_id` of session `id`. `false`: stop reading it (the
+    /// session expired or moved to a newer connection, or the client said hello again).
+    fn handle(&mut self, id: u64, conn_id: u64, msg: ToServer, log: &Mutex<ZkLog>) -> bool {
+        let attached = self
             .sessions
             .get(&id)
             .and_then(|x| x.conn.as_ref())
             .is_some_and(|(c, _)| *c == conn_id);
         if !attached {
-            break; // expired, or replaced by a newer connection of the same session
+            return false; // expired, or replaced by a newer connection of the same session
         }
-        if let Some(sess) = s.sessions.get_mut(&id) {
+        if let Some(sess) = self.sessions.get_mut(&id) {
             sess.last_heard = tokio::time::Instant::now();
         }
         match msg {
-            ToServer::Ping => s.send(id, ToClient::Pong),
-            ToServer::Connect { .. } => break,
-            ToServer::Write { state, expected } => {
-                let parsed = state_from_json(state.as_bytes());
-                let ok = parsed.is_ok() && s.state.write(state, expected);
-                if ok {
-                    if let Ok(st) = parsed {
-                        let writer = s
-                            .sessions
-                            .get(&id)
-                            .map(|x| x.member.0.clone())
-                            .unwrap_or_default();
-                        log.lock().writes.push(StateWrite {
-                            epoch: st.epoch,
-                            version: st.version,
-                            leader: st.leader,
-                            writer,
-                            owners: st.owners,
-                        });
-                    }
-                }
-                let message = StateStore::<String>::write_message(ok).to_string();
-                s.send(id, ToClient::WriteDone { ok, message });
-                if ok {
-                    s.broadcast_state();
-                }
+            ToServer::Ping => self.send(id, ToClient::Pong),
+            ToServer::Connect { .. } => return false,
+            ToServer::Write { state, expected } => self.write_state(id, state, expected, log),
+        }
+        true
+    }
+
+    /// A conditional write of the state by session `id`: logged for the one-leader-per-epoch
+    /// check if it succeeds, answered, and then pushed to every session.
+    fn write_state(&mut self, id: u64, state: String, expected: i64, log: &Mutex<ZkLog>) {
+        let parsed = state_from_json(state.as_bytes());
+        let ok = parsed.is_ok() && self.state.write(state, expected);
+        if ok {
+            if let Ok(st) = parsed {
+                let writer = self
+                    .sessions
+                    .get(&id)
+                    .map(|x| x.member.0.clone())
+                    .unwrap_or_default();
+                log.lock().writes.push(StateWrite {
+                    epoch: st.epoch,
+                    version: st.version,
+                    leader: st.leader,
+                    writer,
+                    owners: st.owners,
+                });
             }
         }
+        let message = StateStore::<String>::write_message(ok).to_string();
+        self.send(id, ToClient::WriteDone { ok, message });
+        if ok {
+            self.broadcast_state();
+        }
     }
-    // Detach (the session itself lives on until it expires).
-    {
-        let mut s = server.lock();
-        if let Some(sess) = s.sessions.get_mut(&id) {
+
+    /// Detaches connection `conn_id` from session `id` if it is still the session's one (a
+    /// newer connection may have taken over); the session lives on until it expires.
+    fn detach(&mut self, id: u64, conn_id: u64) {
+        if let Some(sess) = self.sessions.get_mut(&id) {
             if sess.conn.as_ref().is_some_and(|(c, _)| *c == conn_id) {
                 sess.conn = None;
             }
         }
     }
-    writer.abort();
 }
 
 /// The node's side: a [`Coordinator`] over the fake.
@@ -381,6 +423,8 @@ fn to_member(m: (String, String, String)) -> Member {
     }
 }
 
+/// The node's session with the fake: connects (again and again), says hello, then serves the
+/// connection until it is lost. Each step is a helper below; this is the reconnect loop.
 async fn client(
     me: Member,
     timeout: Duration,
@@ -395,17 +439,9 @@ async fn client(
             return;
         }
         // Connect (or reconnect to the same session).
-        let stream =
-            match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect((HOST, PORT)))
-                .await
-            {
-                Ok(Ok(s)) => s,
-                _ => {
-                    fail_pending(&mut commands, &events);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            };
+        let Some(stream) = dial(&mut commands, &events).await else {
+            continue;
+        };
         let (mut rd, mut wr) = stream.into_split();
         let hello = ToServer::Connect {
             session,
@@ -423,87 +459,160 @@ async fn client(
                 }
             }
         });
-        match tokio::time::timeout(silence, inbox.recv()).await {
-            Ok(Some(ToClient::Session { id })) => {
-                session = Some(id);
-                let _ = events.send(CoordEvent::Connected);
-            }
-            Ok(Some(ToClient::Expired)) => {
-                reader.abort();
-                session = None;
-                let _ = events.send(CoordEvent::Expired);
-                continue;
-            }
-            _ => {
-                // Could not tell: try again (same session).
-                reader.abort();
-                fail_pending(&mut commands, &events);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
+        if !handshake(
+            &mut inbox,
+            &reader,
+            &mut session,
+            silence,
+            &mut commands,
+            &events,
+        )
+        .await
+        {
+            continue;
         }
-        let mut in_flight = 0usize;
-        let mut last_heard = tokio::time::Instant::now();
-        let mut ping = tokio::time::interval(timeout / 3);
-        let lost = loop {
-            tokio::select! {
-                m = inbox.recv() => {
-                    let Some(m) = m else { break true };
-                    last_heard = tokio::time::Instant::now();
-                    let ev = match m {
-                        ToClient::Members(ms) => {
-                            Some(CoordEvent::Members(ms.into_iter().map(to_member).collect()))
-                        }
-                        ToClient::State { state, stamp } => {
-                            let state: Option<ClusterState> =
-                                state.and_then(|s| state_from_json(s.as_bytes()).ok());
-                            Some(CoordEvent::State { state, stamp })
-                        }
-                        ToClient::Elected => Some(CoordEvent::Elected),
-                        ToClient::WriteDone { ok, message } => {
-                            in_flight = in_flight.saturating_sub(1);
-                            Some(CoordEvent::WriteDone { ok, message })
-                        }
-                        ToClient::Pong | ToClient::Session { .. } => None,
-                        ToClient::Expired => break true,
-                    };
-                    if let Some(ev) = ev {
-                        if events.send(ev).is_err() {
-                            return;
-                        }
-                    }
-                }
-                c = commands.recv() => {
-                    let Some(CoordCommand::WriteState { state, expected }) = c else { return };
-                    let body = String::from_utf8_lossy(&state_to_json(&state)).into_owned();
-                    in_flight += 1;
-                    if !write_frame(&mut wr, &ToServer::Write { state: body, expected }).await {
-                        break true;
-                    }
-                }
-                _ = ping.tick() => {
-                    if last_heard.elapsed() > silence {
-                        break true;
-                    }
-                    if !write_frame(&mut wr, &ToServer::Ping).await {
-                        break true;
-                    }
-                }
-            }
+        let Some((lost, in_flight)) = converse(
+            &mut wr,
+            &mut inbox,
+            &mut commands,
+            &events,
+            timeout,
+            silence,
+        )
+        .await
+        else {
+            return;
         };
         reader.abort();
         if lost {
-            // A write whose answer never came is a connection loss to the caller (it may or
-            // may not have happened).
-            for _ in 0..in_flight {
-                let _ = events.send(CoordEvent::WriteDone {
-                    ok: false,
-                    message: "connection lost".into(),
-                });
-            }
-            let _ = events.send(CoordEvent::Disconnected);
+            report_lost(&events, in_flight);
         }
     }
+}
+
+/// Connects to the fake within a second. On failure, answers the commands waiting (no write
+/// can be made) and backs off before the caller tries again.
+async fn dial(
+    commands: &mut mpsc::UnboundedReceiver<CoordCommand>,
+    events: &mpsc::UnboundedSender<CoordEvent>,
+) -> Option<TcpStream> {
+    match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect((HOST, PORT))).await {
+        Ok(Ok(s)) => Some(s),
+        _ => {
+            fail_pending(commands, events);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            None
+        }
+    }
+}
+
+/// Waits (up to `silence`) for the server's answer to the hello. `true`: a session, told to the
+/// node as `Connected`. `false` (the caller starts over): the session expired (told to the
+/// node; the next hello opens a new one), or no answer came (after a back-off, same session).
+async fn handshake(
+    inbox: &mut mpsc::UnboundedReceiver<ToClient>,
+    reader: &tokio::task::JoinHandle<()>,
+    session: &mut Option<u64>,
+    silence: Duration,
+    commands: &mut mpsc::UnboundedReceiver<CoordCommand>,
+    events: &mpsc::UnboundedSender<CoordEvent>,
+) -> bool {
+    match tokio::time::timeout(silence, inbox.recv()).await {
+        Ok(Some(ToClient::Session { id })) => {
+            *session = Some(id);
+            let _ = events.send(CoordEvent::Connected);
+            true
+        }
+        Ok(Some(ToClient::Expired)) => {
+            reader.abort();
+            *session = None;
+            let _ = events.send(CoordEvent::Expired);
+            false
+        }
+        _ => {
+            // Could not tell: try again (same session).
+            reader.abort();
+            fail_pending(commands, events);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            false
+        }
+    }
+}
+
+/// Serves an established connection: the server's pushes go to the node, the node's writes to
+/// the server, and a ping every third of the timeout. `None`: the node is gone (its event or
+/// command channel closed), so the client ends. Else whether the connection was lost, and how
+/// many writes it left unanswered.
+async fn converse(
+    wr: &mut OwnedWriteHalf,
+    inbox: &mut mpsc::UnboundedReceiver<ToClient>,
+    commands: &mut mpsc::UnboundedReceiver<CoordCommand>,
+    events: &mpsc::UnboundedSender<CoordEvent>,
+    timeout: Duration,
+    silence: Duration,
+) -> Option<(bool, usize)> {
+    let mut in_flight = 0usize;
+    let mut last_heard = tokio::time::Instant::now();
+    let mut ping = tokio::time::interval(timeout / 3);
+    let lost = loop {
+        tokio::select! {
+            m = inbox.recv() => {
+                let Some(m) = m else { break true };
+                last_heard = tokio::time::Instant::now();
+                let ev = match m {
+                    ToClient::Members(ms) => {
+                        Some(CoordEvent::Members(ms.into_iter().map(to_member).collect()))
+                    }
+                    ToClient::State { state, stamp } => {
+                        let state: Option<ClusterState> =
+                            state.and_then(|s| state_from_json(s.as_bytes()).ok());
+                        Some(CoordEvent::State { state, stamp })
+                    }
+                    ToClient::Elected => Some(CoordEvent::Elected),
+                    ToClient::WriteDone { ok, message } => {
+                        in_flight = in_flight.saturating_sub(1);
+                        Some(CoordEvent::WriteDone { ok, message })
+                    }
+                    ToClient::Pong | ToClient::Session { .. } => None,
+                    ToClient::Expired => break true,
+                };
+                if let Some(ev) = ev {
+                    if events.send(ev).is_err() {
+                        return None;
+                    }
+                }
+            }
+            c = commands.recv() => {
+                let Some(CoordCommand::WriteState { state, expected }) = c else { return None };
+                let body = String::from_utf8_lossy(&state_to_json(&state)).into_owned();
+                in_flight += 1;
+                if !write_frame(wr, &ToServer::Write { state: body, expected }).await {
+                    break true;
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > silence {
+                    break true;
+                }
+                if !write_frame(wr, &ToServer::Ping).await {
+                    break true;
+                }
+            }
+        }
+    };
+    Some((lost, in_flight))
+}
+
+/// After a lost connection: a write whose answer never came is a connection loss to the
+/// caller (it may or may not have happened), and then the node is told `Disconnected`.
+fn report_lost(events: &mpsc::UnboundedSender<CoordEvent>, in_flight: usize) {
+    for _ in 0..in_flight {
+        let _ = events.send(CoordEvent::WriteDone {
+            ok: false,
+            message: "connection lost".into(),
+        });
+    }
+    let _ = events.send(CoordEvent::Disconnected);
 }
 
 /// Answers commands that arrive while there is no connection: a write cannot be made.

@@ -185,7 +185,72 @@ fn parse_int(s: &str) -> Option<i64> {
     }
 }
 
-fn check_key<'a>(key: &str, ops: &'a [Op]) -> Result<(), Violation> {
+/// A register transition, pre-interned: what one operation does to (and demands of) the key's
+/// value. Built once per key by [`transitions`], so the search compares small integers only.
+#[derive(Clone, Copy)]
+enum Transition {
+    Read(u32),
+    Write(u32),
+    /// A delete that found the key: it must have been present.
+    Remove,
+    Cas {
+        expect: u32,
+        new: u32,
+        ok: Option<bool>,
+    },
+    /// An increment, and what it answered (`None`: unknown).
+    Incr {
+        by: i64,
+        result: Option<i64>,
+    },
+}
+
+impl Transition {
+    /// The register's value after this transition from `state`, or `None` if it cannot take
+    /// effect there (what the operation observed contradicts `state`). Kept apart from the
+    /// search so the register's semantics read in one place; it may intern a new integer.
+    fn next(self, state: u32, values: &mut Values<'_>) -> Option<u32> {
+        match self {
+            Transition::Read(v) => (v == state).then_some(state),
+            Transition::Write(v) => Some(v),
+            Transition::Remove => (state != 0).then_some(0),
+            Transition::Cas { expect, new, ok } => {
+                let holds = state == expect;
+                match ok {
+                    Some(true) => holds.then_some(new),
+                    Some(false) => (!holds).then_some(state),
+                    None => Some(if holds { new } else { state }),
+                }
+            }
+            Transition::Incr { by, result } => {
+                let sum = values.num[state as usize].and_then(|m| m.checked_add(by));
+                match (sum, result) {
+                    (Some(s), Some(r)) => (s == r).then(|| values.int(s)),
+                    (Some(s), None) => Some(values.int(s)),
+                    // Not a number: an increment fails and changes nothing.
+                    (None, Some(_)) => None,
+                    (None, None) => Some(state),
+                }
+            }
+        }
+    }
+}
+
+/// Checks one key's history: builds the transitions once, then searches for a linearization.
+fn check_key(key: &str, ops: &[Op]) -> Result<(), Violation> {
+    let mut values = Values {
+        observed: observed_values(ops),
+        ids: BTreeMap::new(),
+        num: vec![Some(0), None],
+    };
+    let trans = transitions(ops, &mut values);
+    let class = interchangeable_classes(ops, &trans);
+    search(key, ops, &trans, &class, &mut values)
+}
+
+/// The values that some read returned or some compare-and-set expected: only these need an id
+/// of their own in [`Values`] (every other value constrains nothing and shares id 1).
+fn observed_values(ops: &[Op]) -> BTreeMap<&str, ()> {
     let mut observed: BTreeMap<&str, ()> = BTreeMap::new();
     for op in ops {
         match (&op.kind, &op.outcome) {
@@ -203,42 +268,24 @@ fn check_key<'a>(key: &str, ops: &'a [Op]) -> Result<(), Violation> {
             _ => {}
         }
     }
-    let mut values = Values {
-        observed,
-        ids: BTreeMap::new(),
-        num: vec![Some(0), None],
-    };
-    // The register transitions, pre-interned.
-    #[derive(Clone, Copy)]
-    enum T {
-        Read(u32),
-        Write(u32),
-        /// A delete that found the key: it must have been present.
-        Remove,
-        Cas {
-            expect: u32,
-            new: u32,
-            ok: Option<bool>,
-        },
-        /// An increment, and what it answered (`None`: unknown).
-        Incr {
-            by: i64,
-            result: Option<i64>,
-        },
-    }
-    let n = ops.len();
-    let mut trans = Vec::with_capacity(n);
+    observed
+}
+
+/// Each operation's [`Transition`], in the order of `ops`. Interning happens here, in this
+/// order, so that value ids are assigned before the search starts.
+fn transitions(ops: &[Op], values: &mut Values<'_>) -> Vec<Transition> {
+    let mut trans = Vec::with_capacity(ops.len());
     for op in ops {
         let t = match (&op.kind, &op.outcome) {
             (OpKind::Get, Outcome::Read(v)) => {
-                T::Read(v.as_deref().map_or(0, |v| values.intern(v)))
+                Transition::Read(v.as_deref().map_or(0, |v| values.intern(v)))
             }
-            (OpKind::Get, _) => T::Read(0),
-            (OpKind::Put(v), _) => T::Write(values.intern(v)),
-            (OpKind::Delete, Outcome::Ok) => T::Remove,
-            (OpKind::Delete, Outcome::NotFound) => T::Read(0),
-            (OpKind::Delete, _) => T::Write(0),
-            (OpKind::Cas { expect, new }, o) => T::Cas {
+            (OpKind::Get, _) => Transition::Read(0),
+            (OpKind::Put(v), _) => Transition::Write(values.intern(v)),
+            (OpKind::Delete, Outcome::Ok) => Transition::Remove,
+            (OpKind::Delete, Outcome::NotFound) => Transition::Read(0),
+            (OpKind::Delete, _) => Transition::Write(0),
+            (OpKind::Cas { expect, new }, o) => Transition::Cas {
                 expect: expect.as_deref().map_or(0, |v| values.intern(v)),
                 new: values.intern(new),
                 ok: match o {
@@ -247,7 +294,7 @@ fn check_key<'a>(key: &str, ops: &'a [Op]) -> Result<(), Violation> {
                     _ => None,
                 },
             },
-            (OpKind::Incr(by), o) => T::Incr {
+            (OpKind::Incr(by), o) => Transition::Incr {
                 by: *by,
                 result: match o {
                     Outcome::Counted(r) => Some(*r),
@@ -257,14 +304,37 @@ fn check_key<'a>(key: &str, ops: &'a [Op]) -> Result<(), Violation> {
         };
         trans.push(t);
     }
-    // Unknown writes with the same effect (an unobserved value, or a delete) are
-    // interchangeable once called: of those available, only the first needs trying.
-    let class: Vec<Option<u32>> = (0..n)
+    trans
+}
+
+/// Unknown writes with the same effect (an unobserved value, or a delete) are
+/// interchangeable once called: of those available, only the first needs trying. This gives
+/// each such write its class (the value it writes, 0 or 1); every other operation has none.
+fn interchangeable_classes(ops: &[Op], trans: &[Transition]) -> Vec<Option<u32>> {
+    (0..ops.len())
         .map(|i| match (ops[i].ret, trans[i]) {
-            (None, T::Write(v)) if v <= 1 => Some(v),
+            (None, Transition::Write(v)) if v <= 1 => Some(v),
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+/// Whether operation `i` is among the linearized ones in `bits`.
+fn done(bits: &[u64], i: usize) -> bool {
+    bits[i / 64] & (1 << (i % 64)) != 0
+}
+
+/// The depth-first search for a linearization (Wing & Gong, with Lowe's memoisation over
+/// (operations done, register value)). Separate from building the transitions so that the
+/// search loop reads on its own.
+fn search(
+    key: &str,
+    ops: &[Op],
+    trans: &[Transition],
+    class: &[Option<u32>],
+    values: &mut Values<'_>,
+) -> Result<(), Violation> {
+    let n = ops.len();
     let words = n.div_ceil(64).max(1);
     let required: Vec<usize> = (0..n).filter(|&i| ops[i].ret.is_some()).collect();
     let mut seen: HashSet<(Vec<u64>, u32)> = HashSet::new();
@@ -272,7 +342,6 @@ fn check_key<'a>(key: &str, ops: &'a [Op]) -> Result<(), Violation> {
     let mut explored = 0usize;
     // The furthest the search got: how many operations it linearized, and which were left.
     let mut deepest: (u32, Vec<u64>) = (0, vec![0; words]);
-    let done = |bits: &[u64], i: usize| bits[i / 64] & (1 << (i % 64)) != 0;
     while let Some((bits, state)) = stack.pop() {
         if !seen.insert((bits.clone(), state)) {
             continue;
@@ -292,13 +361,7 @@ fn check_key<'a>(key: &str, ops: &'a [Op]) -> Result<(), Violation> {
         if required.iter().all(|&i| done(&bits, i)) {
             return Ok(());
         }
-        // The earliest return among the operations not yet linearized: whatever is
-        // linearized next must have been called before it.
-        let horizon = (0..n)
-            .filter(|&i| !done(&bits, i))
-            .filter_map(|i| ops[i].ret)
-            .min()
-            .unwrap_or(u64::MAX);
+        let horizon = horizon(ops, &bits);
         let mut tried: [bool; 2] = [false; 2];
         for i in 0..n {
             if done(&bits, i) || ops[i].call >= horizon {
@@ -310,42 +373,34 @@ fn check_key<'a>(key: &str, ops: &'a [Op]) -> Result<(), Violation> {
                 }
                 tried[c as usize] = true;
             }
-            let next = match trans[i] {
-                T::Read(v) => (v == state).then_some(state),
-                T::Write(v) => Some(v),
-                T::Remove => (state != 0).then_some(0),
-                T::Cas { expect, new, ok } => {
-                    let holds = state == expect;
-                    match ok {
-                        Some(true) => holds.then_some(new),
-                        Some(false) => (!holds).then_some(state),
-                        None => Some(if holds { new } else { state }),
-                    }
-                }
-                T::Incr { by, result } => {
-                    let sum = values.num[state as usize].and_then(|m| m.checked_add(by));
-                    match (sum, result) {
-                        (Some(s), Some(r)) => (s == r).then(|| values.int(s)),
-                        (Some(s), None) => Some(values.int(s)),
-                        // Not a number: an increment fails and changes nothing.
-                        (None, Some(_)) => None,
-                        (None, None) => Some(state),
-                    }
-                }
-            };
-            if let Some(s) = next {
+            if let Some(s) = trans[i].next(state, values) {
                 let mut b = bits.clone();
                 b[i / 64] |= 1 << (i % 64);
                 stack.push((b, s));
             }
         }
     }
-    // Name the first operation the furthest attempt could not place.
-    let stuck = (0..n)
+    Err(no_linearization(key, ops, &deepest))
+}
+
+/// The earliest return among the operations not yet linearized: whatever is linearized next
+/// must have been called before it.
+fn horizon(ops: &[Op], bits: &[u64]) -> u64 {
+    (0..ops.len())
+        .filter(|&i| !done(bits, i))
+        .filter_map(|i| ops[i].ret)
+        .min()
+        .unwrap_or(u64::MAX)
+}
+
+/// The report when the search ran out of states to try: it names the first operation the
+/// furthest attempt (`deepest`: how many fit, and which were done) could not place.
+fn no_linearization(key: &str, ops: &[Op], deepest: &(u32, Vec<u64>)) -> Violation {
+    let stuck = (0..ops.len())
         .find(|&i| ops[i].ret.is_some() && !done(&deepest.1, i))
         .map(|i| ops[i].to_string())
         .unwrap_or_default();
-    Err(Violation {
+    Violation {
         key: key.to_string(),
         ops: ops.to_vec(),
         reason: format!(
@@ -353,7 +408,7 @@ fn check_key<'a>(key: &str, ops: &'a [Op]) -> Result<(), Violation> {
              back); at best {} operations fit, and then this one cannot: {stuck}",
             deepest.0
         ),
-    })
+    }
 }
 
 #[cfg(test)]

@@ -285,12 +285,7 @@ fn sim_now_ms() -> u64 {
 
 /// Runs one seed.
 pub fn run(cfg: &Config) -> Result<Report, Failure> {
-    if !cfg!(tokio_unstable) {
-        panic!(
-            "corecache-sim must be built with `--cfg tokio_unstable` (set in .cargo/config.toml; \
-             a RUSTFLAGS environment variable overrides it) or runs are not reproducible"
-        );
-    }
+    require_tokio_unstable();
     let mut rng = Rng::new(cfg.seed);
     let faults = draw_faults(cfg, &mut rng);
     let mut report = Report {
@@ -299,55 +294,17 @@ pub fn run(cfg: &Config) -> Result<Report, Failure> {
     };
     let fault_log: Rc<RefCell<Vec<String>>> = Rc::default();
     let zk_log = Arc::new(Mutex::new(fakezk::ZkLog::default()));
-    let fail = |message: String, log: &Rc<RefCell<Vec<String>>>| Failure {
-        seed: cfg.seed,
-        message,
-        faults: log.borrow().clone(),
-        coordinator: zk_log
-            .lock()
-            .writes
-            .iter()
-            .map(|w| {
-                format!(
-                    "epoch {} version {} leader {} owners {:?}",
-                    w.epoch, w.version, w.leader, w.owners
-                )
-            })
-            .collect(),
-    };
-    let max_latency = rng.ms(1, 20);
-    let total = STARTUP + cfg.fault_phase + cfg.heal_phase + Duration::from_secs(60);
-    let mut sim = turmoil::Builder::new()
-        .simulation_duration(total)
-        .tick_duration(Duration::from_millis(1))
-        .min_message_latency(Duration::from_millis(1))
-        .max_message_latency(max_latency)
-        .rng_seed(rng.next_u64())
-        .build();
+    let fail =
+        |message: String, log: &Rc<RefCell<Vec<String>>>| failure(cfg.seed, message, log, &zk_log);
+    let mut sim = build_sim(cfg, &mut rng);
 
     let (disks, slots) = add_hosts(&mut sim, cfg, &mut rng, &zk_log);
     let rec = Arc::new(Recorder::default());
     let problems: Arc<Mutex<Vec<String>>> = Arc::default();
     let resp_tally: Arc<Mutex<resp_client::RespTally>> = Arc::default();
-    {
-        let rec = rec.clone();
-        let c = cfg.clone();
-        let problems = problems.clone();
-        let tally = resp_tally.clone();
-        sim.client("client", async move {
-            workload(rec, c, problems, tally).await;
-            Ok(())
-        });
-    }
+    add_client(&mut sim, cfg, &rec, &problems, &resp_tally);
 
-    // (when, order of scheduling) → action.
-    let mut actions: BTreeMap<(Duration, usize), Action> = BTreeMap::new();
-    for (s, e, f) in &faults {
-        let n = actions.len();
-        actions.insert((*s, n), Action::Start(f.clone()));
-        actions.insert((*e, n + 1), Action::End(f.clone()));
-    }
-    let mut scheduled = actions.len();
+    let (mut actions, mut scheduled) = schedule(&faults);
     let all_nodes: Vec<String> = (0..cfg.total_nodes()).map(node_name).collect();
     let mut hosts = all_nodes.clone();
     hosts.push(fakezk::HOST.to_string());
@@ -365,26 +322,8 @@ pub fn run(cfg: &Config) -> Result<Report, Failure> {
         hosts,
         links: Links::default(),
     };
-    loop {
-        while let Some((&(at, _), _)) = actions.first_key_value() {
-            if w.sim.elapsed() < at {
-                break;
-            }
-            let Some((_, action)) = actions.pop_first() else {
-                break;
-            };
-            let line = match &action {
-                Action::Start(f) => format!("{:>6} ms start {f:?}", at.as_millis()),
-                Action::End(f) => format!("{:>6} ms end   {f:?}", at.as_millis()),
-            };
-            fault_log.borrow_mut().push(line);
-            w.apply(at, action, &mut actions, &mut scheduled, &faults);
-        }
-        match w.sim.step() {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => return Err(fail(format!("the simulation failed: {e}"), &fault_log)),
-        }
+    if let Err(e) = w.run_to_end(&mut actions, &mut scheduled, &faults, &fault_log) {
+        return Err(fail(e, &fault_log));
     }
     report.sim_time = sim.elapsed();
     for slot in &slots {
@@ -400,11 +339,114 @@ pub fn run(cfg: &Config) -> Result<Report, Failure> {
         let zk = zk_log.lock();
         (zk.writes.clone(), zk.sessions_expired)
     };
-    report.sessions_expired = sessions_expired;
-    match leaders_per_epoch(&writes) {
-        Ok(epochs) => report.leader_changes = epochs.saturating_sub(1),
-        Err(e) => return Err(fail(e, &fault_log)),
+    if let Err(e) = count_coordinator(cfg, &writes, sessions_expired, &mut report) {
+        return Err(fail(e, &fault_log));
     }
+    if let Some(p) = problems.lock().first() {
+        return Err(fail(p.clone(), &fault_log));
+    }
+    if let Err(v) = history::check(&ops) {
+        return Err(fail(format!("not linearizable: {v}"), &fault_log));
+    }
+    digest(&ops, &writes, &fault_log, &mut report);
+    Ok(report)
+}
+
+/// Refuses to run without `--cfg tokio_unstable`: without it tokio's choices are not seeded,
+/// and a seed would not replay.
+fn require_tokio_unstable() {
+    if !cfg!(tokio_unstable) {
+        panic!(
+            "corecache-sim must be built with `--cfg tokio_unstable` (set in .cargo/config.toml; \
+             a RUSTFLAGS environment variable overrides it) or runs are not reproducible"
+        );
+    }
+}
+
+/// A failed run: `message`, with the faults so far and the coordinator's state writes, so
+/// that every way a run can fail reports the same context.
+fn failure(
+    seed: u64,
+    message: String,
+    log: &Rc<RefCell<Vec<String>>>,
+    zk_log: &Mutex<fakezk::ZkLog>,
+) -> Failure {
+    Failure {
+        seed,
+        message,
+        faults: log.borrow().clone(),
+        coordinator: zk_log
+            .lock()
+            .writes
+            .iter()
+            .map(|w| {
+                format!(
+                    "epoch {} version {} leader {} owners {:?}",
+                    w.epoch, w.version, w.leader, w.owners
+                )
+            })
+            .collect(),
+    }
+}
+
+/// The turmoil simulation, its latency and its seed drawn from `rng` (in this order: the
+/// maximum latency, then turmoil's seed), kept together so the draws stay in one place.
+fn build_sim<'a>(cfg: &Config, rng: &mut Rng) -> turmoil::Sim<'a> {
+    let max_latency = rng.ms(1, 20);
+    let total = STARTUP + cfg.fault_phase + cfg.heal_phase + Duration::from_secs(60);
+    turmoil::Builder::new()
+        .simulation_duration(total)
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(max_latency)
+        .rng_seed(rng.next_u64())
+        .build()
+}
+
+/// The client host, which runs the workload and records every operation in `rec`.
+fn add_client(
+    sim: &mut turmoil::Sim<'_>,
+    cfg: &Config,
+    rec: &Arc<Recorder>,
+    problems: &Arc<Mutex<Vec<String>>>,
+    tally: &Arc<Mutex<resp_client::RespTally>>,
+) {
+    let rec = rec.clone();
+    let c = cfg.clone();
+    let problems = problems.clone();
+    let tally = tally.clone();
+    sim.client("client", async move {
+        workload(rec, c, problems, tally).await;
+        Ok(())
+    });
+}
+
+/// Every fault's start and end as actions, keyed by (when, order of scheduling) so that
+/// actions due at the same time run in the order they were drawn; and how many were scheduled
+/// (the next action's order).
+fn schedule(
+    faults: &[(Duration, Duration, Fault)],
+) -> (BTreeMap<(Duration, usize), Action>, usize) {
+    let mut actions: BTreeMap<(Duration, usize), Action> = BTreeMap::new();
+    for (s, e, f) in faults {
+        let n = actions.len();
+        actions.insert((*s, n), Action::Start(f.clone()));
+        actions.insert((*e, n + 1), Action::End(f.clone()));
+    }
+    let scheduled = actions.len();
+    (actions, scheduled)
+}
+
+/// The coordinator's side of the report: sessions expired, leader changes (an error if its log
+/// shows more than one leader in an epoch), and partitions moved between state writes.
+fn count_coordinator(
+    cfg: &Config,
+    writes: &[fakezk::StateWrite],
+    sessions_expired: u64,
+    report: &mut Report,
+) -> Result<(), String> {
+    report.sessions_expired = sessions_expired;
+    report.leader_changes = leaders_per_epoch(writes)?.saturating_sub(1);
     report.joined = cfg.join_at.is_some();
     for pair in writes.windows(2) {
         report.partitions_moved += pair[0]
@@ -414,15 +456,20 @@ pub fn run(cfg: &Config) -> Result<Report, Failure> {
             .filter(|(a, b)| a != b)
             .count();
     }
-    if let Some(p) = problems.lock().first() {
-        return Err(fail(p.clone(), &fault_log));
-    }
-    if let Err(v) = history::check(&ops) {
-        return Err(fail(format!("not linearizable: {v}"), &fault_log));
-    }
+    Ok(())
+}
+
+/// The report's trace and digest of everything observable (the history, the coordinator's
+/// writes, the faults, the simulated time), which the determinism test compares across runs.
+fn digest(
+    ops: &[history::Op],
+    writes: &[fakezk::StateWrite],
+    fault_log: &RefCell<Vec<String>>,
+    report: &mut Report,
+) {
     let mut h = DefaultHasher::new();
     ops.hash(&mut h);
-    for w in &writes {
+    for w in writes {
         w.hash(&mut h);
     }
     fault_log.borrow().hash(&mut h);
@@ -431,7 +478,6 @@ pub fn run(cfg: &Config) -> Result<Report, Failure> {
     report.trace.extend(fault_log.borrow().iter().cloned());
     report.sim_time.hash(&mut h);
     report.digest = h.finish();
-    Ok(report)
 }
 
 /// A run's simulation and bookkeeping, as faults change them.
@@ -450,6 +496,38 @@ struct World<'w, 'a> {
 }
 
 impl World<'_, '_> {
+    /// Steps the simulation until it ends, first applying every action that is due (and
+    /// logging it in `fault_log`). The error says why turmoil failed.
+    fn run_to_end(
+        &mut self,
+        actions: &mut BTreeMap<(Duration, usize), Action>,
+        scheduled: &mut usize,
+        faults: &[(Duration, Duration, Fault)],
+        fault_log: &RefCell<Vec<String>>,
+    ) -> Result<(), String> {
+        loop {
+            while let Some((&(at, _), _)) = actions.first_key_value() {
+                if self.sim.elapsed() < at {
+                    break;
+                }
+                let Some((_, action)) = actions.pop_first() else {
+                    break;
+                };
+                let line = match &action {
+                    Action::Start(f) => format!("{:>6} ms start {f:?}", at.as_millis()),
+                    Action::End(f) => format!("{:>6} ms end   {f:?}", at.as_millis()),
+                };
+                fault_log.borrow_mut().push(line);
+                self.apply(at, action, actions, scheduled, faults);
+            }
+            match self.sim.step() {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => return Err(format!("the simulation failed: {e}")),
+            }
+        }
+    }
+
     /// Starts or ends one fault at `at`.
     fn apply(
         &mut self,
@@ -460,45 +538,7 @@ impl World<'_, '_> {
         faults: &[(Duration, Duration, Fault)],
     ) {
         match action {
-            Action::Start(Fault::Crash { node }) => {
-                if self.down[node] {
-                    return;
-                }
-                self.report.crashes += 1;
-                if self
-                    .rec
-                    .in_flight
-                    .lock()
-                    .get(&node_name(node))
-                    .copied()
-                    .unwrap_or(0)
-                    > 0
-                {
-                    self.report.crashes_with_writes_in_flight += 1;
-                }
-                // The disk first: the dying process's handles go stale, so nothing it
-                // does while being torn down reaches the disk.
-                let r = self.disks[node].crash(self.rng.next_u64());
-                if r.torn_files > 0 {
-                    self.report.torn_writes += 1;
-                }
-                self.report.lost_unsynced_bytes += r.lost_bytes;
-                // A power cut sends nothing: the node's sockets close without a word to
-                // anyone (peers find out by timeouts, or by a reset when they next send).
-                // This also keeps the run reproducible: tokio drops a runtime's tasks in
-                // an order that depends on process-wide task ids.
-                let me = node_name(node);
-                for o in self.hosts.iter().filter(|o| **o != me) {
-                    self.sim.partition(me.as_str(), o.as_str());
-                }
-                take_stats(&self.slots[node], self.report);
-                self.sim.crash(me.as_str());
-                for o in self.hosts.iter().filter(|o| **o != me) {
-                    self.sim.repair(me.as_str(), o.as_str());
-                }
-                self.links.restore(self.sim, &me);
-                self.down[node] = true;
-            }
+            Action::Start(Fault::Crash { node }) => self.crash(node),
             Action::End(Fault::Crash { node }) => {
                 if self.down[node] {
                     self.sim.bounce(node_name(node));
@@ -523,39 +563,100 @@ impl World<'_, '_> {
                 self.links.release(self.sim, &node_name(node), fakezk::HOST)
             }
             Action::Start(Fault::IsolateLeader) => {
-                // Whoever wrote the state last leads; turn this into an isolation of it
-                // (ended when the scripted fault ends).
-                let leader = self.zk_log.lock().writes.last().map(|w| w.leader.clone());
-                let node =
-                    leader.and_then(|l| l.strip_prefix('n').and_then(|i| i.parse::<usize>().ok()));
-                if let Some(node) = node {
-                    self.report.leader_isolations += 1;
-                    let end = faults
-                        .iter()
-                        .find(|(_, _, f)| matches!(f, Fault::IsolateLeader))
-                        .map_or(at, |(_, e, _)| *e);
-                    actions.insert((at, *scheduled), Action::Start(Fault::Isolate { node }));
-                    actions.insert((end, *scheduled + 1), Action::End(Fault::Isolate { node }));
-                    *scheduled += 2;
-                }
+                self.isolate_leader(at, actions, scheduled, faults)
             }
             Action::End(Fault::IsolateLeader) => {}
-            Action::Start(Fault::Isolate { node }) => {
-                self.report.partitions += 1;
-                self.report.coordinator_cut_offs += 1;
-                let me = node_name(node);
-                self.links.hold(self.sim, &me, fakezk::HOST);
-                for other in self.all_nodes.iter().filter(|o| **o != me) {
-                    self.links.hold(self.sim, &me, other);
-                }
-            }
-            Action::End(Fault::Isolate { node }) => {
-                let me = node_name(node);
-                self.links.release(self.sim, &me, fakezk::HOST);
-                for other in self.all_nodes.iter().filter(|o| **o != me) {
-                    self.links.release(self.sim, &me, other);
-                }
-            }
+            Action::Start(Fault::Isolate { node }) => self.isolate(node),
+            Action::End(Fault::Isolate { node }) => self.end_isolation(node),
+        }
+    }
+
+    /// A power cut of `node` (unless it is down already): its disk keeps what the crash leaves,
+    /// and it goes without sending a word. The longest fault, hence its own method; the order of
+    /// its steps (the disk's seeded crash first) is what keeps a run reproducible.
+    fn crash(&mut self, node: usize) {
+        if self.down[node] {
+            return;
+        }
+        self.report.crashes += 1;
+        if self
+            .rec
+            .in_flight
+            .lock()
+            .get(&node_name(node))
+            .copied()
+            .unwrap_or(0)
+            > 0
+        {
+            self.report.crashes_with_writes_in_flight += 1;
+        }
+        // The disk first: the dying process's handles go stale, so nothing it
+        // does while being torn down reaches the disk.
+        let r = self.disks[node].crash(self.rng.next_u64());
+        if r.torn_files > 0 {
+            self.report.torn_writes += 1;
+        }
+        self.report.lost_unsynced_bytes += r.lost_bytes;
+        // A power cut sends nothing: the node's sockets close without a word to
+        // anyone (peers find out by timeouts, or by a reset when they next send).
+        // This also keeps the run reproducible: tokio drops a runtime's tasks in
+        // an order that depends on process-wide task ids.
+        let me = node_name(node);
+        for o in self.hosts.iter().filter(|o| **o != me) {
+            self.sim.partition(me.as_str(), o.as_str());
+        }
+        take_stats(&self.slots[node], self.report);
+        self.sim.crash(me.as_str());
+        for o in self.hosts.iter().filter(|o| **o != me) {
+            self.sim.repair(me.as_str(), o.as_str());
+        }
+        self.links.restore(self.sim, &me);
+        self.down[node] = true;
+    }
+
+    /// The scripted `IsolateLeader`: only now is it known who leads, so it schedules an
+    /// [`Fault::Isolate`] of that node at `at`, ending when the scripted fault ends.
+    fn isolate_leader(
+        &mut self,
+        at: Duration,
+        actions: &mut BTreeMap<(Duration, usize), Action>,
+        scheduled: &mut usize,
+        faults: &[(Duration, Duration, Fault)],
+    ) {
+        // Whoever wrote the state last leads; turn this into an isolation of it
+        // (ended when the scripted fault ends).
+        let leader = self.zk_log.lock().writes.last().map(|w| w.leader.clone());
+        let node = leader.and_then(|l| l.strip_prefix('n').and_then(|i| i.parse::<usize>().ok()));
+        if let Some(node) = node {
+            self.report.leader_isolations += 1;
+            let end = faults
+                .iter()
+                .find(|(_, _, f)| matches!(f, Fault::IsolateLeader))
+                .map_or(at, |(_, e, _)| *e);
+            actions.insert((at, *scheduled), Action::Start(Fault::Isolate { node }));
+            actions.insert((end, *scheduled + 1), Action::End(Fault::Isolate { node }));
+            *scheduled += 2;
+        }
+    }
+
+    /// Cuts `node` off from the coordinator and every other node (its clients still reach
+    /// it); [`World::end_isolation`] undoes it link by link.
+    fn isolate(&mut self, node: usize) {
+        self.report.partitions += 1;
+        self.report.coordinator_cut_offs += 1;
+        let me = node_name(node);
+        self.links.hold(self.sim, &me, fakezk::HOST);
+        for other in self.all_nodes.iter().filter(|o| **o != me) {
+            self.links.hold(self.sim, &me, other);
+        }
+    }
+
+    /// Ends [`World::isolate`]: releases the links it held, in the same order.
+    fn end_isolation(&mut self, node: usize) {
+        let me = node_name(node);
+        self.links.release(self.sim, &me, fakezk::HOST);
+        for other in self.all_nodes.iter().filter(|o| **o != me) {
+            self.links.release(self.sim, &me, other);
         }
     }
 }

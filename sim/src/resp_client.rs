@@ -264,10 +264,7 @@ mod tests {
             outcome(&put, Some(&err("ERR syntax error"))),
             Outcome::Failed
         );
-        assert_eq!(
-            outcome(&put, Some(&err("TRYAGAIN later"))),
-            Outcome::Failed
-        );
+        assert_eq!(outcome(&put, Some(&err("TRYAGAIN later"))), Outcome::Failed);
         assert_eq!(
             outcome(&put, Some(&err("UNCERTAIN lost"))),
             Outcome::Unknown

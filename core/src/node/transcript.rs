@@ -294,360 +294,442 @@ impl Runner {
             .ok_or_else(|| "no nodes yet: start with `nodes` or `node`".to_string())
     }
 
+    /// Runs one script command. A short dispatcher: each command (or family of commands that
+    /// share their shape) has its own method below, so that adding one is a new arm and a new
+    /// method rather than growing one long function.
     fn run(&mut self, command: &str) -> Printed {
         let words: Vec<&str> = command.split_whitespace().collect();
         let Some((&cmd, args)) = words.split_first() else {
             return Err("empty command".into());
         };
         match cmd {
-            "nodes" => {
-                let (ids, o) = split_opts(args);
-                if ids.is_empty() {
-                    return Err("nodes: name at least one".into());
-                }
-                let partitions = o
-                    .get("partitions")
-                    .map_or(Ok(16), |p| num(p, "partitions"))?;
-                let mut net = Net::with(&ids, partitions, Mode::Step);
-                let log = net.take_log();
-                self.net = Some(net);
-                Ok(log)
-            }
-            "node" => {
-                let (ids, o) = split_opts(args);
-                let [id] = ids[..] else {
-                    return Err("node: exactly one name".into());
-                };
-                let partitions = o
-                    .get("partitions")
-                    .map_or(Ok(8), |p| num(p, "partitions"))?;
-                let sync = match o.get("sync").copied() {
-                    None | Some("always") => SyncMode::Always,
-                    Some("none") => SyncMode::None,
-                    Some(s) => match s.strip_prefix("interval:") {
-                        Some(ms) => SyncMode::Interval {
-                            ms: num(ms, "interval")?,
-                        },
-                        None => return Err(format!("unknown sync `{s}`")),
-                    },
-                };
-                let opts = crate::Options {
-                    sync,
-                    ..engine_options()
-                };
-                let node = Node::new(
-                    open_engine(opts),
-                    NodeConfig {
-                        node_id: id.to_string(),
-                        partitions,
-                        ..NodeConfig::default()
-                    },
-                );
-                self.net = Some(Net::single(node, Mode::Step));
-                Ok(Vec::new())
-            }
-            "client" => {
-                let [node, id, op, rest @ ..] = args else {
-                    return Err("client <node> <id> <op> ...".into());
-                };
-                let id = num(id, "client id")?;
-                let request = request(op, rest)?;
-                self.feed(node, Input::Client { id, request })
-            }
-            "admin" => {
-                let [node, id, "decommission", target] = args else {
-                    return Err("admin <node> <id> decommission <target>".into());
-                };
-                let id = num(id, "admin id")?;
-                let command = AdminCommand::Decommission {
-                    node: target.to_string(),
-                };
-                self.feed(node, Input::Admin { id, command })
-            }
-            "connected" | "disconnected" | "expired" | "elected" => {
-                let [node] = args else {
-                    return Err(format!("{cmd} <node>"));
-                };
-                let event = match cmd {
-                    "connected" => CoordEvent::Connected,
-                    "disconnected" => CoordEvent::Disconnected,
-                    "expired" => CoordEvent::Expired,
-                    _ => CoordEvent::Elected,
-                };
-                self.feed(node, Input::Coordinator(event))
-            }
-            "members" => {
-                let [to, ids @ ..] = args else {
-                    return Err("members <node|all> <id>...".into());
-                };
-                let ms: Vec<_> = ids.iter().map(|id| member(id)).collect();
-                self.each(to, |_| Input::Coordinator(CoordEvent::Members(ms.clone())))
-            }
-            "state" => {
-                let [to] = args else {
-                    return Err("state <node|all>".into());
-                };
-                let ev = self.net()?.store.state_event();
-                self.each(to, |_| Input::Coordinator(ev.clone()))
-            }
-            "timeout" => {
-                let [to, ms] = args else {
-                    return Err("timeout <node|all> <ms>".into());
-                };
-                let ms: u64 = num(ms, "timeout")?;
-                self.net()?.now += ms;
-                self.each(to, |_| Input::Timeout)
-            }
-            "peer-down" => {
-                let [node, peer] = args else {
-                    return Err("peer-down <node> <peer>".into());
-                };
-                let peer = peer.to_string();
-                self.feed(node, Input::PeerDown { peer })
-            }
-            "join" => {
-                let [id] = args else {
-                    return Err("join <node>".into());
-                };
-                let net = self.net()?;
-                if net.find(id).is_some() {
-                    return Err(format!("{id} is already a node"));
-                }
-                net.join(id);
-                Ok(net.take_log())
-            }
-            "peer" | "drop" => {
-                let (words, o) = split_opts(args);
-                let all = match words[..] {
-                    [] => false,
-                    ["all"] if cmd == "peer" => true,
-                    _ => {
-                        return Err(format!(
-                            "{cmd} [from=X] [to=Y]{}",
-                            if cmd == "peer" { " [all]" } else { "" }
-                        ))
-                    }
-                };
-                let net = self.net()?;
-                let idx = |name: Option<&&str>| -> Result<Option<usize>, String> {
-                    name.map(|n| net.find(n).ok_or_else(|| format!("no node {n}")))
-                        .transpose()
-                };
-                let (from, to) = (idx(o.get("from"))?, idx(o.get("to"))?);
-                let pick = |w: &Work| {
-                    matches!(w, Work::Peer { from: f, to: t, .. }
-                        if from.is_none_or(|x| x == *f) && to.is_none_or(|x| x == *t))
-                };
-                let mut done = 0;
-                while let Some(w) = net.take(pick) {
-                    done += 1;
-                    if cmd == "drop" {
-                        let line = format!("dropped {}", net.show_work(&w));
-                        net.log.push(line);
-                        break;
-                    }
-                    net.process(w);
-                    if !all || done > 10_000 {
-                        break;
-                    }
-                }
-                if done == 0 {
-                    net.log.push("error: no such peer message pending".into());
-                }
-                Ok(net.take_log())
-            }
-            "coord" => {
-                let (words, _) = split_opts(args);
-                let (node, all) = match words[..] {
-                    [] => (None, false),
-                    ["all"] => (None, true),
-                    [n] => (Some(n), false),
-                    [n, "all"] => (Some(n), true),
-                    _ => return Err("coord [node] [all]".into()),
-                };
-                let net = self.net()?;
-                let node = node
-                    .map(|n| net.find(n).ok_or_else(|| format!("no node {n}")))
-                    .transpose()?;
-                let pick = |w: &Work| {
-                    w.is_coord()
-                        && match (node, w) {
-                            (None, _) => true,
-                            (Some(n), Work::Coord { to, .. }) => *to == n,
-                            (Some(n), Work::WriteState { from, .. }) => *from == n,
-                            _ => false,
-                        }
-                };
-                let mut done = 0;
-                while let Some(w) = net.take(pick) {
-                    done += 1;
-                    net.process(w);
-                    if !all || done > 10_000 {
-                        break;
-                    }
-                }
-                if done == 0 {
-                    net.log
-                        .push("error: no such coordinator item pending".into());
-                }
-                Ok(net.take_log())
-            }
-            "persist" | "background" => {
-                let [node] = args else {
-                    return Err(format!("{cmd} <node>"));
-                };
-                let net = self.net()?;
-                let i = net.find(node).ok_or_else(|| format!("no node {node}"))?;
-                let w = net.take(|w| match w {
-                    Work::Persist { node } => cmd == "persist" && *node == i,
-                    Work::Background { node } => cmd == "background" && *node == i,
-                    _ => false,
-                });
-                match w {
-                    Some(w) => net.process(w),
-                    None => net.log.push(format!("error: no {cmd} pending at {node}")),
-                }
-                Ok(net.take_log())
-            }
-            "persist-fail" => {
-                let [node, message @ ..] = args else {
-                    return Err("persist-fail <node> [message]".into());
-                };
-                let message = if message.is_empty() {
-                    "fsync failed".to_string()
-                } else {
-                    message.join(" ")
-                };
-                let net = self.net()?;
-                let i = net.find(node).ok_or_else(|| format!("no node {node}"))?;
-                if !net.fail_persist(i, &message) {
-                    net.log.push(format!("error: no persist pending at {node}"));
-                }
-                Ok(net.take_log())
-            }
-            "hold" | "release" => {
-                let [node] = args else {
-                    return Err(format!("{cmd} <node>"));
-                };
-                let net = self.net()?;
-                let i = net.find(node).ok_or_else(|| format!("no node {node}"))?;
-                if cmd == "hold" {
-                    net.held.insert(i);
-                } else {
-                    net.held.remove(&i);
-                }
-                Ok(Vec::new())
-            }
-            "stabilize" => {
-                if !args.is_empty() {
-                    return Err("stabilize takes no arguments".into());
-                }
-                let net = self.net()?;
-                net.run();
-                Ok(net.take_log())
-            }
-            "status" => {
-                let net = self.net()?;
-                let which: Vec<usize> = if args.is_empty() {
-                    (0..net.len()).collect()
-                } else {
-                    args.iter()
-                        .map(|n| net.find(n).ok_or_else(|| format!("no node {n}")))
-                        .collect::<Result<_, _>>()?
-                };
-                Ok(which.into_iter().flat_map(|i| status(net, i)).collect())
-            }
-            "pending" => {
-                let net = self.net()?;
-                Ok(net.queue.iter().map(|w| net.show_work(w)).collect())
-            }
-            "store" => {
-                let net = self.net()?;
-                let stamp = net.store.stamp();
-                Ok(vec![match net.store.value() {
-                    Some(s) => format!("stamp={stamp} {}", show_state(s)),
-                    None => format!("stamp={stamp} none"),
-                }])
-            }
-            "where" => {
-                let net = self.net()?;
-                Ok(args
-                    .iter()
-                    .map(|k| {
-                        let n = net.node(0);
-                        let p = n.partition_of(k.as_bytes());
-                        let owners = match net.store.value() {
-                            Some(s) => s.owners.clone(),
-                            None => n.cluster().owners,
-                        };
-                        let owner = owners.get(usize::from(p)).map_or("-", String::as_str);
-                        format!("{k}: partition {p}, owner {owner}")
-                    })
-                    .collect())
-            }
-            "keys" => {
-                let [node] = args else {
-                    return Err("keys <node>".into());
-                };
-                let net = self.net()?;
-                let i = net.find(node).ok_or_else(|| format!("no node {node}"))?;
-                let keys = net.visible_keys(i);
-                let mut by_part: BTreeMap<u16, Vec<String>> = BTreeMap::new();
-                for (p, k, _) in keys {
-                    by_part.entry(p).or_default().push(show_bytes(&k));
-                }
-                let lines: Vec<String> = by_part
-                    .into_iter()
-                    .map(|(p, ks)| {
-                        let n = ks.len();
-                        let list = if n <= 8 {
-                            ks.join(" ")
-                        } else {
-                            format!("{} .. {}", ks[..3].join(" "), ks[n - 1])
-                        };
-                        format!("{node} p{p}: {n} [{list}]")
-                    })
-                    .collect();
-                if lines.is_empty() {
-                    Ok(vec![format!("{node}: no keys")])
-                } else {
-                    Ok(lines)
-                }
-            }
-            "fill" => {
-                let [node, count, prefix] = args else {
-                    return Err("fill <node> <count> <prefix>".into());
-                };
-                let count: u64 = num(count, "count")?;
-                let net = self.net()?;
-                let i = net.find(node).ok_or_else(|| format!("no node {node}"))?;
-                if !net.queue.is_empty() {
-                    return Ok(vec!["error: fill needs an empty queue".into()]);
-                }
-                net.mode = Mode::Auto;
-                let mut answers: BTreeMap<String, u64> = BTreeMap::new();
-                for k in 0..count {
-                    let key = format!("{prefix}{k:04}");
-                    let put = Request::Put {
-                        key: key.clone().into_bytes(),
-                        value: key.into_bytes(),
-                        cond: Condition::None,
-                    };
-                    let r = net.call(i, u64::MAX - k, put);
-                    let kind = match r {
-                        Response::Written { .. } => "Written".to_string(),
-                        other => format!("{other:?}"),
-                    };
-                    *answers.entry(kind).or_default() += 1;
-                }
-                net.mode = Mode::Step;
-                Ok(answers
-                    .into_iter()
-                    .map(|(kind, n)| format!("{n} {kind}"))
-                    .collect())
-            }
+            "nodes" => self.cmd_nodes(args),
+            "node" => self.cmd_node(args),
+            "client" => self.cmd_client(args),
+            "admin" => self.cmd_admin(args),
+            "connected" | "disconnected" | "expired" | "elected" => self.cmd_coord_event(cmd, args),
+            "members" => self.cmd_members(args),
+            "state" => self.cmd_state(args),
+            "timeout" => self.cmd_timeout(args),
+            "peer-down" => self.cmd_peer_down(args),
+            "join" => self.cmd_join(args),
+            "peer" | "drop" => self.cmd_peer(cmd, args),
+            "coord" => self.cmd_coord(args),
+            "persist" | "background" => self.cmd_persist_or_background(cmd, args),
+            "persist-fail" => self.cmd_persist_fail(args),
+            "hold" | "release" => self.cmd_hold(cmd, args),
+            "stabilize" => self.cmd_stabilize(args),
+            "status" => self.cmd_status(args),
+            "pending" => self.cmd_pending(),
+            "store" => self.cmd_store(),
+            "where" => self.cmd_where(args),
+            "keys" => self.cmd_keys(args),
+            "fill" => self.cmd_fill(args),
             _ => Err(format!("unknown command `{cmd}`")),
         }
+    }
+
+    /// `nodes a b c [partitions=N]`: a fresh clustered net, kept apart from `node` because the
+    /// two build a cluster in different ways (and default to different partition counts).
+    fn cmd_nodes(&mut self, args: &[&str]) -> Printed {
+        let (ids, o) = split_opts(args);
+        if ids.is_empty() {
+            return Err("nodes: name at least one".into());
+        }
+        let partitions = o
+            .get("partitions")
+            .map_or(Ok(16), |p| num(p, "partitions"))?;
+        let mut net = Net::with(&ids, partitions, Mode::Step);
+        let log = net.take_log();
+        self.net = Some(net);
+        Ok(log)
+    }
+
+    /// `node a [partitions=N] [sync=...]`: a fresh cluster of one; its own method because it is
+    /// the only command that chooses engine options (the sync mode).
+    fn cmd_node(&mut self, args: &[&str]) -> Printed {
+        let (ids, o) = split_opts(args);
+        let [id] = ids[..] else {
+            return Err("node: exactly one name".into());
+        };
+        let partitions = o
+            .get("partitions")
+            .map_or(Ok(8), |p| num(p, "partitions"))?;
+        let sync = match o.get("sync").copied() {
+            None | Some("always") => SyncMode::Always,
+            Some("none") => SyncMode::None,
+            Some(s) => match s.strip_prefix("interval:") {
+                Some(ms) => SyncMode::Interval {
+                    ms: num(ms, "interval")?,
+                },
+                None => return Err(format!("unknown sync `{s}`")),
+            },
+        };
+        let opts = crate::Options {
+            sync,
+            ..engine_options()
+        };
+        let node = Node::new(
+            open_engine(opts),
+            NodeConfig {
+                node_id: id.to_string(),
+                partitions,
+                ..NodeConfig::default()
+            },
+        );
+        self.net = Some(Net::single(node, Mode::Step));
+        Ok(Vec::new())
+    }
+
+    /// `client <node> <id> <op> ...`: the request's own syntax is read by [`request`], so this
+    /// only picks the node and the client id.
+    fn cmd_client(&mut self, args: &[&str]) -> Printed {
+        let [node, id, op, rest @ ..] = args else {
+            return Err("client <node> <id> <op> ...".into());
+        };
+        let id = num(id, "client id")?;
+        let request = request(op, rest)?;
+        self.feed(node, Input::Client { id, request })
+    }
+
+    /// `admin <node> <id> decommission <target>`: the one admin command there is.
+    fn cmd_admin(&mut self, args: &[&str]) -> Printed {
+        let [node, id, "decommission", target] = args else {
+            return Err("admin <node> <id> decommission <target>".into());
+        };
+        let id = num(id, "admin id")?;
+        let command = AdminCommand::Decommission {
+            node: target.to_string(),
+        };
+        self.feed(node, Input::Admin { id, command })
+    }
+
+    /// `connected|disconnected|expired|elected <node>`: one family, as the four differ only in
+    /// the coordinator event they hand over.
+    fn cmd_coord_event(&mut self, cmd: &str, args: &[&str]) -> Printed {
+        let [node] = args else {
+            return Err(format!("{cmd} <node>"));
+        };
+        let event = match cmd {
+            "connected" => CoordEvent::Connected,
+            "disconnected" => CoordEvent::Disconnected,
+            "expired" => CoordEvent::Expired,
+            _ => CoordEvent::Elected,
+        };
+        self.feed(node, Input::Coordinator(event))
+    }
+
+    /// `members <node|all> <id>...`: tells the node(s) the member list, as the coordinator would.
+    fn cmd_members(&mut self, args: &[&str]) -> Printed {
+        let [to, ids @ ..] = args else {
+            return Err("members <node|all> <id>...".into());
+        };
+        let ms: Vec<_> = ids.iter().map(|id| member(id)).collect();
+        self.each(to, |_| Input::Coordinator(CoordEvent::Members(ms.clone())))
+    }
+
+    /// `state <node|all>`: hands over the coordinator's current state, read from the store now
+    /// (not from any queued write).
+    fn cmd_state(&mut self, args: &[&str]) -> Printed {
+        let [to] = args else {
+            return Err("state <node|all>".into());
+        };
+        let ev = self.net()?.store.state_event();
+        self.each(to, |_| Input::Coordinator(ev.clone()))
+    }
+
+    /// `timeout <node|all> <ms>`: the clock moves on before the `Timeout`, so the node sees the
+    /// time that passed.
+    fn cmd_timeout(&mut self, args: &[&str]) -> Printed {
+        let [to, ms] = args else {
+            return Err("timeout <node|all> <ms>".into());
+        };
+        let ms: u64 = num(ms, "timeout")?;
+        self.net()?.now += ms;
+        self.each(to, |_| Input::Timeout)
+    }
+
+    /// `peer-down <node> <peer>`: the connection from `node` to `peer` failed.
+    fn cmd_peer_down(&mut self, args: &[&str]) -> Printed {
+        let [node, peer] = args else {
+            return Err("peer-down <node> <peer>".into());
+        };
+        let peer = peer.to_string();
+        self.feed(node, Input::PeerDown { peer })
+    }
+
+    /// `join <node>`: a new node joins the running net (a name already in use is a script
+    /// error, not an output).
+    fn cmd_join(&mut self, args: &[&str]) -> Printed {
+        let [id] = args else {
+            return Err("join <node>".into());
+        };
+        let net = self.net()?;
+        if net.find(id).is_some() {
+            return Err(format!("{id} is already a node"));
+        }
+        net.join(id);
+        Ok(net.take_log())
+    }
+
+    /// `peer [from=X] [to=Y] [all]` and `drop [from=X] [to=Y]`: one family, as both pick the
+    /// next matching peer message the same way; `drop` loses it instead of delivering it.
+    fn cmd_peer(&mut self, cmd: &str, args: &[&str]) -> Printed {
+        let (words, o) = split_opts(args);
+        let all = match words[..] {
+            [] => false,
+            ["all"] if cmd == "peer" => true,
+            _ => {
+                return Err(format!(
+                    "{cmd} [from=X] [to=Y]{}",
+                    if cmd == "peer" { " [all]" } else { "" }
+                ))
+            }
+        };
+        let net = self.net()?;
+        let idx = |name: Option<&&str>| -> Result<Option<usize>, String> {
+            name.map(|n| net.find(n).ok_or_else(|| format!("no node {n}")))
+                .transpose()
+        };
+        let (from, to) = (idx(o.get("from"))?, idx(o.get("to"))?);
+        let pick = |w: &Work| {
+            matches!(w, Work::Peer { from: f, to: t, .. }
+                if from.is_none_or(|x| x == *f) && to.is_none_or(|x| x == *t))
+        };
+        let mut done = 0;
+        while let Some(w) = net.take(pick) {
+            done += 1;
+            if cmd == "drop" {
+                let line = format!("dropped {}", net.show_work(&w));
+                net.log.push(line);
+                break;
+            }
+            net.process(w);
+            if !all || done > 10_000 {
+                break;
+            }
+        }
+        if done == 0 {
+            net.log.push("error: no such peer message pending".into());
+        }
+        Ok(net.take_log())
+    }
+
+    /// `coord [node] [all]`: delivers the next coordinator item (to or from `node`), or all of
+    /// them.
+    fn cmd_coord(&mut self, args: &[&str]) -> Printed {
+        let (words, _) = split_opts(args);
+        let (node, all) = match words[..] {
+            [] => (None, false),
+            ["all"] => (None, true),
+            [n] => (Some(n), false),
+            [n, "all"] => (Some(n), true),
+            _ => return Err("coord [node] [all]".into()),
+        };
+        let net = self.net()?;
+        let node = node
+            .map(|n| net.find(n).ok_or_else(|| format!("no node {n}")))
+            .transpose()?;
+        let pick = |w: &Work| {
+            w.is_coord()
+                && match (node, w) {
+                    (None, _) => true,
+                    (Some(n), Work::Coord { to, .. }) => *to == n,
+                    (Some(n), Work::WriteState { from, .. }) => *from == n,
+                    _ => false,
+                }
+        };
+        let mut done = 0;
+        while let Some(w) = net.take(pick) {
+            done += 1;
+            net.process(w);
+            if !all || done > 10_000 {
+                break;
+            }
+        }
+        if done == 0 {
+            net.log
+                .push("error: no such coordinator item pending".into());
+        }
+        Ok(net.take_log())
+    }
+
+    /// `persist <node>` and `background <node>`: one family, as both run the node's next item
+    /// of one kind of local work.
+    fn cmd_persist_or_background(&mut self, cmd: &str, args: &[&str]) -> Printed {
+        let [node] = args else {
+            return Err(format!("{cmd} <node>"));
+        };
+        let net = self.net()?;
+        let i = net.find(node).ok_or_else(|| format!("no node {node}"))?;
+        let w = net.take(|w| match w {
+            Work::Persist { node } => cmd == "persist" && *node == i,
+            Work::Background { node } => cmd == "background" && *node == i,
+            _ => false,
+        });
+        match w {
+            Some(w) => net.process(w),
+            None => net.log.push(format!("error: no {cmd} pending at {node}")),
+        }
+        Ok(net.take_log())
+    }
+
+    /// `persist-fail <node> [message]`: the oldest pending persist fails with `message`.
+    fn cmd_persist_fail(&mut self, args: &[&str]) -> Printed {
+        let [node, message @ ..] = args else {
+            return Err("persist-fail <node> [message]".into());
+        };
+        let message = if message.is_empty() {
+            "fsync failed".to_string()
+        } else {
+            message.join(" ")
+        };
+        let net = self.net()?;
+        let i = net.find(node).ok_or_else(|| format!("no node {node}"))?;
+        if !net.fail_persist(i, &message) {
+            net.log.push(format!("error: no persist pending at {node}"));
+        }
+        Ok(net.take_log())
+    }
+
+    /// `hold <node>` / `release <node>`: one family, as they set and clear the same flag.
+    fn cmd_hold(&mut self, cmd: &str, args: &[&str]) -> Printed {
+        let [node] = args else {
+            return Err(format!("{cmd} <node>"));
+        };
+        let net = self.net()?;
+        let i = net.find(node).ok_or_else(|| format!("no node {node}"))?;
+        if cmd == "hold" {
+            net.held.insert(i);
+        } else {
+            net.held.remove(&i);
+        }
+        Ok(Vec::new())
+    }
+
+    /// `stabilize`: runs everything until quiet.
+    fn cmd_stabilize(&mut self, args: &[&str]) -> Printed {
+        if !args.is_empty() {
+            return Err("stabilize takes no arguments".into());
+        }
+        let net = self.net()?;
+        net.run();
+        Ok(net.take_log())
+    }
+
+    /// `status [node...]`: prints [`status`] of the named nodes, or of all of them.
+    fn cmd_status(&mut self, args: &[&str]) -> Printed {
+        let net = self.net()?;
+        let which: Vec<usize> = if args.is_empty() {
+            (0..net.len()).collect()
+        } else {
+            args.iter()
+                .map(|n| net.find(n).ok_or_else(|| format!("no node {n}")))
+                .collect::<Result<_, _>>()?
+        };
+        Ok(which.into_iter().flat_map(|i| status(net, i)).collect())
+    }
+
+    /// `pending`: the queue, one line an item.
+    fn cmd_pending(&mut self) -> Printed {
+        let net = self.net()?;
+        Ok(net.queue.iter().map(|w| net.show_work(w)).collect())
+    }
+
+    /// `store`: the coordinator's state and its stamp.
+    fn cmd_store(&mut self) -> Printed {
+        let net = self.net()?;
+        let stamp = net.store.stamp();
+        Ok(vec![match net.store.value() {
+            Some(s) => format!("stamp={stamp} {}", show_state(s)),
+            None => format!("stamp={stamp} none"),
+        }])
+    }
+
+    /// `where <key>...`: each key's partition, and its owner by the coordinator's state (or, if
+    /// there is none yet, by the first node's view).
+    fn cmd_where(&mut self, args: &[&str]) -> Printed {
+        let net = self.net()?;
+        Ok(args
+            .iter()
+            .map(|k| {
+                let n = net.node(0);
+                let p = n.partition_of(k.as_bytes());
+                let owners = match net.store.value() {
+                    Some(s) => s.owners.clone(),
+                    None => n.cluster().owners,
+                };
+                let owner = owners.get(usize::from(p)).map_or("-", String::as_str);
+                format!("{k}: partition {p}, owner {owner}")
+            })
+            .collect())
+    }
+
+    /// `keys <node>`: the keys the node serves reads of, a line per partition (long lists
+    /// shortened so goldens stay readable).
+    fn cmd_keys(&mut self, args: &[&str]) -> Printed {
+        let [node] = args else {
+            return Err("keys <node>".into());
+        };
+        let net = self.net()?;
+        let i = net.find(node).ok_or_else(|| format!("no node {node}"))?;
+        let keys = net.visible_keys(i);
+        let mut by_part: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+        for (p, k, _) in keys {
+            by_part.entry(p).or_default().push(show_bytes(&k));
+        }
+        let lines: Vec<String> = by_part
+            .into_iter()
+            .map(|(p, ks)| {
+                let n = ks.len();
+                let list = if n <= 8 {
+                    ks.join(" ")
+                } else {
+                    format!("{} .. {}", ks[..3].join(" "), ks[n - 1])
+                };
+                format!("{node} p{p}: {n} [{list}]")
+            })
+            .collect();
+        if lines.is_empty() {
+            Ok(vec![format!("{node}: no keys")])
+        } else {
+            Ok(lines)
+        }
+    }
+
+    /// `fill <node> <count> <prefix>`: many writes without a transcript of each; runs in
+    /// `Mode::Auto` and prints only how the writes were answered.
+    fn cmd_fill(&mut self, args: &[&str]) -> Printed {
+        let [node, count, prefix] = args else {
+            return Err("fill <node> <count> <prefix>".into());
+        };
+        let count: u64 = num(count, "count")?;
+        let net = self.net()?;
+        let i = net.find(node).ok_or_else(|| format!("no node {node}"))?;
+        if !net.queue.is_empty() {
+            return Ok(vec!["error: fill needs an empty queue".into()]);
+        }
+        net.mode = Mode::Auto;
+        let mut answers: BTreeMap<String, u64> = BTreeMap::new();
+        for k in 0..count {
+            let key = format!("{prefix}{k:04}");
+            let put = Request::Put {
+                key: key.clone().into_bytes(),
+                value: key.into_bytes(),
+                cond: Condition::None,
+            };
+            let r = net.call(i, u64::MAX - k, put);
+            let kind = match r {
+                Response::Written { .. } => "Written".to_string(),
+                other => format!("{other:?}"),
+            };
+            *answers.entry(kind).or_default() += 1;
+        }
+        net.mode = Mode::Step;
+        Ok(answers
+            .into_iter()
+            .map(|(kind, n)| format!("{n} {kind}"))
+            .collect())
     }
 
     /// Hands `input` to the node called `node` now.

@@ -3,6 +3,7 @@
 //! remove leftovers.
 
 use super::*;
+use crate::engine::disk::DiskFile;
 
 impl Db {
     /// Opens (or creates) the database on `disk`, replaying its WAL.
@@ -15,12 +16,7 @@ impl Db {
         let state = read_or_create_manifest(&*disk, &files)?;
         let (levels, tables_max_seq) = open_tables(&*disk, &state, &opts, &cache)?;
         let mut last_seq = state.last_seq.max(tables_max_seq);
-        let mut next_file = state.next_file;
-        for f in &files {
-            if let Some(n) = parse_number(f, ".sst").or_else(|| parse_number(f, ".wal")) {
-                next_file = next_file.max(n + 1);
-            }
-        }
+        let mut next_file = first_free_number(&files, state.next_file);
 
         let (mem, recovery, replayed_upto) = replay_logs(&*disk, &files, &state)?;
         last_seq = last_seq.max(replayed_upto);
@@ -40,73 +36,19 @@ impl Db {
         let spare_number = next_file + 1;
         next_file += 2;
         let version = Version { levels };
-        manifest::write(
+        let logs = start_logs(
             &*disk,
-            &ManifestState {
-                next_file,
-                last_seq,
-                log_number: wal_number,
-                tables: version.records(),
-            },
-        )
-        .map_err(|f| f.error)?;
-        let wal_file = disk
-            .create(&wal_name(wal_number))
-            .map_err(|e| Error::io(wal_name(wal_number), e))?;
-        let spare_file = disk
-            .create(&wal_name(spare_number))
-            .map_err(|e| Error::io(wal_name(spare_number), e))?;
-        disk.sync_dir().map_err(|e| Error::io(".", e))?;
+            &version,
+            next_file,
+            last_seq,
+            wal_number,
+            spare_number,
+        )?;
+        remove_leftovers(&*disk, &files, &version, wal_number)?;
 
-        // Everything older is now covered by the manifest; remove leftovers.
-        let live: std::collections::HashSet<u64> =
-            version.levels.iter().flatten().map(|t| t.number).collect();
-        for f in &files {
-            let stale = parse_number(f, ".wal").is_some_and(|n| n < wal_number)
-                || parse_number(f, ".sst").is_some_and(|n| !live.contains(&n));
-            if stale {
-                disk.remove(f).map_err(|e| Error::io(f, e))?;
-            }
-        }
-
-        let sv = SuperVersion {
-            mem: Arc::new(Memtable::new(wal_number)),
-            imms: Vec::new(),
-            version: Arc::new(version),
-        };
-        let inner = Arc::new(Inner {
-            disk,
-            cache,
-            sv: ArcSwap::from_pointee(sv),
-            sv_lock: Mutex::new(()),
-            visible_seq: AtomicU64::new(last_seq),
-            flushed_seq: AtomicU64::new(last_seq),
-            next_file: AtomicU64::new(next_file),
-            queue: Mutex::new(Queue {
-                next_id: 0,
-                pending: VecDeque::new(),
-                leader: false,
-                done: HashMap::new(),
-            }),
-            queue_cv: Condvar::new(),
-            wal: Mutex::new(WalState {
-                writer: WalWriter::new(wal_file, wal_number),
-                retired: Vec::new(),
-                spare: Some(WalWriter::new(spare_file, spare_number)),
-                last_seq,
-                buf: Vec::new(),
-                payload: Vec::new(),
-            }),
-            versions: Mutex::new(vec![Vec::new(); opts.num_levels]),
-            flush_lock: Mutex::new(()),
-            compaction_lock: Mutex::new(()),
-            spare_lock: Mutex::new(()),
-            bg: Mutex::new(BgState::default()),
-            bg_cv: Condvar::new(),
-            poisoned: Mutex::new(None),
-            counters: Counters::default(),
-            opts,
-        });
+        let inner = Arc::new(new_inner(
+            disk, cache, version, logs, last_seq, next_file, opts,
+        ));
         let db = Db {
             threads: Mutex::new(Vec::new()),
             recovery,
@@ -143,6 +85,135 @@ impl Db {
                     .expect("spawn sync thread"),
             );
         }
+    }
+}
+
+/// The next file number that nothing in the directory uses: `from` (the manifest's), or past
+/// any table or log found there, so that a file the manifest does not know of (left by a crash)
+/// is never overwritten.
+fn first_free_number(files: &[String], from: u64) -> u64 {
+    let mut next_file = from;
+    for f in files {
+        if let Some(n) = parse_number(f, ".sst").or_else(|| parse_number(f, ".wal")) {
+            next_file = next_file.max(n + 1);
+        }
+    }
+    next_file
+}
+
+/// The log (and its spare) that [`start_logs`] created, for the new engine's WAL state.
+struct FreshLogs {
+    wal: Arc<dyn DiskFile>,
+    wal_number: u64,
+    spare: Arc<dyn DiskFile>,
+    spare_number: u64,
+}
+
+/// Writes the manifest that covers everything replayed (`version`, with the new log
+/// `wal_number`), then creates that log and its spare, and syncs the directory. The manifest
+/// first: once it is written it covers everything replayed, and the old logs no longer count.
+fn start_logs(
+    disk: &dyn Disk,
+    version: &Version,
+    next_file: u64,
+    last_seq: u64,
+    wal_number: u64,
+    spare_number: u64,
+) -> Result<FreshLogs> {
+    manifest::write(
+        disk,
+        &ManifestState {
+            next_file,
+            last_seq,
+            log_number: wal_number,
+            tables: version.records(),
+        },
+    )
+    .map_err(|f| f.error)?;
+    let wal_file = disk
+        .create(&wal_name(wal_number))
+        .map_err(|e| Error::io(wal_name(wal_number), e))?;
+    let spare_file = disk
+        .create(&wal_name(spare_number))
+        .map_err(|e| Error::io(wal_name(spare_number), e))?;
+    disk.sync_dir().map_err(|e| Error::io(".", e))?;
+    Ok(FreshLogs {
+        wal: wal_file,
+        wal_number,
+        spare: spare_file,
+        spare_number,
+    })
+}
+
+/// Removes the logs older than `wal_number` and the tables `version` does not hold: once the
+/// new manifest is written, everything older is covered by it and only takes space.
+fn remove_leftovers(
+    disk: &dyn Disk,
+    files: &[String],
+    version: &Version,
+    wal_number: u64,
+) -> Result<()> {
+    let live: std::collections::HashSet<u64> =
+        version.levels.iter().flatten().map(|t| t.number).collect();
+    for f in files {
+        let stale = parse_number(f, ".wal").is_some_and(|n| n < wal_number)
+            || parse_number(f, ".sst").is_some_and(|n| !live.contains(&n));
+        if stale {
+            disk.remove(f).map_err(|e| Error::io(f, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The engine's shared state as it starts: an empty memtable over the fresh log, every
+/// sequence number up to `last_seq` visible and flushed, and no work queued. Apart from
+/// [`Db::open`] because it is a long list of initial values, not a step of opening.
+fn new_inner(
+    disk: Arc<dyn Disk>,
+    cache: Arc<BlockCache>,
+    version: Version,
+    logs: FreshLogs,
+    last_seq: u64,
+    next_file: u64,
+    opts: Options,
+) -> Inner {
+    let sv = SuperVersion {
+        mem: Arc::new(Memtable::new(logs.wal_number)),
+        imms: Vec::new(),
+        version: Arc::new(version),
+    };
+    Inner {
+        disk,
+        cache,
+        sv: ArcSwap::from_pointee(sv),
+        sv_lock: Mutex::new(()),
+        visible_seq: AtomicU64::new(last_seq),
+        flushed_seq: AtomicU64::new(last_seq),
+        next_file: AtomicU64::new(next_file),
+        queue: Mutex::new(Queue {
+            next_id: 0,
+            pending: VecDeque::new(),
+            leader: false,
+            done: HashMap::new(),
+        }),
+        queue_cv: Condvar::new(),
+        wal: Mutex::new(WalState {
+            writer: WalWriter::new(logs.wal, logs.wal_number),
+            retired: Vec::new(),
+            spare: Some(WalWriter::new(logs.spare, logs.spare_number)),
+            last_seq,
+            buf: Vec::new(),
+            payload: Vec::new(),
+        }),
+        versions: Mutex::new(vec![Vec::new(); opts.num_levels]),
+        flush_lock: Mutex::new(()),
+        compaction_lock: Mutex::new(()),
+        spare_lock: Mutex::new(()),
+        bg: Mutex::new(BgState::default()),
+        bg_cv: Condvar::new(),
+        poisoned: Mutex::new(None),
+        counters: Counters::default(),
+        opts,
     }
 }
 
