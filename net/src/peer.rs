@@ -336,3 +336,52 @@ impl PeerNet {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `read_frames` over `frames` and returns how it ended and what it reported.
+    async fn read(frames: &[PeerMessage]) -> (Result<(), String>, Vec<PeerEvent>) {
+        let mut bytes = Vec::new();
+        for f in frames {
+            encode_frame(f, &mut bytes);
+        }
+        let (tx, mut rx) = mpsc::channel(16);
+        let r = read_frames(&bytes[..], "c", &tx).await;
+        drop(tx);
+        let mut got = Vec::new();
+        while let Some(ev) = rx.recv().await {
+            got.push(ev);
+        }
+        (r, got)
+    }
+
+    fn hello(version: u32, cluster: &str) -> PeerMessage {
+        PeerMessage::Hello {
+            version,
+            from: "n9".into(),
+            cluster: cluster.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_of_another_protocol_version_is_refused_naming_both() {
+        let note = PeerMessage::MoveReady { partition: 3 };
+        let (r, got) = read(&[hello(PROTOCOL_VERSION, "c"), note.clone()]).await;
+        assert_eq!(r, Ok(()));
+        assert!(
+            matches!(got.as_slice(), [PeerEvent::Message { from, message }] if from == "n9" && *message == note),
+            "{got:?}"
+        );
+        let (r, got) = read(&[hello(1, "c"), note.clone()]).await;
+        let e = r.expect_err("refused");
+        assert!(
+            e.contains("version 1") && e.contains(&format!("version {PROTOCOL_VERSION}")),
+            "{e}"
+        );
+        assert!(got.is_empty(), "nothing from a refused peer: {got:?}");
+        let (r, _) = read(&[hello(PROTOCOL_VERSION, "other"), note]).await;
+        assert!(r.expect_err("refused").contains("cluster"));
+    }
+}
