@@ -176,10 +176,11 @@ fn main() {
 /// One payload per peer message kind (the target also reads them as frame streams), and one
 /// stream of whole frames.
 fn peer_seeds(dir: &Path) {
+    use corecache_core::proto::peer::{encode_frame, PeerMessage, PROTOCOL_VERSION};
     use corecache_core::proto::{BatchOp, Condition, Request, Response};
-    use corecache_core::proto::peer::{encode_frame, PeerMessage};
     let msgs = vec![
         PeerMessage::Hello {
+            version: PROTOCOL_VERSION,
             from: "n1".into(),
             cluster: "c".into(),
         },
