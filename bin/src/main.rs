@@ -132,6 +132,16 @@ struct ServeArgs {
     initial_nodes: Option<String>,
     #[arg(long)]
     partitions: Option<String>,
+    /// Copies of every partition a new cluster places, primary included (default 1).
+    #[arg(long)]
+    replication_factor: Option<String>,
+    /// Fewer copies in sync than this: the partition refuses writes (default 2, at most the
+    /// replication factor).
+    #[arg(long)]
+    min_insync_replicas: Option<String>,
+    /// A replica gone this long is replaced by a copy elsewhere (default 60000).
+    #[arg(long)]
+    replica_timeout_ms: Option<String>,
     #[arg(long)]
     memtable_mb: Option<String>,
     #[arg(long)]
@@ -174,6 +184,9 @@ fn load_config(a: &ServeArgs) -> Result<Config, String> {
         ("peer_listen", &a.peer_listen),
         ("initial_nodes", &a.initial_nodes),
         ("partitions", &a.partitions),
+        ("replication_factor", &a.replication_factor),
+        ("min_insync_replicas", &a.min_insync_replicas),
+        ("replica_timeout_ms", &a.replica_timeout_ms),
         ("memtable_mb", &a.memtable_mb),
         ("block_cache_mb", &a.block_cache_mb),
         ("max_key_bytes", &a.max_key_bytes),

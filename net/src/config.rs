@@ -34,6 +34,14 @@ pub struct Config {
     pub initial_nodes: usize,
     /// Hash partitions, fixed when the data directory is created.
     pub partitions: u16,
+    /// Copies of every partition (primary included) a new cluster places; `None` = not set
+    /// (see [`Config::replication`]).
+    pub replication_factor: Option<usize>,
+    /// With fewer copies in sync than this (primary included), a partition refuses writes and
+    /// keeps serving reads. Never more than the replication factor in effect.
+    pub min_insync_replicas: usize,
+    /// A replica gone this long is replaced by a copy on another node.
+    pub replica_timeout_ms: u64,
     pub memtable_mb: u64,
     pub block_cache_mb: u64,
     pub max_key_bytes: usize,
@@ -63,6 +71,9 @@ impl Default for Config {
             peer_listen: "127.0.0.1:7071".into(),
             initial_nodes: 1,
             partitions: 64,
+            replication_factor: None,
+            min_insync_replicas: 2,
+            replica_timeout_ms: 60_000,
             memtable_mb: 64,
             block_cache_mb: 64,
             max_key_bytes: 8 << 10,
@@ -89,6 +100,9 @@ pub const SETTINGS: &[&str] = &[
     "peer_listen",
     "initial_nodes",
     "partitions",
+    "replication_factor",
+    "min_insync_replicas",
+    "replica_timeout_ms",
     "memtable_mb",
     "block_cache_mb",
     "max_key_bytes",
@@ -98,6 +112,9 @@ pub const SETTINGS: &[&str] = &[
     "resp_listen",
     "resp_flushdb",
 ];
+
+/// The most copies of a partition a cluster may keep.
+pub const MAX_REPLICATION_FACTOR: usize = 7;
 
 fn num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
     v.trim()
@@ -221,6 +238,33 @@ impl Config {
                 }
                 self.partitions = v;
             }
+            "replication_factor" => {
+                let v: usize = num(name, value)?;
+                if !(1..=MAX_REPLICATION_FACTOR).contains(&v) {
+                    return Err(format!(
+                        "setting `replication_factor` must be between 1 and {MAX_REPLICATION_FACTOR}"
+                    ));
+                }
+                self.replication_factor = Some(v);
+            }
+            "min_insync_replicas" => {
+                let v: usize = num(name, value)?;
+                if !(1..=MAX_REPLICATION_FACTOR).contains(&v) {
+                    return Err(format!(
+                        "setting `min_insync_replicas` must be between 1 and {MAX_REPLICATION_FACTOR}"
+                    ));
+                }
+                self.min_insync_replicas = v;
+            }
+            "replica_timeout_ms" => {
+                let v: u64 = num(name, value)?;
+                if !(1_000..=86_400_000).contains(&v) {
+                    return Err(
+                        "setting `replica_timeout_ms` must be between 1000 and 86400000".into(),
+                    );
+                }
+                self.replica_timeout_ms = v;
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -301,6 +345,15 @@ impl Config {
             _ => return Ok(false),
         }
         Ok(true)
+    }
+
+    /// The replication factor and the in-sync minimum in effect: `replication_factor` as set,
+    /// else 1 (the embedded default, and for now a ZooKeeper cluster too: partitions do not
+    /// yet fail over or move between replicas, so three copies are opt-in until they do); the
+    /// minimum never above the factor, so one copy alone still takes writes.
+    pub fn replication(&self) -> (usize, usize) {
+        let rf = self.replication_factor.unwrap_or(1);
+        (rf, self.min_insync_replicas.min(rf))
     }
 
     /// Applies a TOML file's settings.

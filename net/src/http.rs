@@ -660,6 +660,32 @@ async fn decommission(
     )
 }
 
+/// Per partition: its primary, configuration (primary, backups and learners), the copies in
+/// sync (primary and backups: every acknowledged write is on each) and its epoch.
+fn replicas_json(
+    c: &corecache_core::node::ClusterView,
+) -> serde_json::Map<String, serde_json::Value> {
+    c.owners
+        .iter()
+        .enumerate()
+        .map(|(p, primary)| {
+            let r = c.replicas.get(p).cloned().unwrap_or_default();
+            let mut in_sync = vec![primary.clone()];
+            in_sync.extend(r.backups.iter().cloned());
+            let mut configuration = in_sync.clone();
+            configuration.extend(r.learners.iter().cloned());
+            let entry = json!({
+                "primary": primary,
+                "configuration": configuration,
+                "in_sync": in_sync,
+                "learners": r.learners,
+                "epoch": r.epoch,
+            });
+            (p.to_string(), entry)
+        })
+        .collect()
+}
+
 async fn status(State(state): State<AppState>) -> HttpResponse {
     let Some(n) = state.node.get() else {
         return not_ready();
@@ -685,6 +711,9 @@ async fn status(State(state): State<AppState>) -> HttpResponse {
         "partitions": partitions,
         "moving": c.moving.iter().map(|(p, to)| (p.to_string(), json!(to))).collect::<serde_json::Map<_, _>>(),
         "leaving": c.leaving,
+        "replication_factor": c.replication_factor,
+        "under_replicated_partitions": c.under_replicated,
+        "replicas": replicas_json(&c),
         "engine": {
             "last_seq": s.last_seq,
             "memtable_bytes": s.memtable_bytes,

@@ -221,6 +221,9 @@ pub async fn serve(
             max_key_bytes: cfg.max_key_bytes,
             max_value_bytes: cfg.max_value_bytes,
             initial_members: cfg.initial_nodes,
+            replication_factor: cfg.replication().0,
+            min_insync_replicas: cfg.replication().1,
+            replica_timeout_ms: cfg.replica_timeout_ms,
             ..NodeConfig::default()
         },
         io,

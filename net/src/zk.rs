@@ -4,7 +4,7 @@
 //! ```text
 //! members/{node id}     ephemeral   {"id","http","peer"}     one per live node
 //! election/c-NNNNNNNNNN ephemeral+sequential   node id       candidacies
-//! state                 persistent  {"epoch","version","leader","owners":[...]}
+//! state                 persistent  {"epoch","version","leader","owners":[...],"moving","leaving","replicas":[{"epoch","backups","learners"}]}
 //! ```
 //! Election is the ZooKeeper recipe: every node creates a sequential candidacy and watches only
 //! the candidacy just before its own (no herd when the leader dies); the lowest is elected. The
@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use corecache_core::cluster::{ClusterState, CoordCommand, CoordEvent, Member};
+use corecache_core::cluster::{ClusterState, CoordCommand, CoordEvent, Member, PartReplicas};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use zookeeper_client as zk;
@@ -74,6 +74,11 @@ pub fn state_to_json(s: &ClusterState) -> Vec<u8> {
         "owners": s.owners,
         "moving": s.moving.iter().map(|(p, to)| (p.to_string(), json!(to))).collect::<serde_json::Map<_, _>>(),
         "leaving": s.leaving,
+        "replicas": s.replicas.iter().map(|r| json!({
+            "epoch": r.epoch,
+            "backups": r.backups,
+            "learners": r.learners,
+        })).collect::<Vec<_>>(),
     })
     .to_string()
     .into_bytes()
@@ -125,9 +130,28 @@ pub fn state_from_json(data: &[u8]) -> Result<ClusterState, String> {
             .collect::<Option<Vec<_>>>()
             .ok_or("cluster state `leaving` must be strings")?,
     };
+    let replicas = match v.get("replicas") {
+        None => Vec::new(),
+        Some(r) => {
+            let r = r
+                .as_array()
+                .ok_or("cluster state `replicas` must be an array")?;
+            if !r.is_empty() && r.len() != owners.len() {
+                return Err(format!(
+                    "cluster state has {} partitions but replicas for {}",
+                    owners.len(),
+                    r.len()
+                ));
+            }
+            r.iter()
+                .map(part_from_json)
+                .collect::<Result<Vec<_>, _>>()?
+        }
+    };
     Ok(ClusterState {
         moving,
         leaving,
+        replicas,
         epoch: num("epoch")?,
         version: num("version")?,
         leader: v
@@ -136,6 +160,31 @@ pub fn state_from_json(data: &[u8]) -> Result<ClusterState, String> {
             .ok_or("cluster state has no `leader`")?
             .to_string(),
         owners,
+    })
+}
+
+/// One partition's entry of `replicas`: `{"epoch", "backups", "learners"}`.
+fn part_from_json(v: &serde_json::Value) -> Result<PartReplicas, String> {
+    let names = |k: &str| -> Result<Vec<String>, String> {
+        match v.get(k) {
+            None => Ok(Vec::new()),
+            Some(x) => x
+                .as_array()
+                .and_then(|a| {
+                    a.iter()
+                        .map(|n| n.as_str().map(str::to_string))
+                        .collect::<Option<Vec<_>>>()
+                })
+                .ok_or_else(|| format!("cluster state replica `{k}` must be strings")),
+        }
+    };
+    Ok(PartReplicas {
+        epoch: v
+            .get("epoch")
+            .and_then(|e| e.as_u64())
+            .ok_or("cluster state replica entry has no number `epoch`")?,
+        backups: names("backups")?,
+        learners: names("learners")?,
     })
 }
 
@@ -478,8 +527,29 @@ mod tests {
             owners: vec!["n1".into(), "n2".into()],
             moving: [(1u16, "n3".to_string())].into_iter().collect(),
             leaving: vec!["n2".into()],
+            replicas: Vec::new(),
         };
         assert_eq!(state_from_json(&state_to_json(&s)).unwrap(), s);
+        let mut r = s.clone();
+        r.replicas = vec![
+            PartReplicas {
+                epoch: 4,
+                backups: vec!["n2".into(), "n3".into()],
+                learners: vec![],
+            },
+            PartReplicas {
+                epoch: 1,
+                backups: vec![],
+                learners: vec!["n1".into()],
+            },
+        ];
+        assert_eq!(state_from_json(&state_to_json(&r)).unwrap(), r);
+        // A state written before replicas existed reads as a cluster without them.
+        let old = br#"{"epoch":1,"version":1,"leader":"a","owners":["a","b"]}"#;
+        assert!(state_from_json(old).unwrap().replicas.is_empty());
+        let short =
+            br#"{"epoch":1,"version":1,"leader":"a","owners":["a","b"],"replicas":[{"epoch":1}]}"#;
+        assert!(state_from_json(short).is_err());
         assert!(state_from_json(b"{}").is_err());
         assert!(state_from_json(b"not json").is_err());
         assert!(state_from_json(br#"{"epoch":1,"version":1,"leader":"a","owners":[]}"#).is_err());

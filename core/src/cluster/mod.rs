@@ -41,21 +41,61 @@ pub struct ClusterState {
     pub moving: BTreeMap<u16, String>,
     /// Nodes being decommissioned: their partitions move away, and they get none.
     pub leaving: Vec<String>,
+    /// Each partition's replica set besides its primary (`owners[p]`), indexed by partition
+    /// number; empty in a cluster without replicas (`replication_factor = 1`), and then every
+    /// partition is its owner alone at epoch 0.
+    pub replicas: Vec<PartReplicas>,
+}
+
+/// One partition's configuration besides its primary (PacificA's term): the backups every
+/// write must reach before it is acknowledged, the learners being built, and the epoch that
+/// fences out every older primary.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartReplicas {
+    /// Goes up by one with every change of the partition's primary or configuration. A
+    /// replica refuses every message of an older epoch.
+    pub epoch: u64,
+    /// In the configuration with the primary (in sync): a write is acknowledged only once each
+    /// of them has it durable, and a new primary is chosen only among them.
+    pub backups: Vec<String>,
+    /// Being built: sent every write, never waited for, never promoted.
+    pub learners: Vec<String>,
 }
 
 impl ClusterState {
     /// The state a new cluster starts with: partitions dealt round-robin over the members the
     /// first leader sees (in id order), so a cluster created with several nodes up is balanced.
-    pub fn initial(leader: &str, members: &[Member], partitions: u16) -> ClusterState {
+    /// With `replication_factor` above one, partition `p`'s backups are the members after its
+    /// primary in that order (as many as there are: a cluster of fewer members than the factor
+    /// starts under-replicated).
+    pub fn initial(
+        leader: &str,
+        members: &[Member],
+        partitions: u16,
+        replication_factor: usize,
+    ) -> ClusterState {
         let mut ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
         if !ids.contains(&leader) {
             ids.push(leader);
         }
         ids.sort_unstable();
         ids.dedup();
-        let owners = (0..usize::from(partitions.max(1)))
-            .map(|p| ids[p % ids.len()].to_string())
-            .collect();
+        let n = usize::from(partitions.max(1));
+        let owners = (0..n).map(|p| ids[p % ids.len()].to_string()).collect();
+        let copies = replication_factor.clamp(1, ids.len());
+        let replicas = if replication_factor > 1 {
+            (0..n)
+                .map(|p| PartReplicas {
+                    epoch: 1,
+                    backups: (1..copies)
+                        .map(|i| ids[(p + i) % ids.len()].to_string())
+                        .collect(),
+                    learners: Vec::new(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         ClusterState {
             epoch: 1,
             version: 1,
@@ -63,7 +103,37 @@ impl ClusterState {
             owners,
             moving: BTreeMap::new(),
             leaving: Vec::new(),
+            replicas,
         }
+    }
+
+    /// Partition `p`'s replica set besides its primary (empty without replicas).
+    pub fn part(&self, p: u16) -> Option<&PartReplicas> {
+        self.replicas.get(usize::from(p))
+    }
+
+    /// Partition `p`'s epoch (0 in a cluster without replicas).
+    pub fn part_epoch(&self, p: u16) -> u64 {
+        self.part(p).map_or(0, |r| r.epoch)
+    }
+
+    /// Partition `p`'s backups (in sync with the primary).
+    pub fn backups(&self, p: u16) -> &[String] {
+        self.part(p).map_or(&[], |r| r.backups.as_slice())
+    }
+
+    /// Whether any partition has a replica besides its primary.
+    pub fn replicated(&self) -> bool {
+        self.replicas
+            .iter()
+            .any(|r| !r.backups.is_empty() || !r.learners.is_empty())
+    }
+
+    /// Partitions with fewer copies in sync (primary and backups) than `replication_factor`.
+    pub fn under_replicated(&self, replication_factor: usize) -> usize {
+        (0..self.owners.len())
+            .filter(|&p| 1 + self.backups(p as u16).len() < replication_factor)
+            .count()
     }
 
     /// The same state, one version later.
@@ -78,7 +148,13 @@ impl ClusterState {
     /// flight) that take partitions off leaving nodes first, then from the most loaded live node
     /// to the least loaded, until loads differ by at most one. A dead node keeps its partitions
     /// (there are no replicas to move them from). `None` if nothing changes.
+    ///
+    /// A cluster with replicas moves nothing yet: a move there is a change of configuration
+    /// (copy to a learner, then promote it), which the plan does not make so far.
     pub fn plan(&self, live: &[String]) -> Option<ClusterState> {
+        if self.replicated() && self.moving.is_empty() {
+            return None;
+        }
         let mut next = self.clone();
         let alive = |id: &str| live.iter().any(|m| m == id);
         next.moving.retain(|p, to| {
@@ -214,13 +290,13 @@ mod tests {
 
     #[test]
     fn initial_assignment_covers_every_partition_once_balanced() {
-        let s = ClusterState::initial("b", &[m("c"), m("a"), m("b")], 64);
+        let s = ClusterState::initial("b", &[m("c"), m("a"), m("b")], 64, 1);
         assert_eq!(s.owners.len(), 64);
         for id in ["a", "b", "c"] {
             let n = s.owners.iter().filter(|o| *o == id).count();
             assert!((21..=22).contains(&n), "{id} owns {n}");
         }
-        let alone = ClusterState::initial("x", &[], 8);
+        let alone = ClusterState::initial("x", &[], 8, 1);
         assert!(alone.owners.iter().all(|o| o == "x"));
         let next = s.next_epoch("a");
         assert_eq!((next.epoch, next.version), (2, 2));
@@ -255,7 +331,7 @@ mod tests {
 
     #[test]
     fn a_joining_node_gets_its_share_and_only_that_moves() {
-        let s = ClusterState::initial("a", &[m("a"), m("b"), m("c")], 64);
+        let s = ClusterState::initial("a", &[m("a"), m("b"), m("c")], 64, 1);
         assert_eq!(
             s.plan(&ids(&["a", "b", "c"])),
             None,
@@ -270,7 +346,7 @@ mod tests {
 
     #[test]
     fn a_leaving_node_is_emptied_and_a_dead_node_keeps_its_partitions() {
-        let mut s = ClusterState::initial("a", &[m("a"), m("b"), m("c")], 64);
+        let mut s = ClusterState::initial("a", &[m("a"), m("b"), m("c")], 64, 1);
         s.leaving = ids(&["c"]);
         let (done, _) = settle(s.clone(), &ids(&["a", "b", "c"]));
         assert!(done.owners.iter().all(|o| o != "c"));
@@ -282,5 +358,30 @@ mod tests {
         s2 = s2.plan(&ids(&["a", "b"])).unwrap();
         assert!(s2.moving.values().all(|to| to != "c"));
         assert!(s2.moving.keys().all(|p| s2.owners[usize::from(*p)] != "c"));
+    }
+
+    #[test]
+    fn replicas_are_the_members_after_the_primary_and_a_small_cluster_is_under_replicated() {
+        let s = ClusterState::initial("a", &[m("a"), m("b"), m("c"), m("d")], 8, 3);
+        for p in 0..8u16 {
+            let mut copies = vec![s.owners[usize::from(p)].clone()];
+            copies.extend(s.backups(p).iter().cloned());
+            assert_eq!(copies.len(), 3, "partition {p}");
+            copies.sort();
+            copies.dedup();
+            assert_eq!(copies.len(), 3, "partition {p}: three different nodes");
+            assert_eq!(s.part_epoch(p), 1);
+        }
+        assert_eq!(s.under_replicated(3), 0);
+        // Two members for a factor of three: every partition is short of one copy.
+        let small = ClusterState::initial("a", &[m("a"), m("b")], 8, 3);
+        assert!((0..8).all(|p| small.backups(p).len() == 1));
+        assert_eq!(small.under_replicated(3), 8);
+        // Without replicas: nothing recorded, epoch 0, nothing under-replicated.
+        let one = ClusterState::initial("a", &[m("a"), m("b")], 8, 1);
+        assert!(one.replicas.is_empty() && !one.replicated());
+        assert_eq!((one.part_epoch(3), one.under_replicated(1)), (0, 0));
+        // A replicated cluster plans no moves (yet) even when a node joins.
+        assert_eq!(s.plan(&ids(&["a", "b", "c", "d", "e"])), None);
     }
 }

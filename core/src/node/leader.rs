@@ -222,7 +222,12 @@ impl Node {
         let me = &self.cfg.node_id;
         let state = match &self.view.state {
             None if self.view.members.len() < self.cfg.initial_members => return,
-            None => ClusterState::initial(me, &self.view.members, self.cfg.partitions),
+            None => ClusterState::initial(
+                me,
+                &self.view.members,
+                self.cfg.partitions,
+                self.cfg.replication_factor,
+            ),
             Some(s) => {
                 let mut next = s.next_epoch(me);
                 if crate::bugs::on(crate::bugs::Bug::NoEpochBump) {

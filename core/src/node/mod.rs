@@ -44,7 +44,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::cluster::{ClusterState, CoordCommand, CoordEvent, Member};
+use crate::cluster::{ClusterState, CoordCommand, CoordEvent, Member, PartReplicas};
 use crate::engine::{Background, Db, Error, SyncMode};
 use crate::proto::peer::PeerMessage;
 use crate::proto::{err, AdminCommand, ErrorKind, Request, Response};
@@ -69,6 +69,12 @@ pub struct NodeConfig {
     /// A new cluster's first leader waits for this many members before dealing out the
     /// partitions, so a cluster started with several nodes starts balanced.
     pub initial_members: usize,
+    /// Copies of every partition a new cluster's first leader places (primary included).
+    pub replication_factor: usize,
+    /// With fewer copies in sync than this (primary included), a partition refuses writes.
+    pub min_insync_replicas: usize,
+    /// A replica gone this long is replaced by a copy on another node.
+    pub replica_timeout_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -81,6 +87,9 @@ impl Default for NodeConfig {
             max_batch_ops: 10_000,
             max_scan_limit: 10_000,
             initial_members: 1,
+            replication_factor: 1,
+            min_insync_replicas: 1,
+            replica_timeout_ms: 60_000,
         }
     }
 }
@@ -160,6 +169,13 @@ pub struct ClusterView {
     pub moving: BTreeMap<u16, String>,
     /// Nodes being decommissioned.
     pub leaving: Vec<String>,
+    /// Each partition's configuration besides its primary (empty without replicas).
+    pub replicas: Vec<PartReplicas>,
+    /// The replication factor this node places new clusters with and counts
+    /// under-replicated partitions against.
+    pub replication_factor: usize,
+    /// Partitions with fewer copies in sync than `replication_factor`.
+    pub under_replicated: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,6 +256,7 @@ impl Node {
             &me,
             std::slice::from_ref(&member),
             n.cfg.partitions,
+            1,
         ));
         n.view.members = vec![member];
         n.publish_routes();
@@ -313,6 +330,9 @@ impl Node {
             map_version: st.map_or(0, |s| s.version),
             moving: st.map_or_else(BTreeMap::new, |s| s.moving.clone()),
             leaving: st.map_or_else(Vec::new, |s| s.leaving.clone()),
+            replicas: st.map_or_else(Vec::new, |s| s.replicas.clone()),
+            replication_factor: self.cfg.replication_factor,
+            under_replicated: st.map_or(0, |s| s.under_replicated(self.cfg.replication_factor)),
         }
     }
 
