@@ -32,6 +32,14 @@ impl WriteBatch {
         self.ops.len()
     }
 
+    /// The operations in order: each key with its value, or `None` for a delete.
+    pub fn ops(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        self.ops.iter().map(|(kind, k, v)| match kind {
+            Kind::Put => (k.as_slice(), Some(v.as_slice())),
+            _ => (k.as_slice(), None),
+        })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }

@@ -69,10 +69,33 @@ impl Node {
             );
             return respond(target, e, out);
         }
+        // A write to a replicated partition this node is primary of goes through its log.
+        let primary = match request.keys().first() {
+            Some(k) if is_write => match self.primary_write(self.partition_of(k)) {
+                Ok(pw) => pw,
+                Err(e) => return respond(target, e, out),
+            },
+            _ => None,
+        };
+        if let Some(pw) = &primary {
+            if request
+                .keys()
+                .iter()
+                .any(|k| self.partition_of(k) != pw.partition)
+            {
+                let e = err(
+                    ErrorKind::SpansNodes,
+                    "the batch spans partitions: with replicas, a batch is atomic only within                      one partition",
+                );
+                return respond(target, e, out);
+            }
+        }
+        self.writing = primary;
+        self.written_lsn = None;
         let result = match request {
             Request::Get { key } => self.reader.get(&key).map(|r| (r, None)),
-            Request::Put { key, value, cond } => self.put(&key, &value, &cond, now),
-            Request::Delete { key, cond } => self.delete(&key, &cond, now),
+            Request::Put { key, value, cond } => self.put(&key, &value, &cond, now, out),
+            Request::Delete { key, cond } => self.delete(&key, &cond, now, out),
             Request::Scan {
                 start,
                 end,
@@ -82,10 +105,23 @@ impl Node {
                 .reader
                 .scan(start, end, after, limit)
                 .map(|r| (r, None)),
-            Request::Batch { ops } => self.batch(ops, now),
-            Request::Incr { key, by } => self.incr(&key, by, now),
+            Request::Batch { ops } => self.batch(ops, now, out),
+            Request::Incr { key, by } => self.incr(&key, by, now, out),
         };
         let (response, seq) = result.unwrap_or_else(|r| (r, None));
+        // On a replicated partition the answer also waits for its entry to commit (a refusal:
+        // for the newest entry, which it may have been decided on).
+        let target = match self.writing.take() {
+            Some(pw) => Target::Commit {
+                partition: pw.partition,
+                lsn: self
+                    .written_lsn
+                    .take()
+                    .unwrap_or_else(|| self.repl.position(pw.partition).lsn),
+                target: Box::new(target),
+            },
+            None => target,
+        };
         if seq.is_some() {
             for (p, k) in tracked {
                 self.ho.track_write(p, k);
@@ -124,7 +160,34 @@ impl Node {
         }
     }
 
-    fn put(&self, key: &[u8], value: &[u8], cond: &Condition, wall_ms: u64) -> Ran {
+    /// Applies `b`: through the partition's log when this request writes as primary of a
+    /// replicated partition (`self.writing`), else straight to the engine.
+    fn write_batch(
+        &mut self,
+        now: u64,
+        b: WriteBatch,
+        out: &mut Vec<Output>,
+    ) -> Result<u64, Response> {
+        match self.writing.take() {
+            Some(pw) => {
+                let r = self.write_primary(now, &pw, b, out);
+                self.writing = Some(pw);
+                let (seq, lsn) = r?;
+                self.written_lsn = Some(lsn);
+                Ok(seq)
+            }
+            None => self.db.write_deferred(b).map_err(engine_err),
+        }
+    }
+
+    fn put(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        cond: &Condition,
+        wall_ms: u64,
+        out: &mut Vec<Output>,
+    ) -> Ran {
         self.reader.check_key(key)?;
         self.check_value(value)?;
         let ikey = self.reader.internal_key(key);
@@ -136,11 +199,11 @@ impl Node {
         let created = current.map_or(wall_ms, |(_, s)| s.created_ms);
         let mut b = WriteBatch::new();
         b.put(ikey, encode_value(created, wall_ms, version, value));
-        let seq = self.db.write_deferred(b).map_err(engine_err)?;
+        let seq = self.write_batch(wall_ms, b, out)?;
         Ok((Response::Written { version }, Some(seq)))
     }
 
-    fn delete(&self, key: &[u8], cond: &Condition, wall_ms: u64) -> Ran {
+    fn delete(&mut self, key: &[u8], cond: &Condition, wall_ms: u64, out: &mut Vec<Output>) -> Ran {
         self.reader.check_key(key)?;
         let ikey = self.reader.internal_key(key);
         let current = self.latest(&ikey)?;
@@ -151,11 +214,11 @@ impl Node {
         let version = self.versions.next(wall_ms, Some(prev));
         let mut b = WriteBatch::new();
         b.delete(ikey);
-        let seq = self.db.write_deferred(b).map_err(engine_err)?;
+        let seq = self.write_batch(wall_ms, b, out)?;
         Ok((Response::Deleted { version }, Some(seq)))
     }
 
-    fn incr(&self, key: &[u8], by: i64, wall_ms: u64) -> Ran {
+    fn incr(&mut self, key: &[u8], by: i64, wall_ms: u64, out: &mut Vec<Output>) -> Ran {
         self.reader.check_key(key)?;
         let ikey = self.reader.internal_key(key);
         let current = self.latest(&ikey)?;
@@ -181,7 +244,7 @@ impl Node {
         let created = current.map_or(wall_ms, |(_, s)| s.created_ms);
         let mut b = WriteBatch::new();
         b.put(ikey, encode_value(created, wall_ms, version, &value));
-        let seq = self.db.write_deferred(b).map_err(engine_err)?;
+        let seq = self.write_batch(wall_ms, b, out)?;
         let response = Response::Value {
             value,
             version,
@@ -191,7 +254,7 @@ impl Node {
         Ok((response, Some(seq)))
     }
 
-    fn batch(&self, ops: Vec<BatchOp>, wall_ms: u64) -> Ran {
+    fn batch(&mut self, ops: Vec<BatchOp>, wall_ms: u64, out: &mut Vec<Output>) -> Ran {
         if ops.is_empty() {
             return Err(err(ErrorKind::BadRequest, "a batch needs at least one op"));
         }
@@ -254,7 +317,7 @@ impl Node {
                 }
             }
         }
-        let seq = self.db.write_deferred(b).map_err(engine_err)?;
+        let seq = self.write_batch(wall_ms, b, out)?;
         Ok((Response::Written { version: last }, Some(seq)))
     }
 }

@@ -25,17 +25,60 @@ pub(crate) enum Target {
     Peer(String, u64),
     /// The node's own write (hand-off copies): nobody to answer, but durability to wait for.
     Internal,
+    /// A replica's acknowledgement to partition `partition`'s primary `to`, sent once what it
+    /// names is as durable as `sync` says.
+    Ack {
+        to: String,
+        partition: u16,
+        epoch: u64,
+        applied: u64,
+        gap: bool,
+    },
+    /// The answer to a request on a replicated partition this node is primary of: once
+    /// durable here it still waits until entry `lsn` is on every copy in sync
+    /// ([`super::replica`]), then goes to `target`.
+    Commit {
+        partition: u16,
+        lsn: u64,
+        target: Box<Target>,
+    },
 }
 
-/// Sends `response` to `target` now.
+impl Target {
+    /// Who is answered in the end.
+    fn innermost(self) -> Target {
+        match self {
+            Target::Commit { target, .. } => target.innermost(),
+            t => t,
+        }
+    }
+}
+
+/// Sends `response` to `target` now (a `Commit` target's own target: the caller has decided
+/// that the commit no longer matters, as when the write failed).
 pub(crate) fn respond(target: Target, response: Response, out: &mut Vec<Output>) {
-    match target {
+    match target.innermost() {
         Target::Client(id) => out.push(Output::Reply { id, response }),
         Target::Peer(to, id) => out.push(Output::Send {
             to,
             message: PeerMessage::Reply { id, response },
         }),
-        Target::Internal => {}
+        Target::Ack {
+            to,
+            partition,
+            epoch,
+            applied,
+            gap,
+        } => out.push(Output::Send {
+            to,
+            message: PeerMessage::ReplicaAck {
+                partition,
+                epoch,
+                applied,
+                gap,
+            },
+        }),
+        Target::Internal | Target::Commit { .. } => {}
     }
 }
 
@@ -60,6 +103,9 @@ pub(crate) struct Gate {
     /// A persist failed: the log's state is unknown and the engine takes no more writes, so
     /// applied state is no longer a promise of what a crash keeps.
     log_failed: bool,
+    /// Answers on replicated partitions released by a persist (durable here), for the node to
+    /// hand to replication: `(partition, lsn, target, response)`.
+    released: Vec<(u16, u64, Target, Response)>,
 }
 
 impl Gate {
@@ -75,7 +121,41 @@ impl Gate {
             persist_every_ms,
             unpersisted_since: None,
             log_failed: false,
+            released: Vec::new(),
         }
+    }
+
+    /// Sends an answer whose writes are durable here: a `Commit` goes on to replication.
+    fn release(&mut self, target: Target, response: Response, out: &mut Vec<Output>) {
+        match target {
+            Target::Commit {
+                partition,
+                lsn,
+                target,
+            } => self.released.push((partition, lsn, *target, response)),
+            t => respond(t, response, out),
+        }
+    }
+
+    /// The answers on replicated partitions that became durable here since the last call.
+    pub(crate) fn take_released(&mut self) -> Vec<(u16, u64, Target, Response)> {
+        std::mem::take(&mut self.released)
+    }
+
+    /// Sends `target` its answer once every write applied so far is as durable as `sync`
+    /// says (a replica's acknowledgement).
+    pub(crate) fn after_applied(
+        &mut self,
+        target: Target,
+        response: Response,
+        out: &mut Vec<Output>,
+    ) {
+        if !self.durable || self.last_written <= self.persisted_upto {
+            return self.release(target, response, out);
+        }
+        self.waiting
+            .push_back((self.last_written, target, response));
+        self.request_persist(out);
     }
 
     /// A persist failed. From then on the node takes no writes: each would be decided on
@@ -140,10 +220,10 @@ impl Gate {
                 // could take back what it was decided on.
                 match self.waiting.back() {
                     Some(&(newest, _, _)) => self.waiting.push_back((newest, target, response)),
-                    None => respond(target, response, out),
+                    None => self.release(target, response, out),
                 }
             }
-            _ => respond(target, response, out),
+            _ => self.release(target, response, out),
         }
     }
 
@@ -163,7 +243,7 @@ impl Gate {
         self.persisted_upto = self.persisted_upto.max(upto);
         while self.waiting.front().is_some_and(|(seq, _, _)| *seq <= upto) {
             if let Some((_, target, response)) = self.waiting.pop_front() {
-                respond(target, response, out);
+                self.release(target, response, out);
             }
         }
         self.request_persist(out);
@@ -174,6 +254,11 @@ impl Gate {
         self.persists_running = self.persists_running.saturating_sub(1);
         self.log_failed = true;
         for (_, target, _) in self.waiting.drain(..) {
+            if matches!(target, Target::Ack { .. }) {
+                // A replica acknowledges only what is durable: it says nothing, and the
+                // primary's timeout deals with it.
+                continue;
+            }
             let response = err(
                 ErrorKind::OutcomeUnknown,
                 format!("the write may not be durable ({message}); the outcome is unknown"),

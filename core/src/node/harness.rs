@@ -123,6 +123,8 @@ pub(super) struct Net<N = Vec<Node>> {
     indent: &'static str,
     /// Partitions of the nodes this net creates.
     partitions: u16,
+    /// Copies of each partition a cluster this net creates places (and the in-sync minimum).
+    replication: (usize, usize),
 }
 
 impl Net {
@@ -153,6 +155,33 @@ impl Net {
         net
     }
 
+    /// Like [`Net::with`] in `Mode::Auto`, for a cluster that places `replication_factor`
+    /// copies of each partition and takes writes with `min_insync` of them in sync.
+    pub(super) fn replicated(
+        ids: &[&str],
+        partitions: u16,
+        replication_factor: usize,
+        min_insync: usize,
+    ) -> Net {
+        let mut net = Net::bare(Vec::new(), 1_000, Mode::Auto);
+        net.partitions = partitions;
+        net.replication = (replication_factor, min_insync);
+        let members: Vec<Member> = ids.iter().map(|id| member(id)).collect();
+        for id in ids {
+            net.add_node(id);
+        }
+        for i in 0..ids.len() {
+            net.announce(i, CoordEvent::Connected);
+            net.announce(i, CoordEvent::Members(members.clone()));
+            let none = CoordEvent::State {
+                state: None,
+                stamp: -1,
+            };
+            net.announce(i, none);
+        }
+        net
+    }
+
     /// One node that is a cluster of one from the start (`Node::new`: no coordinator).
     pub(super) fn single(node: Node, mode: Mode) -> Net {
         let mut net = Net::bare(vec![node], 1_000, mode);
@@ -167,6 +196,8 @@ impl Net {
             NodeConfig {
                 node_id: id.to_string(),
                 partitions: self.partitions,
+                replication_factor: self.replication.0,
+                min_insync_replicas: self.replication.1,
                 ..NodeConfig::default()
             },
         );
@@ -208,6 +239,7 @@ impl<N: AsRef<[Node]> + AsMut<[Node]>> Net<N> {
             held: BTreeSet::new(),
             indent: "",
             partitions: 16,
+            replication: (1, 1),
         }
     }
 
@@ -507,6 +539,8 @@ impl<N: AsRef<[Node]> + AsMut<[Node]>> Net<N> {
             };
             (p, envelope::user_key(&k).to_vec(), v)
         })
+        // Replication's own keys (positions, logs) live under the reserved partition.
+        .filter(|(p, _, _)| *p != u16::MAX)
         .collect()
     }
 
@@ -777,6 +811,37 @@ pub(super) fn show_message(m: &PeerMessage) -> String {
         } => format!("PartRefused{{id={id} p={partition} reason={reason:?}}}"),
         PeerMessage::MoveReady { partition } => format!("MoveReady{{p={partition}}}"),
         PeerMessage::Decommission { node } => format!("Decommission{{node={node}}}"),
+        PeerMessage::Replicate {
+            partition,
+            epoch,
+            commit,
+            entries,
+        } => {
+            let entries = entries
+                .iter()
+                .map(|e| {
+                    let ops: Vec<String> = e
+                        .ops
+                        .iter()
+                        .map(|(k, v)| match v {
+                            Some(v) => format!("{}={}", show_bytes(k), show_stored(v)),
+                            None => format!("{}=<deleted>", show_bytes(k)),
+                        })
+                        .collect();
+                    format!("{}@{}({})", e.lsn, e.epoch, ops.join(" "))
+                })
+                .collect();
+            format!(
+                "Replicate{{p={partition} epoch={epoch} commit={commit} entries={}}}",
+                show_items(entries)
+            )
+        }
+        PeerMessage::ReplicaAck {
+            partition,
+            epoch,
+            applied,
+            gap,
+        } => format!("ReplicaAck{{p={partition} epoch={epoch} applied={applied} gap={gap}}}"),
     }
 }
 

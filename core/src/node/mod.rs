@@ -16,6 +16,7 @@
 //! | `reader` | reads, also outside the door (the `Reader` a driver runs on any thread) |
 //! | `routing` | who owns a key, forwarding to the owner, `NotOwner` retries, parked requests |
 //! | `scan` | scans fanned out over owners and merged by key |
+//! | `replica` | a replicated partition's log: primary to backups, commit, dirty keys |
 //! | `leader` | leadership as one state (follower, candidate, leader) and the leader's duties |
 //! | `timers` | `next_deadline` and the time-driven chores run after every input |
 //! | `handoff` | moving a partition: the old owner's side, the new owner's side, the clean-up |
@@ -28,12 +29,15 @@ mod gate;
 mod handoff;
 mod leader;
 mod reader;
+mod replica;
 mod routing;
 mod scan;
 mod timers;
 
 #[cfg(test)]
 mod harness;
+#[cfg(test)]
+mod replica_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -55,6 +59,7 @@ pub use reader::{Reader, Routes};
 use exec::VersionClock;
 use gate::Gate;
 use handoff::Handoffs;
+use replica::{PrimaryWrite, Replication};
 use routing::Forwarding;
 
 /// Limits and identity.
@@ -227,6 +232,14 @@ pub struct Node {
     lead: Leadership,
     fwd: Forwarding,
     ho: Handoffs,
+    repl: Replication,
+    /// Why the replication positions could not be read at start (then no replicated
+    /// partition takes writes here).
+    repl_broken: Option<String>,
+    /// The request being run writes as primary of this replicated partition.
+    writing: Option<PrimaryWrite>,
+    /// The log entry its write became.
+    written_lsn: Option<u64>,
 }
 
 /// An engine error as the node reports it.
@@ -272,11 +285,25 @@ impl Node {
             SyncMode::Interval { ms } if drive_background => Some(ms.max(1)),
             _ => None,
         };
+        let dirty = Arc::new(replica::Dirty::default());
+        let (repl, repl_broken) = match Replication::load(&db, dirty.clone()) {
+            Ok(r) => (r, None),
+            Err(e) => (
+                Replication {
+                    parts: BTreeMap::new(),
+                    dirty: dirty.clone(),
+                    next_check: 0,
+                    any_behind: false,
+                },
+                Some(e),
+            ),
+        };
         Node {
             reader: Reader::new(
                 db.clone(),
                 cfg.clone(),
                 Arc::new(ArcSwap::from_pointee(Routes::default())),
+                dirty,
             ),
             db,
             cfg,
@@ -293,6 +320,10 @@ impl Node {
             lead: Leadership::Disconnected,
             fwd: Forwarding::default(),
             ho: Handoffs::default(),
+            repl,
+            repl_broken,
+            writing: None,
+            written_lsn: None,
         }
     }
 
@@ -366,7 +397,10 @@ impl Node {
         match input {
             Input::Client { id, request } => self.route(now, id, request, None, out),
             Input::Peer { from, message } => self.on_peer(now, from, message, out),
-            Input::PeerDown { peer } => self.on_peer_down(&peer, out),
+            Input::PeerDown { peer } => {
+                self.replica_down(&peer);
+                self.on_peer_down(&peer, out)
+            }
             Input::Coordinator(event) => self.on_coordinator(now, event, out),
             Input::Admin { id, command } => self.on_admin(id, command, out),
             Input::Timeout => {}
@@ -432,6 +466,18 @@ impl Node {
             } => self.on_part_refused(now, id, partition),
             PeerMessage::MoveReady { partition } => self.on_move_ready(&from, partition, out),
             PeerMessage::Decommission { node } => self.decommission(node),
+            PeerMessage::Replicate {
+                partition,
+                epoch,
+                commit: _,
+                entries,
+            } => self.on_replicate(from, partition, epoch, entries, out),
+            PeerMessage::ReplicaAck {
+                partition,
+                epoch,
+                applied,
+                gap,
+            } => self.on_replica_ack(now, from, partition, epoch, applied, gap, out),
         }
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use super::replica::{Before, Committed, Dirty};
 use super::{engine_err, NodeConfig};
 use crate::engine::db::Versioned;
 use crate::engine::{Db, DbIter};
@@ -18,6 +19,8 @@ pub struct Reader {
     db: Arc<Db>,
     cfg: NodeConfig,
     routes: Arc<ArcSwap<Routes>>,
+    /// Keys of replicated partitions whose newest write is not committed yet.
+    dirty: Arc<Dirty>,
 }
 
 /// Which partitions this node serves now, published by the node whenever the partition map
@@ -41,8 +44,18 @@ impl Routes {
 }
 
 impl Reader {
-    pub(crate) fn new(db: Arc<Db>, cfg: NodeConfig, routes: Arc<ArcSwap<Routes>>) -> Reader {
-        Reader { db, cfg, routes }
+    pub(crate) fn new(
+        db: Arc<Db>,
+        cfg: NodeConfig,
+        routes: Arc<ArcSwap<Routes>>,
+        dirty: Arc<Dirty>,
+    ) -> Reader {
+        Reader {
+            db,
+            cfg,
+            routes,
+            dirty,
+        }
     }
 
     /// Publishes the partitions this node serves now (the node calls it on every map change).
@@ -109,7 +122,14 @@ impl Reader {
 
     pub(crate) fn get(&self, key: &[u8]) -> Result<Response, Response> {
         self.check_key(key)?;
-        match self.db.get_versioned(&self.internal_key(key)) {
+        let ikey = self.internal_key(key);
+        let mut found = self.db.get_versioned(&ikey);
+        // Checked after the engine read: a write the read saw is either still dirty now (and
+        // the committed value is answered instead) or committed.
+        if let Committed::Value(before) = self.dirty.lookup(&ikey) {
+            found = Ok(before);
+        }
+        match found {
             Ok(Some((seq, raw))) => {
                 let s = decode_value(raw)?;
                 Ok(Response::Value {
@@ -157,7 +177,16 @@ impl Reader {
                     hi.as_ref().map(Vec::as_slice),
                 )
                 .map_err(engine_err)?;
-            iters.push(VersionedScan(it));
+            // Read after the snapshot: see `get`.
+            let dirty = self.dirty.range(
+                lo.as_ref().map(Vec::as_slice),
+                hi.as_ref().map(Vec::as_slice),
+            );
+            iters.push(VersionedScan {
+                it,
+                dirty: dirty.into(),
+                next: None,
+            });
         }
         let mut heads: Vec<Option<Versioned>> = Vec::with_capacity(iters.len());
         for it in iters.iter_mut() {
@@ -200,11 +229,44 @@ impl Reader {
         })
     }
 }
-struct VersionedScan(DbIter);
+/// One partition's engine scan with the committed values of its dirty keys in place of what
+/// the engine holds for them (both in key order; merged).
+struct VersionedScan {
+    it: DbIter,
+    dirty: std::collections::VecDeque<(Vec<u8>, Before)>,
+    /// The engine's next item, read ahead.
+    next: Option<Versioned>,
+}
 
 impl Iterator for VersionedScan {
     type Item = crate::engine::Result<Versioned>;
     fn next(&mut self) -> Option<Self::Item> {
-        self.0.next_versioned()
+        loop {
+            if self.next.is_none() {
+                match self.it.next_versioned() {
+                    Some(Ok(v)) => self.next = Some(v),
+                    Some(Err(e)) => return Some(Err(e)),
+                    None => {}
+                }
+            }
+            let take_dirty = match (&self.next, self.dirty.front()) {
+                (None, None) => return None,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some((k, _, _)), Some((d, _))) => d <= k,
+            };
+            if !take_dirty {
+                return self.next.take().map(Ok);
+            }
+            let Some((k, before)) = self.dirty.pop_front() else {
+                continue;
+            };
+            if self.next.as_ref().is_some_and(|(n, _, _)| *n == k) {
+                self.next = None; // the engine's uncommitted value of this key
+            }
+            if let Some((seq, raw)) = before {
+                return Some(Ok((k, seq, raw)));
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! | parked retry | [`super::routing`] | a request that met `NotOwner` or a frozen partition |
 //! | hand-off step | [`super::handoff`] | a copy step unanswered, `MoveReady` repeats |
 //! | clean-up | [`super::handoff`] | one chunk of a handed-away partition deleted per call |
+//! | resend | [`super::replica`] | a replica behind and sent nothing for 500 ms |
 
 use super::{Node, Output};
 
@@ -22,7 +23,8 @@ impl Node {
         let moves = self.ho.incoming.values().map(|m| m.deadline).min();
         // Cleanup runs a chunk per call: come back at once while any is left.
         let cleanup = (!self.ho.cleanup.is_empty()).then_some(0);
-        [persist, forward, parked, moves, cleanup]
+        let resend = self.replication_deadline();
+        [persist, forward, parked, moves, cleanup, resend]
             .into_iter()
             .flatten()
             .min()
@@ -33,6 +35,8 @@ impl Node {
     /// parked requests to retry, hand-off chores, and the leader's duties.
     pub(crate) fn tick(&mut self, now: u64, out: &mut Vec<Output>) {
         self.gate.on_tick(now, out);
+        self.on_durable_here(out);
+        self.replication_tick(now, out);
         if self.drive_background && !self.background_running && self.db.background_pending() {
             self.background_running = true;
             out.push(Output::Background);

@@ -9,6 +9,7 @@
 pub mod envelope;
 pub mod int;
 pub mod peer;
+pub mod replog;
 
 use crate::engine::prefix_end;
 

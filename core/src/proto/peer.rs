@@ -17,6 +17,7 @@
 //! they sit in. Every message's field layout is drawn in [`crate::engine::format`] ("Peer
 //! frames").
 
+use super::replog::LogEntry;
 use super::{BatchOp, Condition, ErrorKind, Item, Request, Response};
 
 /// The largest payload a frame may carry (a full batch or scan page fits well below it).
@@ -24,8 +25,9 @@ pub const MAX_FRAME: usize = 64 << 20;
 /// Frame header: length and checksum.
 pub const FRAME_HEADER: usize = 8;
 /// The peer protocol's version, sent in every `Hello`. 1: no version in `Hello`, four error
-/// kinds; 2: a versioned `Hello` (tag 13), ten error kinds.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// kinds; 2: a versioned `Hello` (tag 13), ten error kinds; 3: replication (`Replicate`,
+/// `ReplicaAck`).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The tag bytes of the peer protocol, by what they stand for. A payload starts with a message
 /// tag; requests, batch ops, conditions, responses and error kinds nested in it have tags of
@@ -46,6 +48,8 @@ pub mod tag {
     pub const MOVE_READY: u8 = 11;
     pub const DECOMMISSION: u8 = 12;
     pub const HELLO: u8 = 13;
+    pub const REPLICATE: u8 = 14;
+    pub const REPLICA_ACK: u8 = 15;
     // Requests (inside `Forward`).
     pub const GET: u8 = 1;
     pub const PUT: u8 = 2;
@@ -160,6 +164,25 @@ pub enum PeerMessage {
     MoveReady { partition: u16 },
     /// Any node → leader: move every partition off `node`.
     Decommission { node: String },
+    /// Primary → replica: log entries of `partition`, consecutive and in order, sent in
+    /// `epoch` (the primary's; each entry keeps the epoch that numbered it). `commit`: every
+    /// entry up to it is on every copy in sync.
+    Replicate {
+        partition: u16,
+        epoch: u64,
+        commit: u64,
+        entries: Vec<LogEntry>,
+    },
+    /// Replica → primary: every entry of `partition` up to `applied` is here and as durable
+    /// as `sync` says; `epoch` is the highest this replica accepted (above the primary's: the
+    /// primary is deposed). `gap`: a `Replicate` skipped entries this replica lacks, so send
+    /// from `applied + 1`.
+    ReplicaAck {
+        partition: u16,
+        epoch: u64,
+        applied: u64,
+        gap: bool,
+    },
 }
 
 /// Why a frame did not decode.
@@ -268,6 +291,13 @@ pub fn decode_message(payload: &[u8]) -> Result<PeerMessage, ProtocolError> {
             partition: r.u16()?,
         },
         tag::DECOMMISSION => PeerMessage::Decommission { node: r.string()? },
+        tag::REPLICATE => r.replicate()?,
+        tag::REPLICA_ACK => PeerMessage::ReplicaAck {
+            partition: r.u16()?,
+            epoch: r.u64()?,
+            applied: r.u64()?,
+            gap: r.u8()? != 0,
+        },
         t => return Err(perr(format!("unknown message tag {t}"))),
     };
     if !r.buf.is_empty() {
@@ -330,6 +360,24 @@ fn encode_message(msg: &PeerMessage, out: &mut Vec<u8>) {
         } => w.part_refused(*id, *partition, reason),
         PeerMessage::MoveReady { partition } => w.move_ready(*partition),
         PeerMessage::Decommission { node } => w.decommission(node),
+        PeerMessage::Replicate {
+            partition,
+            epoch,
+            commit,
+            entries,
+        } => w.replicate(*partition, *epoch, *commit, entries),
+        PeerMessage::ReplicaAck {
+            partition,
+            epoch,
+            applied,
+            gap,
+        } => {
+            w.u8(tag::REPLICA_ACK);
+            w.u16(*partition);
+            w.u64(*epoch);
+            w.u64(*applied);
+            w.u8(u8::from(*gap));
+        }
     }
 }
 
@@ -589,6 +637,24 @@ impl Writer<'_> {
         self.u8(tag::DECOMMISSION);
         self.bytes(node.as_bytes());
     }
+    fn replicate(&mut self, partition: u16, epoch: u64, commit: u64, entries: &[LogEntry]) {
+        self.u8(tag::REPLICATE);
+        self.u16(partition);
+        self.u64(epoch);
+        self.u64(commit);
+        self.out
+            .extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        for e in entries {
+            self.u64(e.lsn);
+            self.u64(e.epoch);
+            self.out
+                .extend_from_slice(&(e.ops.len() as u32).to_le_bytes());
+            for (k, v) in &e.ops {
+                self.bytes(k);
+                self.opt_bytes(v);
+            }
+        }
+    }
 }
 
 struct Reader<'a> {
@@ -796,6 +862,29 @@ impl Reader<'_> {
             items,
         })
     }
+    fn replicate(&mut self) -> Result<PeerMessage, ProtocolError> {
+        let partition = self.u16()?;
+        let epoch = self.u64()?;
+        let commit = self.u64()?;
+        let n = self.count(20)?;
+        let mut entries = Vec::with_capacity(n);
+        for _ in 0..n {
+            let lsn = self.u64()?;
+            let epoch = self.u64()?;
+            let k = self.count(5)?;
+            let mut ops = Vec::with_capacity(k);
+            for _ in 0..k {
+                ops.push((self.bytes()?, self.opt_bytes()?));
+            }
+            entries.push(LogEntry { lsn, epoch, ops });
+        }
+        Ok(PeerMessage::Replicate {
+            partition,
+            epoch,
+            commit,
+            entries,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -808,6 +897,32 @@ mod tests {
                 version: PROTOCOL_VERSION,
                 from: "node-a".into(),
                 cluster: "prod".into(),
+            },
+            PeerMessage::Replicate {
+                partition: 7,
+                epoch: 4,
+                commit: 10,
+                entries: vec![
+                    LogEntry {
+                        lsn: 11,
+                        epoch: 3,
+                        ops: vec![
+                            (b"\x00\x07k".to_vec(), Some(vec![2; 40])),
+                            (b"\x00\x07j".to_vec(), None),
+                        ],
+                    },
+                    LogEntry {
+                        lsn: 12,
+                        epoch: 4,
+                        ops: vec![],
+                    },
+                ],
+            },
+            PeerMessage::ReplicaAck {
+                partition: 7,
+                epoch: 4,
+                applied: 12,
+                gap: true,
             },
             PeerMessage::Forward {
                 id: 9,

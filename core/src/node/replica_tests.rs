@@ -1,0 +1,351 @@
+//! Replication in small clusters in one thread (the harness of `harness.rs`): what a primary
+//! waits for before it answers, what readers see meanwhile, and how a replica that missed an
+//! entry or hears an old epoch is dealt with.
+
+use super::harness::{Net, Work};
+use super::*;
+use crate::proto::peer::PeerMessage;
+use crate::proto::replog::LogEntry;
+use crate::proto::Condition;
+
+fn put(key: &str, value: &str) -> Request {
+    Request::Put {
+        key: key.into(),
+        value: value.into(),
+        cond: Condition::None,
+    }
+}
+
+fn get(key: &str) -> Request {
+    Request::Get { key: key.into() }
+}
+
+/// Three nodes, eight partitions, three copies of each; `a` leads.
+fn three_copies() -> Net {
+    let mut net = Net::replicated(&["a", "b", "c"], 8, 3, 2);
+    net.input(0, Input::Coordinator(CoordEvent::Elected));
+    assert_eq!(net.nodes[0].cluster().role, Role::Leader);
+    net
+}
+
+/// The node index of the primary of `key`'s partition, and of its two backups.
+fn copies_of(net: &Net, key: &str) -> (usize, Vec<usize>) {
+    let p = net.nodes[0].partition_of(key.as_bytes());
+    let view = net.nodes[0].cluster();
+    let primary = net.index(&view.owners[usize::from(p)]);
+    let backups = view.replicas[usize::from(p)]
+        .backups
+        .iter()
+        .map(|b| net.index(b))
+        .collect();
+    (primary, backups)
+}
+
+fn holds(net: &Net, i: usize, key: &str, value: &str) -> bool {
+    net.visible_keys(i)
+        .iter()
+        .any(|(_, k, v)| k == key.as_bytes() && v.ends_with(value.as_bytes()))
+}
+
+#[test]
+fn every_partition_gets_three_copies_and_a_write_reaches_all_of_them() {
+    let mut net = three_copies();
+    let view = net.nodes[1].cluster();
+    assert_eq!(view.replicas.len(), 8);
+    for (p, r) in view.replicas.iter().enumerate() {
+        assert_eq!(r.backups.len(), 2, "partition {p}");
+        assert!(!r.backups.contains(&view.owners[p]), "partition {p}");
+        assert_eq!(r.epoch, 1);
+    }
+    assert_eq!(view.under_replicated, 0);
+    for k in 0..24 {
+        let key = format!("k{k}");
+        let via = k % 3;
+        let r = net.call(via, k as u64, put(&key, "v1"));
+        assert!(matches!(r, Response::Written { .. }), "{key}: {r:?}");
+        for i in 0..3 {
+            assert!(holds(&net, i, &key, "v1"), "{key} not on node {i}");
+        }
+        assert!(matches!(
+            net.call((via + 1) % 3, 1000 + k as u64, get(&key)),
+            Response::Value { .. }
+        ));
+    }
+}
+
+#[test]
+fn the_reply_waits_for_every_backup_to_persist_and_readers_see_the_old_value_meanwhile() {
+    let mut net = three_copies();
+    assert!(matches!(
+        net.call(0, 1, put("k", "old")),
+        Response::Written { .. }
+    ));
+    let (primary, backups) = copies_of(&net, "k");
+    net.deliver(
+        primary,
+        Input::Client {
+            id: 2,
+            request: put("k", "new"),
+        },
+    );
+    // Everything happens except the backups' persists.
+    loop {
+        let next = net
+            .queue
+            .iter()
+            .position(|w| !matches!(w, Work::Persist { node } if backups.contains(node)));
+        let Some(at) = next else { break };
+        let w = net.queue.remove(at).expect("an item just found");
+        net.process(w);
+    }
+    assert!(
+        !net.replies.iter().any(|(_, id, _)| *id == 2),
+        "answered before the backups' fsyncs"
+    );
+    // The primary's engine holds the new value, durable; its readers still see the old one.
+    assert!(holds(&net, primary, "k", "new"));
+    match net.nodes[primary].reader().read(get("k")) {
+        Response::Value { value, .. } => assert_eq!(value, b"old"),
+        other => panic!("{other:?}"),
+    }
+    // One backup persisting is not enough either.
+    let one = net
+        .take(|w| matches!(w, Work::Persist { node } if *node == backups[0]))
+        .expect("a pending persist of the first backup");
+    net.process(one);
+    assert!(!net.replies.iter().any(|(_, id, _)| *id == 2));
+    net.run();
+    let (_, _, reply) = net
+        .replies
+        .iter()
+        .find(|(_, id, _)| *id == 2)
+        .expect("answered once every copy is durable");
+    assert!(matches!(reply, Response::Written { .. }), "{reply:?}");
+    match net.nodes[primary].reader().read(get("k")) {
+        Response::Value { value, .. } => assert_eq!(value, b"new"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_failed_condition_waits_for_the_write_it_was_decided_on() {
+    let mut net = three_copies();
+    let (primary, backups) = copies_of(&net, "c");
+    net.deliver(
+        primary,
+        Input::Client {
+            id: 1,
+            request: put("c", "1"),
+        },
+    );
+    net.deliver(
+        primary,
+        Input::Client {
+            id: 2,
+            request: Request::Put {
+                key: b"c".to_vec(),
+                value: b"2".to_vec(),
+                cond: Condition::IfAbsent,
+            },
+        },
+    );
+    while let Some(at) = net
+        .queue
+        .iter()
+        .position(|w| !matches!(w, Work::Persist { node } if backups.contains(node)))
+    {
+        let w = net.queue.remove(at).expect("an item just found");
+        net.process(w);
+    }
+    assert!(
+        !net.replies.iter().any(|(_, id, _)| *id == 2),
+        "the 412 would reveal a write that is not committed"
+    );
+    net.run();
+    let answers: Vec<&Response> = net.replies.iter().map(|(_, _, r)| r).collect();
+    assert!(
+        matches!(
+            answers[..],
+            [
+                Response::Written { .. },
+                Response::PreconditionFailed { .. }
+            ]
+        ),
+        "{answers:?}"
+    );
+}
+
+#[test]
+fn a_lost_entry_is_sent_again_from_the_log() {
+    let mut net = three_copies();
+    let (primary, backups) = copies_of(&net, "g");
+    net.deliver(
+        primary,
+        Input::Client {
+            id: 1,
+            request: put("g", "1"),
+        },
+    );
+    // The entry to the second backup is lost on the wire.
+    let lost = net.take(|w| {
+        matches!(w, Work::Peer { to, message: PeerMessage::Replicate { .. }, .. } if *to == backups[1])
+    });
+    assert!(lost.is_some(), "the entry was sent to the second backup");
+    net.run();
+    assert!(
+        !net.replies.iter().any(|(_, id, _)| *id == 1),
+        "answered without one backup"
+    );
+    // The next write reaches it, it says what it lacks, and the primary sends both.
+    net.deliver(
+        primary,
+        Input::Client {
+            id: 2,
+            request: put("g", "2"),
+        },
+    );
+    net.run();
+    let ids: Vec<u64> = net.replies.iter().map(|(_, id, _)| *id).collect();
+    assert_eq!(ids, vec![1, 2]);
+    assert!(holds(&net, backups[1], "g", "2"));
+    // Lost again, and no further write: the resend timer brings it.
+    net.deliver(
+        primary,
+        Input::Client {
+            id: 3,
+            request: put("g", "3"),
+        },
+    );
+    let lost = net.take(|w| {
+        matches!(w, Work::Peer { to, message: PeerMessage::Replicate { .. }, .. } if *to == backups[1])
+    });
+    assert!(lost.is_some());
+    net.run();
+    assert!(!net.replies.iter().any(|(_, id, _)| *id == 3));
+    net.now += replica::RESEND_MS;
+    net.input(primary, Input::Timeout);
+    assert!(
+        net.replies.iter().any(|(_, id, _)| *id == 3),
+        "resent after the timer"
+    );
+    assert!(holds(&net, backups[1], "g", "3"));
+}
+
+#[test]
+fn a_replica_refuses_an_older_epoch_and_entries_outside_the_partition() {
+    let mut net = three_copies();
+    let (primary, backups) = copies_of(&net, "e");
+    let p = net.nodes[0].partition_of(b"e");
+    let b = backups[0];
+    let stale = PeerMessage::Replicate {
+        partition: p,
+        epoch: 0,
+        commit: 0,
+        entries: vec![LogEntry {
+            lsn: 1,
+            epoch: 0,
+            ops: vec![(
+                crate::proto::envelope::internal_key(p, b"e"),
+                Some(b"x".to_vec()),
+            )],
+        }],
+    };
+    let from = net.name(primary);
+    net.deliver(
+        b,
+        Input::Peer {
+            from,
+            message: stale,
+        },
+    );
+    let answer = net.queue.iter().find_map(|w| match w {
+        Work::Peer {
+            message: PeerMessage::ReplicaAck { epoch, applied, .. },
+            ..
+        } => Some((*epoch, *applied)),
+        _ => None,
+    });
+    assert_eq!(
+        answer,
+        Some((1, 0)),
+        "refused, naming the epoch that replaced it"
+    );
+    net.run();
+    assert!(net.visible_keys(b).is_empty(), "nothing applied");
+    // An entry of the right epoch whose key is in another partition is dropped whole.
+    let other = (p + 1) % 8;
+    let foreign = PeerMessage::Replicate {
+        partition: p,
+        epoch: 1,
+        commit: 0,
+        entries: vec![LogEntry {
+            lsn: 1,
+            epoch: 1,
+            ops: vec![(
+                crate::proto::envelope::internal_key(other, b"z"),
+                Some(b"x".to_vec()),
+            )],
+        }],
+    };
+    let from = net.name(primary);
+    net.input(
+        b,
+        Input::Peer {
+            from,
+            message: foreign,
+        },
+    );
+    assert!(net.visible_keys(b).is_empty(), "nothing applied");
+}
+
+#[test]
+fn too_few_copies_in_sync_refuse_writes_and_keep_serving_reads() {
+    // Two nodes for three copies: under-replicated, two in sync: writes go on.
+    let mut net = Net::replicated(&["a", "b"], 4, 3, 2);
+    net.input(0, Input::Coordinator(CoordEvent::Elected));
+    assert_eq!(net.nodes[0].cluster().under_replicated, 4);
+    assert!(matches!(
+        net.call(1, 1, put("k", "v")),
+        Response::Written { .. }
+    ));
+    // One node, a minimum of two: reads only.
+    let mut net = Net::replicated(&["a"], 4, 3, 2);
+    net.input(0, Input::Coordinator(CoordEvent::Elected));
+    match net.call(0, 1, put("k", "v")) {
+        Response::Error { kind, message } => {
+            assert_eq!(kind, ErrorKind::Unavailable);
+            assert!(message.contains("min_insync_replicas"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(net.call(0, 2, get("k")), Response::NotFound);
+}
+
+#[test]
+fn a_batch_across_partitions_is_refused_with_replicas() {
+    let mut net = three_copies();
+    let keys: Vec<String> = (0..40).map(|i| format!("b{i}")).collect();
+    let p0 = net.nodes[0].partition_of(keys[0].as_bytes());
+    let owner = net.nodes[0].cluster().owners[usize::from(p0)].clone();
+    let other = keys
+        .iter()
+        .find(|k| {
+            let p = net.nodes[0].partition_of(k.as_bytes());
+            p != p0 && net.nodes[0].cluster().owners[usize::from(p)] == owner
+        })
+        .expect("two partitions with one primary")
+        .clone();
+    let batch = Request::Batch {
+        ops: vec![
+            crate::proto::BatchOp::Put(keys[0].clone().into(), b"1".to_vec()),
+            crate::proto::BatchOp::Put(other.into(), b"2".to_vec()),
+        ],
+    };
+    match net.call(0, 1, batch) {
+        Response::Error { kind, .. } => assert_eq!(kind, ErrorKind::SpansNodes),
+        other => panic!("{other:?}"),
+    }
+    for i in 0..3 {
+        assert!(net.visible_keys(i).is_empty());
+    }
+}
