@@ -47,10 +47,16 @@ pub enum Bug {
     /// without a one-step increment on the owner would): concurrent increments are lost. Only
     /// the simulation's RESP clients can see it.
     IncrOutsideOwner = 1024,
+    /// A replica that undoes entries a new primary's log does not have undoes one more than
+    /// that (the last entry both logs share): an acknowledged write is lost on that copy.
+    TruncatePastDivergence = 2048,
+    /// A replica takes entries from a primary of an older epoch than one it already accepted:
+    /// a deposed primary can still get its writes acknowledged.
+    AcceptOldEpoch = 4096,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 11] = [
+    pub const ALL: [Bug; 13] = [
         Bug::AckBeforeFsync,
         Bug::NoEpochBump,
         Bug::DropTombstoneEarly,
@@ -62,6 +68,8 @@ impl Bug {
         Bug::WipeOnlyDurable,
         Bug::ForgetFreezeOnRestart,
         Bug::IncrOutsideOwner,
+        Bug::TruncatePastDivergence,
+        Bug::AcceptOldEpoch,
     ];
 }
 

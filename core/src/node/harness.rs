@@ -815,6 +815,8 @@ pub(super) fn show_message(m: &PeerMessage) -> String {
             partition,
             epoch,
             commit,
+            prev_lsn,
+            prev_epoch,
             entries,
         } => {
             let entries = entries
@@ -832,7 +834,8 @@ pub(super) fn show_message(m: &PeerMessage) -> String {
                 })
                 .collect();
             format!(
-                "Replicate{{p={partition} epoch={epoch} commit={commit} entries={}}}",
+                "Replicate{{p={partition} epoch={epoch} commit={commit} \
+                 prev={prev_lsn}@{prev_epoch} entries={}}}",
                 show_items(entries)
             )
         }

@@ -164,6 +164,7 @@ impl Node {
                 self.view.state = state;
                 self.view.stamp = stamp;
                 self.on_map_change(now, out);
+                self.on_replica_map(out);
                 self.publish_routes();
                 self.retry_parked(now, true, out);
             }

@@ -288,15 +288,7 @@ impl Node {
         let dirty = Arc::new(replica::Dirty::default());
         let (repl, repl_broken) = match Replication::load(&db, dirty.clone()) {
             Ok(r) => (r, None),
-            Err(e) => (
-                Replication {
-                    parts: BTreeMap::new(),
-                    dirty: dirty.clone(),
-                    next_check: 0,
-                    any_behind: false,
-                },
-                Some(e),
-            ),
+            Err(e) => (Replication::empty(dirty.clone()), Some(e)),
         };
         Node {
             reader: Reader::new(
@@ -469,9 +461,20 @@ impl Node {
             PeerMessage::Replicate {
                 partition,
                 epoch,
-                commit: _,
+                commit,
+                prev_lsn,
+                prev_epoch,
                 entries,
-            } => self.on_replicate(from, partition, epoch, entries, out),
+            } => {
+                let r = replica::Received {
+                    partition,
+                    epoch,
+                    commit,
+                    prev_lsn,
+                    prev_epoch,
+                };
+                self.on_replicate(from, r, entries, out)
+            }
             PeerMessage::ReplicaAck {
                 partition,
                 epoch,

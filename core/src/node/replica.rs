@@ -97,6 +97,13 @@ impl Dirty {
         self.len.store(m.len(), Ordering::Release);
     }
 
+    /// Sets `ikey`'s entry outright (a new primary marking its uncommitted tail).
+    fn force(&self, ikey: Vec<u8>, lsn: u64, before: Before) {
+        let mut m = self.map.lock();
+        m.insert(ikey, (lsn, before));
+        self.len.store(m.len(), Ordering::Release);
+    }
+
     /// Entries of partition `p` up to `lsn` are committed: their keys are clean again.
     fn commit(&self, p: u16, lsn: u64) {
         if self.len.load(Ordering::Acquire) == 0 {
@@ -120,6 +127,8 @@ impl Dirty {
 /// One partition's replication state on this node.
 #[derive(Default)]
 pub(crate) struct PartRepl {
+    /// This node acts as the partition's primary (it was primary in the last map seen).
+    primary: bool,
     /// The newest entry applied here, and the highest epoch accepted (what the engine holds).
     pos: Position,
     /// As primary: entries up to this are durable here.
@@ -142,6 +151,8 @@ pub(crate) struct Replication {
     /// When the primary next looks for replicas that are behind, and whether any was.
     pub(crate) next_check: u64,
     pub(crate) any_behind: bool,
+    /// Times this node undid entries a new primary's log did not have.
+    pub(crate) truncations: u64,
 }
 
 impl Replication {
@@ -171,10 +182,19 @@ impl Replication {
         }
         Ok(Replication {
             parts,
+            ..Replication::empty(dirty)
+        })
+    }
+
+    /// No partition known yet.
+    pub(crate) fn empty(dirty: std::sync::Arc<Dirty>) -> Replication {
+        Replication {
+            parts: BTreeMap::new(),
             dirty,
             next_check: 0,
             any_behind: false,
-        })
+            truncations: 0,
+        }
     }
 
     /// Where partition `p`'s log ends here.
@@ -187,6 +207,15 @@ impl Replication {
 pub(crate) struct PrimaryWrite {
     pub(crate) partition: u16,
     pub(crate) epoch: u64,
+}
+
+/// The header of a `Replicate` a replica received.
+pub(crate) struct Received {
+    pub(crate) partition: u16,
+    pub(crate) epoch: u64,
+    pub(crate) commit: u64,
+    pub(crate) prev_lsn: u64,
+    pub(crate) prev_epoch: u64,
 }
 
 impl Node {
@@ -237,10 +266,16 @@ impl Node {
             ops.push((k.to_vec(), v.map(<[u8]>::to_vec)));
             befores.push(before);
         }
-        let pos = self.repl.position(p);
-        let lsn = pos.lsn + 1;
-        let (seq, _) =
-            self.apply_entry(p, w.epoch.max(pos.epoch), lsn, w.epoch, &ops, &befores, b)?;
+        let prev = self.repl.position(p);
+        let lsn = prev.lsn + 1;
+        let commit = self.repl.parts.get(&p).map_or(0, |r| r.committed);
+        let next = Position {
+            epoch: w.epoch.max(prev.epoch),
+            lsn,
+            lsn_epoch: w.epoch,
+            commit: commit.max(prev.commit),
+        };
+        let seq = self.apply_entry(p, next, &ops, &befores, b)?;
         // A key named twice in one batch keeps its first before-image: the committed one.
         for ((k, _), before) in ops.iter().zip(befores) {
             self.repl.dirty.insert(k.clone(), lsn, before);
@@ -250,52 +285,128 @@ impl Node {
             epoch: w.epoch,
             ops,
         };
-        self.send_entry(now, p, w.epoch, entry, out);
+        self.send_entry(now, p, w.epoch, (prev.lsn, prev.lsn_epoch), entry, out);
         self.repl.any_behind = true;
         Ok((seq, lsn))
     }
 
-    /// One engine batch: `b`'s keys, log entry `lsn` (numbered in `entry_epoch`, with the
-    /// keys' before-images), the trimming of the entry `LOG_RETAIN` older, and the position.
-    #[allow(clippy::too_many_arguments)]
+    /// One engine batch: `b`'s keys, log entry `pos.lsn` (numbered in `pos.lsn_epoch`, with
+    /// the keys' before-images), the trimming of the entry `LOG_RETAIN` older, and the
+    /// position `pos`.
     fn apply_entry(
         &mut self,
         p: u16,
-        accepted_epoch: u64,
-        lsn: u64,
-        entry_epoch: u64,
+        pos: Position,
         ops: &[(Vec<u8>, Option<Vec<u8>>)],
         befores: &[Before],
         mut b: WriteBatch,
-    ) -> Result<(u64, Position), Response> {
+    ) -> Result<u64, Response> {
         let logged: Vec<replog::LoggedOp> = ops
             .iter()
             .zip(befores)
             .map(|((k, v), before)| {
-                (
-                    k.clone(),
-                    v.clone(),
-                    before.as_ref().map(|(_, raw)| raw.clone()),
-                )
+                let before = before.as_ref().map(|(_, raw)| raw.clone());
+                (k.clone(), v.clone(), before)
             })
             .collect();
+        let lsn = pos.lsn;
         b.put(
             replog::log_key(p, lsn),
-            replog::encode_entry(entry_epoch, &logged),
+            replog::encode_entry(pos.lsn_epoch, &logged),
         );
         if lsn > LOG_RETAIN {
             b.delete(replog::log_key(p, lsn - LOG_RETAIN));
         }
-        let pos = Position {
-            epoch: accepted_epoch,
-            lsn,
-            lsn_epoch: entry_epoch,
-        };
         b.put(replog::meta_key(p), replog::encode_position(&pos));
         let seq = self.db.write_deferred(b).map_err(engine_err)?;
         self.gate.applied(seq);
         self.repl.parts.entry(p).or_default().pos = pos;
-        Ok((seq, pos))
+        Ok(seq)
+    }
+
+    /// Writes partition `p`'s position alone (a newer epoch accepted, a commit point learnt).
+    fn write_position(&mut self, p: u16, pos: Position) -> Result<(), Response> {
+        let mut b = WriteBatch::new();
+        b.put(replog::meta_key(p), replog::encode_position(&pos));
+        let seq = self.db.write_deferred(b).map_err(engine_err)?;
+        self.gate.applied(seq);
+        self.repl.parts.entry(p).or_default().pos = pos;
+        Ok(())
+    }
+
+    /// Partition `p`'s log entry `lsn` as stored here: its epoch and ops (key, after,
+    /// before). `None` if it is not here (trimmed, or never written).
+    fn log_entry(&self, p: u16, lsn: u64) -> Option<(u64, Vec<replog::LoggedOp>)> {
+        match self.db.get_latest(&replog::log_key(p, lsn)) {
+            Ok(Some((_, raw))) => replog::decode_entry(&raw).ok(),
+            _ => None,
+        }
+    }
+
+    /// The epoch of entry `lsn` in this node's log of `p` (0 for "before the first entry"),
+    /// `None` if this node does not have it.
+    fn epoch_at(&self, p: u16, lsn: u64) -> Option<u64> {
+        let pos = self.repl.position(p);
+        if lsn == 0 {
+            Some(0)
+        } else if lsn == pos.lsn {
+            Some(pos.lsn_epoch)
+        } else if lsn > pos.lsn {
+            None
+        } else {
+            self.log_entry(p, lsn).map(|(e, _)| e)
+        }
+    }
+
+    /// Undoes partition `p`'s entries after `keep` (newest first, from their before-images)
+    /// in one engine batch: what a replica does with entries a new primary's log does not
+    /// have. Never below the commit point: committed entries are on every copy in sync and
+    /// never differ.
+    fn truncate(&mut self, p: u16, keep: u64) -> Result<(), String> {
+        let pos = self.repl.position(p);
+        if keep >= pos.lsn {
+            return Ok(());
+        }
+        let keep = if crate::bugs::on(crate::bugs::Bug::TruncatePastDivergence) {
+            keep.saturating_sub(1)
+        } else {
+            keep
+        };
+        if keep < pos.commit && !crate::bugs::on(crate::bugs::Bug::TruncatePastDivergence) {
+            return Err(format!(
+                "partition {p}: asked to undo entries after {keep}, below the commit point {}",
+                pos.commit
+            ));
+        }
+        let mut b = WriteBatch::new();
+        for lsn in (keep + 1..=pos.lsn).rev() {
+            let Some((_, ops)) = self.log_entry(p, lsn) else {
+                return Err(format!(
+                    "partition {p}: entry {lsn} to undo is not in the log any more"
+                ));
+            };
+            for (k, _, before) in ops.into_iter().rev() {
+                match before {
+                    Some(v) => b.put(k, v),
+                    None => b.delete(k),
+                };
+            }
+            b.delete(replog::log_key(p, lsn));
+        }
+        let lsn_epoch = self
+            .epoch_at(p, keep)
+            .ok_or_else(|| format!("partition {p}: entry {keep} is not in the log"))?;
+        let new = Position {
+            lsn: keep,
+            lsn_epoch,
+            ..pos
+        };
+        b.put(replog::meta_key(p), replog::encode_position(&new));
+        let seq = self.db.write_deferred(b).map_err(|e| e.to_string())?;
+        self.gate.applied(seq);
+        self.repl.parts.entry(p).or_default().pos = new;
+        self.repl.truncations += 1;
+        Ok(())
     }
 
     /// The replicas of partition `p` (backups and learners) other than this node.
@@ -316,14 +427,23 @@ impl Node {
             .unwrap_or_default()
     }
 
-    /// Sends a new entry to every replica that has everything before it (the others are
-    /// sent from the log when they answer, or by the resend timer).
-    fn send_entry(&mut self, now: u64, p: u16, epoch: u64, entry: LogEntry, out: &mut Vec<Output>) {
+    /// Sends a new entry (following `prev`, as `(lsn, epoch)`) to every replica that has
+    /// everything before it (the others are sent from the log when they answer, or by the
+    /// resend timer).
+    fn send_entry(
+        &mut self,
+        now: u64,
+        p: u16,
+        epoch: u64,
+        prev: (u64, u64),
+        entry: LogEntry,
+        out: &mut Vec<Output>,
+    ) {
         let replicas = self.replicas_of(p);
-        let commit = self.repl.parts.get(&p).map_or(0, |r| r.committed);
         let part = self.repl.parts.entry(p).or_default();
+        let commit = part.committed;
         for to in replicas {
-            let caught_up = part.sent.get(&to).is_some_and(|(s, _)| *s + 1 == entry.lsn);
+            let caught_up = part.sent.get(&to).is_some_and(|(s, _)| *s == prev.0);
             if !caught_up {
                 continue;
             }
@@ -334,6 +454,8 @@ impl Node {
                     partition: p,
                     epoch,
                     commit,
+                    prev_lsn: prev.0,
+                    prev_epoch: prev.1,
                     entries: vec![entry.clone()],
                 },
             });
@@ -373,6 +495,9 @@ impl Node {
         let Some(part) = self.repl.parts.get_mut(&p) else {
             return;
         };
+        if !part.primary {
+            return;
+        }
         let mut point = part.local_durable;
         for b in &backups {
             point = point.min(part.acked.get(b).copied().unwrap_or(0));
@@ -393,92 +518,133 @@ impl Node {
         }
     }
 
-    /// Primary → this replica: entries to apply in order.
+    /// Primary → this replica: entries to apply in order, after checking that they follow on
+    /// from this node's log; entries of its own that differ from the primary's are undone
+    /// first (never more than those).
     pub(crate) fn on_replicate(
         &mut self,
         from: String,
-        p: u16,
-        epoch: u64,
+        r: Received,
         entries: Vec<LogEntry>,
         out: &mut Vec<Output>,
     ) {
-        let state_epoch = self.view.state.as_ref().map_or(0, |s| s.part_epoch(p));
-        let mut pos = self.repl.position(p);
+        let p = r.partition;
+        let (state_epoch, owner) = match &self.view.state {
+            Some(s) if usize::from(p) < s.owners.len() => {
+                (s.part_epoch(p), Some(s.owners[usize::from(p)].clone()))
+            }
+            _ => (0, None),
+        };
+        let pos = self.repl.position(p);
         let known = pos.epoch.max(state_epoch);
-        if epoch < known || usize::from(p) >= usize::from(self.cfg.partitions) {
-            // A deposed primary: tell it the epoch that replaced it, acknowledge nothing.
+        let stale = r.epoch < known && !crate::bugs::on(crate::bugs::Bug::AcceptOldEpoch)
+            || (r.epoch == state_epoch && owner.as_deref() != Some(from.as_str()))
+            || usize::from(p) >= usize::from(self.cfg.partitions)
+            || self.repl.parts.get(&p).is_some_and(|x| x.primary) && r.epoch <= state_epoch;
+        if stale {
+            // Not this partition's primary in its epoch: tell the sender the epoch that
+            // replaced it, acknowledge nothing.
+            let ack = PeerMessage::ReplicaAck {
+                partition: p,
+                epoch: known,
+                applied: pos.lsn,
+                gap: true,
+            };
             out.push(Output::Send {
                 to: from,
-                message: PeerMessage::ReplicaAck {
-                    partition: p,
-                    epoch: known,
-                    applied: pos.lsn,
-                    gap: false,
-                },
+                message: ack,
             });
             return;
         }
-        let mut gap = false;
+        let (applied, gap) = match self.follow(p, &r, entries) {
+            Ok(upto) => (upto, false),
+            Err(hint) => (hint, true),
+        };
+        let pos = self.repl.position(p);
+        let target = Target::Ack {
+            to: from,
+            partition: p,
+            epoch: pos.epoch,
+            applied,
+            gap,
+        };
+        self.gate.after_applied(target, Response::Accepted, out);
+    }
+
+    /// Applies what follows on from this node's log; `Ok(upto)`: every entry up to `upto` is
+    /// here as in the primary's log; `Err(hint)`: it does not follow on, send from
+    /// `hint + 1`.
+    fn follow(&mut self, p: u16, r: &Received, entries: Vec<LogEntry>) -> Result<u64, u64> {
+        let pos = self.repl.position(p);
+        let mut accepted = pos;
+        accepted.epoch = pos.epoch.max(r.epoch);
+        match self.epoch_at(p, r.prev_lsn) {
+            None if r.prev_lsn > pos.lsn => return Err(pos.lsn),
+            Some(e) if e == r.prev_epoch => {}
+            // Another entry there (or one this node cannot read back): step back by one.
+            _ => return Err(r.prev_lsn.saturating_sub(1).max(pos.commit)),
+        }
+        let prefix = p.to_be_bytes();
+        let foreign = entries
+            .iter()
+            .flat_map(|e| &e.ops)
+            .any(|(k, _)| k.len() <= PARTITION_PREFIX_LEN || k[..PARTITION_PREFIX_LEN] != prefix);
+        if foreign {
+            // Not from a node of this cluster's code: drop it whole.
+            return Err(pos.lsn);
+        }
+        let mut upto = r.prev_lsn;
         for e in entries {
-            if e.lsn <= pos.lsn {
-                continue;
-            }
-            if e.lsn != pos.lsn + 1 {
-                gap = true;
+            if e.lsn != upto + 1 {
                 break;
             }
-            let prefix = p.to_be_bytes();
-            if e.ops.iter().any(|(k, _)| {
-                k.len() <= PARTITION_PREFIX_LEN || k[..PARTITION_PREFIX_LEN] != prefix
-            }) {
-                // Not from a node of this cluster's code: drop it, acknowledge nothing.
-                return;
+            match self.epoch_at(p, e.lsn) {
+                Some(mine) if mine == e.epoch => {
+                    upto = e.lsn;
+                    continue;
+                }
+                // Histories differ from here: undo ours from this entry on.
+                Some(_) if self.truncate(p, e.lsn - 1).is_err() => return Err(upto),
+                Some(_) | None => {}
             }
             let mut b = WriteBatch::new();
             let mut befores = Vec::with_capacity(e.ops.len());
-            let mut failed = false;
             for (k, v) in &e.ops {
                 match self.db.get_latest(k) {
                     Ok(before) => befores.push(before),
-                    Err(_) => {
-                        failed = true;
-                        break;
-                    }
+                    Err(_) => return Err(upto),
                 }
                 match v {
                     Some(v) => b.put(k.clone(), v.clone()),
                     None => b.delete(k.clone()),
                 };
             }
-            if failed {
-                return;
+            let next = Position {
+                epoch: accepted.epoch,
+                lsn: e.lsn,
+                lsn_epoch: e.epoch,
+                commit: accepted.commit.max(r.commit.min(e.lsn)),
+            };
+            // The engine cannot take it now (a stall, a failed log): acknowledge what is
+            // here; the primary sends the rest again.
+            if self.apply_entry(p, next, &e.ops, &befores, b).is_err() {
+                return Ok(upto);
             }
-            match self.apply_entry(p, epoch.max(pos.epoch), e.lsn, e.epoch, &e.ops, &befores, b) {
-                Ok((_, new)) => pos = new,
-                // The engine cannot take it now (a stall, a failed log): acknowledge what is
-                // here; the primary sends the rest again.
-                Err(_) => break,
+            accepted = next;
+            upto = e.lsn;
+        }
+        let commit = accepted.commit.max(r.commit.min(upto));
+        if accepted.epoch > self.repl.position(p).epoch || commit > accepted.commit {
+            // A newer epoch (made durable before anything in it is acknowledged), or a
+            // newer commit point.
+            let mut pos = self.repl.position(p);
+            pos.epoch = accepted.epoch;
+            pos.commit = commit;
+            if self.write_position(p, pos).is_err() {
+                return Err(upto);
             }
         }
-        if epoch > pos.epoch {
-            // A newer epoch with nothing new to apply: make it durable before acknowledging
-            // anything in it.
-            pos.epoch = epoch;
-            let mut b = WriteBatch::new();
-            b.put(replog::meta_key(p), replog::encode_position(&pos));
-            if let Ok(seq) = self.db.write_deferred(b) {
-                self.gate.applied(seq);
-                self.repl.parts.entry(p).or_default().pos = pos;
-            }
-        }
-        let target = Target::Ack {
-            to: from,
-            partition: p,
-            epoch: pos.epoch,
-            applied: pos.lsn,
-            gap,
-        };
-        self.gate.after_applied(target, Response::Accepted, out);
+        Ok(upto)
     }
 
     /// Replica → this primary: what it has.
@@ -494,19 +660,26 @@ impl Node {
         out: &mut Vec<Output>,
     ) {
         let my_epoch = self.view.state.as_ref().map_or(0, |s| s.part_epoch(p));
-        if epoch > my_epoch || self.owner(p).ok().as_deref() != Some(self.cfg.node_id.as_str()) {
-            return; // deposed, or no longer primary: the next state says what we are
-        }
         let Some(part) = self.repl.parts.get_mut(&p) else {
             return;
         };
+        if epoch > my_epoch || !part.primary {
+            return; // deposed, or no longer primary: the next state says what we are
+        }
+        let last = part.pos.lsn;
+        if gap {
+            // Start again from where it says; what it acknowledged before still holds.
+            part.sent.insert(from.clone(), (applied.min(last), now));
+            self.send_from_log(now, p, &from, out);
+            return;
+        }
         let acked = part.acked.entry(from.clone()).or_insert(0);
         *acked = (*acked).max(applied);
         let sent = part.sent.get(&from).map(|(s, _)| *s);
-        if gap || sent.is_none_or(|s| s <= applied) {
+        if sent.is_none_or(|s| s <= applied) {
             // Nothing in flight past what it has: send the rest now.
             part.sent.insert(from.clone(), (applied, now));
-            if applied < part.pos.lsn {
+            if applied < last {
                 self.send_from_log(now, p, &from, out);
             }
         }
@@ -514,23 +687,24 @@ impl Node {
     }
 
     /// Sends replica `to` the entries after the newest it was sent, read back from the log
-    /// (at most [`RESEND_BATCH`]).
+    /// (at most [`RESEND_BATCH`]); none when it has them all (a probe that asks it to
+    /// confirm where it is).
     fn send_from_log(&mut self, now: u64, p: u16, to: &str, out: &mut Vec<Output>) {
         let epoch = self.view.state.as_ref().map_or(0, |s| s.part_epoch(p));
         let Some(part) = self.repl.parts.get(&p) else {
             return;
         };
-        let from_lsn = part.sent.get(to).map_or(0, |(s, _)| *s) + 1;
+        let prev_lsn = part.sent.get(to).map_or(part.pos.lsn, |(s, _)| *s);
         let last = part.pos.lsn;
         let commit = part.committed;
+        let Some(prev_epoch) = self.epoch_at(p, prev_lsn) else {
+            // Trimmed from the log: this replica needs a copy of the partition.
+            return;
+        };
         let mut entries = Vec::new();
-        let mut lsn = from_lsn;
+        let mut lsn = prev_lsn + 1;
         while lsn <= last && entries.len() < RESEND_BATCH {
-            let raw = match self.db.get_latest(&replog::log_key(p, lsn)) {
-                Ok(Some((_, raw))) => raw,
-                _ => break, // trimmed (or unreadable): a copy of the partition is the way on
-            };
-            let Ok((epoch, ops)) = replog::decode_entry(&raw) else {
+            let Some((epoch, ops)) = self.log_entry(p, lsn) else {
                 break;
             };
             entries.push(LogEntry {
@@ -540,7 +714,7 @@ impl Node {
             });
             lsn += 1;
         }
-        let sent_upto = from_lsn + entries.len() as u64 - 1;
+        let sent_upto = prev_lsn + entries.len() as u64;
         if let Some(part) = self.repl.parts.get_mut(&p) {
             part.sent.insert(to.to_string(), (sent_upto, now));
         }
@@ -550,13 +724,86 @@ impl Node {
                 partition: p,
                 epoch,
                 commit,
+                prev_lsn,
+                prev_epoch,
                 entries,
             },
         });
     }
 
+    /// A new map: partitions this node became primary of start acting so (their entries
+    /// after the known commit point are dirty until committed again, every replica is asked
+    /// where it is), and partitions it no longer leads stop (their answers waiting for a
+    /// commit have an unknown outcome).
+    pub(crate) fn on_replica_map(&mut self, out: &mut Vec<Output>) {
+        let Some(st) = self.view.state.clone() else {
+            return;
+        };
+        if st.replicas.is_empty() {
+            return;
+        }
+        let me = self.cfg.node_id.clone();
+        for p in 0..st.owners.len() as u16 {
+            let lead = st.owners[usize::from(p)] == me;
+            let was = self.repl.parts.get(&p).is_some_and(|x| x.primary);
+            if lead && !was {
+                self.become_primary(p, out);
+            } else if !lead && was {
+                self.stop_leading(p, out);
+            }
+        }
+        self.repl.next_check = 0;
+    }
+
+    fn become_primary(&mut self, p: u16, out: &mut Vec<Output>) {
+        let pos = self.repl.position(p);
+        // Entries after the known commit point may be lost yet (this node's own, from before
+        // a restart, or an old primary's it received): readers see the values before them.
+        for lsn in (pos.commit + 1..=pos.lsn).rev() {
+            if let Some((_, ops)) = self.log_entry(p, lsn) {
+                for (k, _, before) in ops {
+                    // Newest first: the oldest entry's before-image ends up in the map.
+                    self.repl.dirty.force(k, pos.lsn, before.map(|b| (0, b)));
+                }
+            }
+        }
+        let part = self.repl.parts.entry(p).or_default();
+        part.primary = true;
+        part.acked.clear();
+        part.sent.clear();
+        part.committed = pos.commit;
+        part.local_durable = 0;
+        // Durable here once everything applied so far is.
+        let target = Target::Commit {
+            partition: p,
+            lsn: pos.lsn,
+            target: Box::new(Target::Internal),
+        };
+        self.gate.after_applied(target, Response::Accepted, out);
+    }
+
+    fn stop_leading(&mut self, p: u16, out: &mut Vec<Output>) {
+        let Some(part) = self.repl.parts.get_mut(&p) else {
+            return;
+        };
+        part.primary = false;
+        part.acked.clear();
+        part.sent.clear();
+        for (_, target, _) in part.pending.drain(..) {
+            let e = err(
+                ErrorKind::OutcomeUnknown,
+                format!(
+                    "this node stopped being partition {p}'s primary before the write reached \
+                     every copy; the outcome is unknown"
+                ),
+            );
+            respond(target, e, out);
+        }
+        self.repl.dirty.commit(p, u64::MAX);
+    }
+
     /// As primary: replicas that are behind and were sent nothing for [`RESEND_MS`] are sent
-    /// their missing entries again (or, never heard from, an empty probe).
+    /// their missing entries again (or, never heard from, a probe).
     pub(crate) fn replication_tick(&mut self, now: u64, out: &mut Vec<Output>) {
         let Some(st) = &self.view.state else { return };
         if st.replicas.is_empty() || now < self.repl.next_check {
@@ -565,12 +812,14 @@ impl Node {
         // At most every `CHECK_MS`, not after every input: a walk over every partition.
         self.repl.next_check = now + CHECK_MS;
         self.repl.any_behind = false;
-        let me = self.cfg.node_id.clone();
-        let mine: Vec<(u16, u64)> = (0..st.owners.len())
-            .filter(|&p| st.owners[p] == me)
-            .map(|p| (p as u16, st.part_epoch(p as u16)))
+        let mine: Vec<u16> = self
+            .repl
+            .parts
+            .iter()
+            .filter(|(_, x)| x.primary)
+            .map(|(p, _)| *p)
             .collect();
-        for (p, epoch) in mine {
+        for p in mine {
             for to in self.replicas_of(p) {
                 let part = self.repl.parts.entry(p).or_default();
                 let behind = part.acked.get(&to).is_none_or(|a| *a < part.pos.lsn);
@@ -579,26 +828,12 @@ impl Node {
                 if !behind || now < last_sent.saturating_add(RESEND_MS) {
                     continue;
                 }
-                let acked = part.acked.get(&to).copied();
-                match acked {
-                    None => {
-                        part.sent.insert(to.clone(), (part.pos.lsn, now));
-                        let commit = part.committed;
-                        out.push(Output::Send {
-                            to,
-                            message: PeerMessage::Replicate {
-                                partition: p,
-                                epoch,
-                                commit,
-                                entries: Vec::new(),
-                            },
-                        });
-                    }
-                    Some(a) => {
-                        part.sent.insert(to.clone(), (a, now));
-                        self.send_from_log(now, p, &to, out);
-                    }
-                }
+                // From what it acknowledged (never heard from: ask where it is).
+                match part.acked.get(&to).copied() {
+                    Some(a) => part.sent.insert(to.clone(), (a, now)),
+                    None => part.sent.remove(&to),
+                };
+                self.send_from_log(now, p, &to, out);
             }
         }
     }
@@ -613,6 +848,7 @@ impl Node {
                 part.sent.remove(peer);
             }
         }
+        self.repl.next_check = 0;
     }
 
     /// When the resend timer next fires, if any replica is behind.

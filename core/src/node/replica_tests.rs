@@ -241,6 +241,8 @@ fn a_replica_refuses_an_older_epoch_and_entries_outside_the_partition() {
         partition: p,
         epoch: 0,
         commit: 0,
+        prev_lsn: 0,
+        prev_epoch: 0,
         entries: vec![LogEntry {
             lsn: 1,
             epoch: 0,
@@ -278,6 +280,8 @@ fn a_replica_refuses_an_older_epoch_and_entries_outside_the_partition() {
         partition: p,
         epoch: 1,
         commit: 0,
+        prev_lsn: 0,
+        prev_epoch: 0,
         entries: vec![LogEntry {
             lsn: 1,
             epoch: 1,
@@ -347,5 +351,84 @@ fn a_batch_across_partitions_is_refused_with_replicas() {
     }
     for i in 0..3 {
         assert!(net.visible_keys(i).is_empty());
+    }
+}
+
+/// Writes `state` as the coordinator's new state (as a leader would) and tells every node.
+fn impose(net: &mut Net, state: crate::cluster::ClusterState) {
+    let stamp = net.store.stamp();
+    assert!(net.store.write(state, stamp));
+    for i in 0..net.len() {
+        let ev = net.store.state_event();
+        net.input(i, Input::Coordinator(ev));
+    }
+}
+
+#[test]
+fn a_new_primary_makes_a_replica_undo_what_only_the_old_primary_sent_and_no_more() {
+    let mut net = three_copies();
+    let (primary, backups) = copies_of(&net, "x");
+    let p = net.nodes[0].partition_of(b"x");
+    // A second key of the same partition.
+    let other = (0..1000)
+        .map(|i| format!("y{i}"))
+        .find(|k| net.nodes[0].partition_of(k.as_bytes()) == p)
+        .expect("another key of the partition");
+    assert!(matches!(
+        net.call(0, 1, put("x", "committed")),
+        Response::Written { .. }
+    ));
+    // The old primary writes `other`, which reaches only the first backup; then it is gone.
+    net.deliver(
+        primary,
+        Input::Client {
+            id: 2,
+            request: put(&other, "lost"),
+        },
+    );
+    let _ = net.take(|w| {
+        matches!(w, Work::Peer { to, message: PeerMessage::Replicate { .. }, .. } if *to == backups[1])
+    });
+    while let Some(at) = net.queue.iter().position(|w| match w {
+        Work::Peer { from, to, .. } => *from == primary && *to == backups[0],
+        Work::Persist { node } => *node == backups[0],
+        _ => false,
+    }) {
+        let w = net.queue.remove(at).expect("an item just found");
+        net.process(w);
+    }
+    net.queue.clear();
+    assert!(holds(&net, backups[0], &other, "lost"));
+    // The leader promotes the second backup under epoch 2, without the old primary.
+    let mut st = net.store.value().expect("a state").clone();
+    let (new_primary, keeps) = (backups[1], backups[0]);
+    st.owners[usize::from(p)] = net.name(new_primary);
+    st.replicas[usize::from(p)].backups = vec![net.name(keeps)];
+    st.replicas[usize::from(p)].epoch = 2;
+    st.version += 1;
+    impose(&mut net, st);
+    // Its first write follows entry 1; the remaining backup's entry 2 (epoch 1) differs.
+    let r = net.call(new_primary, 3, put("x", "new"));
+    assert!(matches!(r, Response::Written { .. }), "{r:?}");
+    assert!(holds(&net, keeps, "x", "new"));
+    assert!(
+        !net.visible_keys(keeps)
+            .iter()
+            .any(|(_, k, _)| k == other.as_bytes()),
+        "the entry only the old primary had is undone"
+    );
+    assert_eq!(net.nodes[keeps].repl.truncations, 1);
+    // And the committed write before the divergence is still there, on both copies, after
+    // one more write that overwrites nothing.
+    assert!(matches!(
+        net.call(keeps, 4, put(&other, "again")),
+        Response::Written { .. }
+    ));
+    for i in [new_primary, keeps] {
+        assert!(holds(&net, i, &other, "again"));
+    }
+    match net.call(keeps, 5, get("x")) {
+        Response::Value { value, .. } => assert_eq!(value, b"new"),
+        other => panic!("{other:?}"),
     }
 }

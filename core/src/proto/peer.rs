@@ -165,18 +165,23 @@ pub enum PeerMessage {
     /// Any node → leader: move every partition off `node`.
     Decommission { node: String },
     /// Primary → replica: log entries of `partition`, consecutive and in order, sent in
-    /// `epoch` (the primary's; each entry keeps the epoch that numbered it). `commit`: every
-    /// entry up to it is on every copy in sync.
+    /// `epoch` (the primary's; each entry keeps the epoch that numbered it), following entry
+    /// `prev_lsn` of epoch `prev_epoch` in the primary's log (the replica checks that its own
+    /// log has that entry, as Raft's AppendEntries does). `commit`: every entry up to it is on
+    /// every copy in sync.
     Replicate {
         partition: u16,
         epoch: u64,
         commit: u64,
+        prev_lsn: u64,
+        prev_epoch: u64,
         entries: Vec<LogEntry>,
     },
-    /// Replica → primary: every entry of `partition` up to `applied` is here and as durable
-    /// as `sync` says; `epoch` is the highest this replica accepted (above the primary's: the
-    /// primary is deposed). `gap`: a `Replicate` skipped entries this replica lacks, so send
-    /// from `applied + 1`.
+    /// Replica → primary: every entry of `partition` up to `applied` is here, the same as in
+    /// the primary's log, and as durable as `sync` says; `epoch` is the highest this replica
+    /// accepted (above the primary's: the primary is deposed). `gap`: the `Replicate` did not
+    /// follow on from this replica's log (it lacks `prev_lsn`, or holds another entry there);
+    /// `applied` is then only where to send from next (`applied + 1`), not a promise.
     ReplicaAck {
         partition: u16,
         epoch: u64,
@@ -364,8 +369,14 @@ fn encode_message(msg: &PeerMessage, out: &mut Vec<u8>) {
             partition,
             epoch,
             commit,
+            prev_lsn,
+            prev_epoch,
             entries,
-        } => w.replicate(*partition, *epoch, *commit, entries),
+        } => w.replicate(
+            *partition,
+            [*epoch, *commit, *prev_lsn, *prev_epoch],
+            entries,
+        ),
         PeerMessage::ReplicaAck {
             partition,
             epoch,
@@ -637,11 +648,13 @@ impl Writer<'_> {
         self.u8(tag::DECOMMISSION);
         self.bytes(node.as_bytes());
     }
-    fn replicate(&mut self, partition: u16, epoch: u64, commit: u64, entries: &[LogEntry]) {
+    /// `nums`: epoch, commit, prev_lsn, prev_epoch.
+    fn replicate(&mut self, partition: u16, nums: [u64; 4], entries: &[LogEntry]) {
         self.u8(tag::REPLICATE);
         self.u16(partition);
-        self.u64(epoch);
-        self.u64(commit);
+        for n in nums {
+            self.u64(n);
+        }
         self.out
             .extend_from_slice(&(entries.len() as u32).to_le_bytes());
         for e in entries {
@@ -866,6 +879,8 @@ impl Reader<'_> {
         let partition = self.u16()?;
         let epoch = self.u64()?;
         let commit = self.u64()?;
+        let prev_lsn = self.u64()?;
+        let prev_epoch = self.u64()?;
         let n = self.count(20)?;
         let mut entries = Vec::with_capacity(n);
         for _ in 0..n {
@@ -882,6 +897,8 @@ impl Reader<'_> {
             partition,
             epoch,
             commit,
+            prev_lsn,
+            prev_epoch,
             entries,
         })
     }
@@ -902,6 +919,8 @@ mod tests {
                 partition: 7,
                 epoch: 4,
                 commit: 10,
+                prev_lsn: 10,
+                prev_epoch: 3,
                 entries: vec![
                     LogEntry {
                         lsn: 11,

@@ -36,6 +36,9 @@ pub struct Position {
     pub lsn: u64,
     /// That entry's epoch.
     pub lsn_epoch: u64,
+    /// Entries up to this are known committed (on every copy in sync): never undone, and a
+    /// node that becomes primary treats only the entries after it as not committed yet.
+    pub commit: u64,
 }
 
 /// One write of a partition as the replication log records it: which primary (epoch) gave it
@@ -90,11 +93,12 @@ fn corrupt(what: &str) -> Response {
 }
 
 pub fn encode_position(pos: &Position) -> Vec<u8> {
-    let mut v = Vec::with_capacity(25);
+    let mut v = Vec::with_capacity(33);
     v.push(REPLOG_V1);
     v.extend_from_slice(&pos.epoch.to_le_bytes());
     v.extend_from_slice(&pos.lsn.to_le_bytes());
     v.extend_from_slice(&pos.lsn_epoch.to_le_bytes());
+    v.extend_from_slice(&pos.commit.to_le_bytes());
     v
 }
 
@@ -102,10 +106,11 @@ pub fn decode_position(raw: &[u8]) -> Result<Position, Response> {
     let u =
         |i: usize| -> Option<u64> { Some(u64::from_le_bytes(raw.get(i..i + 8)?.try_into().ok()?)) };
     match (raw.first(), raw.len()) {
-        (Some(&REPLOG_V1), 25) => Ok(Position {
+        (Some(&REPLOG_V1), 33) => Ok(Position {
             epoch: u(1).ok_or_else(|| corrupt("position"))?,
             lsn: u(9).ok_or_else(|| corrupt("position"))?,
             lsn_epoch: u(17).ok_or_else(|| corrupt("position"))?,
+            commit: u(25).ok_or_else(|| corrupt("position"))?,
         }),
         _ => Err(corrupt("position")),
     }
@@ -189,6 +194,7 @@ mod tests {
             epoch: 7,
             lsn: 99,
             lsn_epoch: 6,
+            commit: 97,
         };
         assert_eq!(decode_position(&encode_position(&pos)).unwrap(), pos);
         assert!(decode_position(&[1, 2, 3]).is_err());
