@@ -234,6 +234,139 @@ impl ClusterState {
         }
     }
 
+    /// Partitions whose primary is not live but which have a live backup to promote (the
+    /// leader asks those backups where their logs end before it decides).
+    pub fn orphaned(&self, live: &[String]) -> Vec<(u16, Vec<String>)> {
+        let alive = |id: &String| live.contains(id);
+        (0..self.replicas.len())
+            .filter(|&p| !alive(&self.owners[p]))
+            .filter_map(|p| {
+                let cands: Vec<String> = self.replicas[p]
+                    .backups
+                    .iter()
+                    .filter(|b| alive(b))
+                    .cloned()
+                    .collect();
+                (!cands.is_empty()).then_some((p as u16, cands))
+            })
+            .collect()
+    }
+
+    /// The leader's replica decisions, a pure function of the state, the live members and
+    /// what it has heard; `None` if nothing changes. In order:
+    ///
+    /// 1. A partition whose primary is gone gets as primary the live backup of its current
+    ///    configuration with the most writes (`positions`: node and partition → the epoch and
+    ///    number of its last entry; a backup not in it is not promoted); the others stay
+    ///    backups. None answered: the partition waits (it is never given to a copy that may
+    ///    lack acknowledged writes).
+    /// 2. Backups and learners that are not live, or that their primary reported `lagging`
+    ///    in the current epoch, leave the configuration.
+    /// 3. Learners their primary reported `ready` in the current epoch become backups.
+    /// 4. A partition with fewer copies than `replication_factor` gets live nodes that hold
+    ///    none as learners (the least loaded first, never a leaving node).
+    ///
+    /// Every change of a partition's primary or backups raises its epoch.
+    pub fn reconfigure(
+        &self,
+        live: &[String],
+        positions: &BTreeMap<(u16, String), (u64, u64)>,
+        lagging: &[(u16, u64, String)],
+        ready: &[(u16, u64, String)],
+        replication_factor: usize,
+    ) -> Option<ClusterState> {
+        let mut next = self.clone();
+        let alive = |id: &String| live.contains(id);
+        for p in 0..next.replicas.len() {
+            let pu = p as u16;
+            let old = &self.replicas[p];
+            let mut primary = next.owners[p].clone();
+            let mut backups: Vec<String> = old.backups.clone();
+            if !alive(&primary) {
+                let best = backups
+                    .iter()
+                    .filter(|b| alive(b))
+                    .filter_map(|b| positions.get(&(pu, b.clone())).map(|pos| (*pos, b)))
+                    .max_by(|(a, x), (b, y)| a.cmp(b).then(y.cmp(x)))
+                    .map(|(_, b)| b.clone());
+                if let Some(b) = best {
+                    backups.retain(|x| *x != b);
+                    primary = b;
+                }
+            }
+            backups.retain(|b| {
+                alive(b)
+                    && !lagging
+                        .iter()
+                        .any(|(q, e, n)| *q == pu && *e == old.epoch && n == b)
+            });
+            let mut learners: Vec<String> = old
+                .learners
+                .iter()
+                .filter(|l| alive(l) && **l != primary)
+                .cloned()
+                .collect();
+            for (q, e, n) in ready {
+                if *q == pu && *e == old.epoch && learners.contains(n) && *n != primary {
+                    learners.retain(|l| l != n);
+                    backups.push(n.clone());
+                }
+            }
+            let changed = primary != self.owners[p] || backups != old.backups;
+            let r = &mut next.replicas[p];
+            r.backups = backups;
+            r.learners = learners;
+            if changed {
+                r.epoch += 1;
+            }
+            next.owners[p] = primary;
+        }
+        // Learners for partitions short of copies: load is copies held, primary included.
+        let targets: Vec<&String> = live.iter().filter(|m| !self.leaving.contains(m)).collect();
+        let mut load: BTreeMap<&String, usize> = targets.iter().map(|t| (*t, 0)).collect();
+        for p in 0..next.replicas.len() {
+            let r = &next.replicas[p];
+            for n in std::iter::once(&next.owners[p])
+                .chain(&r.backups)
+                .chain(&r.learners)
+            {
+                if let Some(c) = load.get_mut(n) {
+                    *c += 1;
+                }
+            }
+        }
+        for p in 0..next.replicas.len() {
+            loop {
+                let r = &next.replicas[p];
+                let held: Vec<&String> = std::iter::once(&next.owners[p])
+                    .chain(&r.backups)
+                    .chain(&r.learners)
+                    .collect();
+                if held.len() >= replication_factor {
+                    break;
+                }
+                let Some(pick) = load
+                    .iter()
+                    .filter(|(n, _)| !held.contains(n))
+                    .min_by_key(|(n, c)| (**c, (**n).clone()))
+                    .map(|(n, _)| (*n).clone())
+                else {
+                    break;
+                };
+                if let Some(c) = load.get_mut(&pick) {
+                    *c += 1;
+                }
+                next.replicas[p].learners.push(pick);
+            }
+        }
+        if next == *self {
+            None
+        } else {
+            next.version += 1;
+            Some(next)
+        }
+    }
+
     /// The state after `leader` wins an election: a new epoch, the same owners.
     pub fn next_epoch(&self, leader: &str) -> ClusterState {
         let mut s = self.clone();
@@ -383,5 +516,64 @@ mod tests {
         assert_eq!((one.part_epoch(3), one.under_replicated(1)), (0, 0));
         // A replicated cluster plans no moves (yet) even when a node joins.
         assert_eq!(s.plan(&ids(&["a", "b", "c", "d", "e"])), None);
+    }
+
+    #[test]
+    fn reconfiguration_promotes_the_backup_with_most_writes_and_refills_copies() {
+        let s = ClusterState::initial("a", &[m("a"), m("b"), m("c")], 3, 3);
+        let none = BTreeMap::new();
+        let all = ids(&["a", "b", "c"]);
+        assert_eq!(
+            s.reconfigure(&all, &none, &[], &[], 3),
+            None,
+            "nothing to do"
+        );
+        // Partition 0: primary a, backups b, c. a dies.
+        let live = ids(&["b", "c"]);
+        assert_eq!(s.orphaned(&live).len(), 1);
+        assert_eq!(s.orphaned(&live)[0], (0, ids(&["b", "c"])));
+        // Nobody answered: partition 0 waits; a leaves the other configurations.
+        let n = s.reconfigure(&live, &none, &[], &[], 3).unwrap();
+        assert_eq!(n.owners[0], "a");
+        assert_eq!(n.part_epoch(0), 1);
+        assert!(n
+            .replicas
+            .iter()
+            .all(|r| !r.backups.contains(&"a".to_string())));
+        assert_eq!(n.part_epoch(1), 2, "a left partition 1's configuration");
+        // c has the most writes (a later epoch beats a higher number).
+        let mut pos = BTreeMap::new();
+        pos.insert((0, "b".to_string()), (1, 9));
+        pos.insert((0, "c".to_string()), (2, 4));
+        let n = s.reconfigure(&live, &pos, &[], &[], 3).unwrap();
+        assert_eq!(
+            (n.owners[0].as_str(), n.backups(0)),
+            ("c", &ids(&["b"])[..])
+        );
+        assert_eq!(n.part_epoch(0), 2);
+        assert_eq!(n.under_replicated(3), 3, "two live nodes for three copies");
+        // A lagging backup of the current epoch leaves; one of an older epoch does not.
+        let n2 = n.reconfigure(&live, &none, &[(0, 1, "b".into())], &[], 3);
+        assert!(n2.is_none());
+        let n2 = n
+            .reconfigure(&live, &none, &[(0, 2, "b".into())], &[], 3)
+            .unwrap();
+        assert!(n2.backups(0).is_empty());
+        // A new node comes: it becomes a learner of every partition short of a copy, and a
+        // backup once its primary reports it ready.
+        let live = ids(&["b", "c", "d"]);
+        let n3 = n.reconfigure(&live, &none, &[], &[], 3).unwrap();
+        assert!(n3.replicas.iter().all(|r| r.learners == ids(&["d"])));
+        assert_eq!(
+            n3.part_epoch(0),
+            2,
+            "a learner is not a change of configuration"
+        );
+        let n4 = n3
+            .reconfigure(&live, &none, &[], &[(0, 2, "d".into())], 3)
+            .unwrap();
+        assert_eq!(n4.backups(0), &ids(&["b", "d"])[..]);
+        assert_eq!(n4.part_epoch(0), 3);
+        assert_eq!(n4.under_replicated(3), 2);
     }
 }

@@ -119,6 +119,8 @@ pub(super) struct Net<N = Vec<Node>> {
     /// Nodes whose coordinator session lags: [`run`](Self::run) leaves the events the
     /// coordinator has for them queued (they can still be delivered one by one).
     pub(super) held: BTreeSet<usize>,
+    /// Nodes that are gone (crashed, cut off): messages to and from them are dropped.
+    pub(super) down: BTreeSet<usize>,
     /// Printed before each output line: indented under the item being done.
     indent: &'static str,
     /// Partitions of the nodes this net creates.
@@ -237,6 +239,7 @@ impl<N: AsRef<[Node]> + AsMut<[Node]>> Net<N> {
             mode,
             log: Vec::new(),
             held: BTreeSet::new(),
+            down: BTreeSet::new(),
             indent: "",
             partitions: 16,
             replication: (1, 1),
@@ -364,6 +367,8 @@ impl<N: AsRef<[Node]> + AsMut<[Node]>> Net<N> {
     /// a persist or background work and reports its end to the node.
     pub(super) fn process(&mut self, w: Work) {
         match w {
+            Work::Peer { from, to, .. } if self.down.contains(&from) || self.down.contains(&to) => {
+            }
             Work::Peer { from, to, message } => {
                 self.head(|net| {
                     format!(
@@ -469,7 +474,9 @@ impl<N: AsRef<[Node]> + AsMut<[Node]>> Net<N> {
 
     /// A node whose deadline is due (a driver would wake it with `Timeout`).
     fn due(&self) -> Option<usize> {
-        (0..self.len()).find(|&i| self.node(i).next_deadline().is_some_and(|d| d <= self.now))
+        (0..self.len()).find(|&i| {
+            !self.down.contains(&i) && self.node(i).next_deadline().is_some_and(|d| d <= self.now)
+        })
     }
 
     /// Gives node `i` a `Timeout` because its deadline is due.
@@ -845,6 +852,20 @@ pub(super) fn show_message(m: &PeerMessage) -> String {
             applied,
             gap,
         } => format!("ReplicaAck{{p={partition} epoch={epoch} applied={applied} gap={gap}}}"),
+        PeerMessage::PositionQuery { id, partitions } => {
+            format!("PositionQuery{{id={id} parts={partitions:?}}}")
+        }
+        PeerMessage::Positions { id, items } => format!("Positions{{id={id} {items:?}}}"),
+        PeerMessage::ReplicaLagging {
+            partition,
+            epoch,
+            node,
+        } => format!("ReplicaLagging{{p={partition} epoch={epoch} node={node}}}"),
+        PeerMessage::LearnerReady {
+            partition,
+            epoch,
+            node,
+        } => format!("LearnerReady{{p={partition} epoch={epoch} node={node}}}"),
     }
 }
 

@@ -6,7 +6,7 @@
 //! changes nothing; a node steps down the moment it loses the coordinator (`Disconnected`), not
 //! at the later `Expired`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Node, Output};
 use crate::cluster::{ClusterState, CoordCommand, CoordEvent};
@@ -42,7 +42,27 @@ pub struct LeaderDuty {
     /// state the last write of them was made against (written once per state seen).
     to_leave: BTreeSet<String>,
     leave_written_at: Option<i64>,
+    /// Asking backups where their logs end, before promoting one (a primary is gone).
+    probe: Option<Probe>,
+    /// What primaries reported (partition, epoch, node): backups lagging, learners ready.
+    lagging: BTreeSet<(u16, u64, String)>,
+    ready: BTreeSet<(u16, u64, String)>,
 }
+
+/// A leader's question to the live backups of partitions whose primary is gone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Probe {
+    id: u64,
+    /// Nodes that have not answered yet.
+    asked: BTreeSet<String>,
+    /// (partition, node) → (epoch, number) of its last entry.
+    positions: BTreeMap<(u16, String), (u64, u64)>,
+    /// When the leader decides with the answers it has.
+    deadline: u64,
+}
+
+/// How long a leader waits for backups to say where their logs end.
+pub(crate) const PROBE_MS: u64 = 1_000;
 
 impl Leadership {
     /// A leader that has just won (or a cluster of one).
@@ -130,6 +150,14 @@ impl Leadership {
         }
     }
 
+    /// When a leader's question to backups times out, if one is out.
+    pub(crate) fn deadline(&self) -> Option<u64> {
+        match self {
+            Leadership::Leader(d) => d.probe.as_ref().map(|p| p.deadline),
+            _ => None,
+        }
+    }
+
     /// What must hold: a claim is only in flight after a state was seen on this connection.
     pub(crate) fn check(&self) -> Result<(), String> {
         match self {
@@ -175,7 +203,7 @@ impl Node {
     /// The leader's duties, after every input: write nodes asked to leave, then plan moves
     /// when something changed; a candidate claims the next epoch (creating the partition map
     /// if the cluster is new). Every write is conditional on the stamp last seen.
-    pub(crate) fn lead(&mut self, out: &mut Vec<Output>) {
+    pub(crate) fn lead(&mut self, now: u64, out: &mut Vec<Output>) {
         let stamp = self.view.stamp;
         let Some(state) = &self.view.state else {
             return self.claim(out);
@@ -191,10 +219,63 @@ impl Node {
             next.leaving.extend(duty.to_leave.iter().cloned());
             duty.leave_written_at = Some(stamp);
             Some(next)
-        } else if std::mem::take(&mut duty.plan_due) {
-            // Rebalance: start or abort moves as membership requires.
+        } else if duty
+            .probe
+            .as_ref()
+            .is_some_and(|p| p.asked.is_empty() || now >= p.deadline)
+        {
+            // Every backup asked has answered (or the time is up): promote.
+            let probe = duty.probe.take().unwrap_or_default();
             let live: Vec<String> = self.view.members.iter().map(|m| m.id.clone()).collect();
-            state.plan(&live)
+            let lagging: Vec<_> = std::mem::take(&mut duty.lagging).into_iter().collect();
+            let ready: Vec<_> = std::mem::take(&mut duty.ready).into_iter().collect();
+            let rf = self.cfg.replication_factor;
+            state.reconfigure(&live, &probe.positions, &lagging, &ready, rf)
+        } else if duty.probe.is_some() {
+            None
+        } else if std::mem::take(&mut duty.plan_due) {
+            let live: Vec<String> = self.view.members.iter().map(|m| m.id.clone()).collect();
+            if state.replicas.is_empty() {
+                // Rebalance: start or abort moves as membership requires.
+                state.plan(&live)
+            } else {
+                let orphaned = state.orphaned(&live);
+                if orphaned.is_empty() {
+                    let lagging: Vec<_> = std::mem::take(&mut duty.lagging).into_iter().collect();
+                    let ready: Vec<_> = std::mem::take(&mut duty.ready).into_iter().collect();
+                    let rf = self.cfg.replication_factor;
+                    state.reconfigure(&live, &BTreeMap::new(), &lagging, &ready, rf)
+                } else {
+                    // Ask the live backups of each where their logs end.
+                    let id = self.fwd.next_id;
+                    self.fwd.next_id += 1;
+                    let mut per_node: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+                    for (p, cands) in orphaned {
+                        for c in cands {
+                            per_node.entry(c).or_default().push(p);
+                        }
+                    }
+                    duty.probe = Some(Probe {
+                        id,
+                        asked: per_node.keys().cloned().collect(),
+                        positions: BTreeMap::new(),
+                        deadline: now + PROBE_MS,
+                    });
+                    let me = self.cfg.node_id.clone();
+                    for (to, partitions) in per_node {
+                        if to == me {
+                            let items = self.positions_of(&partitions);
+                            self.on_positions(&me, id, items);
+                        } else {
+                            out.push(Output::Send {
+                                to,
+                                message: PeerMessage::PositionQuery { id, partitions },
+                            });
+                        }
+                    }
+                    return;
+                }
+            }
         } else {
             None
         };
@@ -276,6 +357,36 @@ impl Node {
     pub(crate) fn decommission(&mut self, node: String) {
         if let Leadership::Leader(d) = &mut self.lead {
             d.to_leave.insert(node);
+        }
+    }
+
+    /// A backup's answer to the leader's question: where its logs end.
+    pub(crate) fn on_positions(&mut self, from: &str, id: u64, items: Vec<(u16, u64, u64, u64)>) {
+        let Leadership::Leader(d) = &mut self.lead else {
+            return;
+        };
+        let Some(probe) = d.probe.as_mut().filter(|p| p.id == id) else {
+            return;
+        };
+        probe.asked.remove(from);
+        for (p, _epoch, lsn, lsn_epoch) in items {
+            probe
+                .positions
+                .insert((p, from.to_string()), (lsn_epoch, lsn));
+        }
+    }
+
+    /// A primary's report to the leader: a backup lagging, or a learner ready.
+    pub(crate) fn on_replica_report(&mut self, lagging: bool, p: u16, epoch: u64, node: String) {
+        if let Leadership::Leader(d) = &mut self.lead {
+            let set = if lagging {
+                &mut d.lagging
+            } else {
+                &mut d.ready
+            };
+            if set.insert((p, epoch, node)) {
+                d.plan_due = true;
+            }
         }
     }
 

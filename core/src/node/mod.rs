@@ -481,6 +481,24 @@ impl Node {
                 applied,
                 gap,
             } => self.on_replica_ack(now, from, partition, epoch, applied, gap, out),
+            PeerMessage::PositionQuery { id, partitions } => {
+                let items = self.positions_of(&partitions);
+                out.push(Output::Send {
+                    to: from,
+                    message: PeerMessage::Positions { id, items },
+                });
+            }
+            PeerMessage::Positions { id, items } => self.on_positions(&from, id, items),
+            PeerMessage::ReplicaLagging {
+                partition,
+                epoch,
+                node,
+            } => self.on_replica_report(true, partition, epoch, node),
+            PeerMessage::LearnerReady {
+                partition,
+                epoch,
+                node,
+            } => self.on_replica_report(false, partition, epoch, node),
         }
     }
 

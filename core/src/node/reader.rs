@@ -126,8 +126,10 @@ impl Reader {
         let mut found = self.db.get_versioned(&ikey);
         // Checked after the engine read: a write the read saw is either still dirty now (and
         // the committed value is answered instead) or committed.
-        if let Committed::Value(before) = self.dirty.lookup(&ikey) {
-            found = Ok(before);
+        match self.dirty.lookup(&ikey) {
+            Committed::Engine => {}
+            Committed::Value(before) => found = Ok(before),
+            Committed::Unknown => return Err(catching_up()),
         }
         match found {
             Ok(Some((seq, raw))) => {
@@ -178,10 +180,13 @@ impl Reader {
                 )
                 .map_err(engine_err)?;
             // Read after the snapshot: see `get`.
-            let dirty = self.dirty.range(
-                lo.as_ref().map(Vec::as_slice),
-                hi.as_ref().map(Vec::as_slice),
-            );
+            let dirty = self
+                .dirty
+                .range(
+                    lo.as_ref().map(Vec::as_slice),
+                    hi.as_ref().map(Vec::as_slice),
+                )
+                .map_err(|()| catching_up())?;
             iters.push(VersionedScan {
                 it,
                 dirty: dirty.into(),
@@ -231,6 +236,14 @@ impl Reader {
 }
 /// One partition's engine scan with the committed values of its dirty keys in place of what
 /// the engine holds for them (both in key order; merged).
+/// A read of a key a new primary inherited an uncommitted write of.
+fn catching_up() -> Response {
+    err(
+        ErrorKind::Unavailable,
+        "this partition's new primary is still committing what it took over; try again",
+    )
+}
+
 struct VersionedScan {
     it: DbIter,
     dirty: std::collections::VecDeque<(Vec<u8>, Before)>,

@@ -36,6 +36,11 @@ use crate::proto::{err, ErrorKind, Response};
 /// How often a primary sends a replica that is behind what it is missing (or, with nothing
 /// heard from it yet, an empty `Replicate` that asks where it is).
 pub(crate) const RESEND_MS: u64 = 500;
+/// A backup that has not caught up for this long is reported to the leader, which removes it
+/// from the configuration (writes wait for it until then).
+pub(crate) const LAG_TIMEOUT_MS: u64 = 2_000;
+/// How often a primary repeats a report to the leader that the state does not show yet.
+const REPORT_EVERY_MS: u64 = 1_000;
 /// How often a primary looks for replicas that are behind.
 const CHECK_MS: u64 = 100;
 /// At most this many entries in one `Replicate` sent from the log.
@@ -50,7 +55,18 @@ pub(crate) struct Dirty {
     len: AtomicUsize,
     /// Engine key → (the newest uncommitted entry that wrote it, the committed stored value
     /// and its engine sequence number, `None` if the key was absent).
-    map: Mutex<BTreeMap<Vec<u8>, (u64, Before)>>,
+    map: Mutex<BTreeMap<Vec<u8>, DirtyKey>>,
+}
+
+/// A dirty key: the newest uncommitted entry that wrote it, its committed value, and whether
+/// that value is known. A new primary's inherited entries may have been committed by the
+/// primary before it (their answers may have left): until it commits them itself, a read of
+/// such a key cannot be answered either way.
+#[derive(Clone, Debug)]
+struct DirtyKey {
+    lsn: u64,
+    before: Before,
+    inherited: bool,
 }
 
 /// A key's committed stored value and its engine sequence number (`None`: absent).
@@ -62,6 +78,8 @@ pub(crate) enum Committed {
     Engine,
     /// The committed value (`None`: absent).
     Value(Before),
+    /// Not known yet (a new primary still committing what it inherited): ask again soon.
+    Unknown,
 }
 
 impl Dirty {
@@ -70,20 +88,32 @@ impl Dirty {
             return Committed::Engine;
         }
         match self.map.lock().get(ikey) {
-            Some((_, before)) => Committed::Value(before.clone()),
+            Some(d) if d.inherited => Committed::Unknown,
+            Some(d) => Committed::Value(d.before.clone()),
             None => Committed::Engine,
         }
     }
 
-    /// The dirty keys in `[lo, hi)` with their committed values, in key order.
-    pub(crate) fn range(&self, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> Vec<(Vec<u8>, Before)> {
+    /// The dirty keys in `[lo, hi)` with their committed values, in key order; `Err` if one
+    /// of them is not known yet.
+    pub(crate) fn range(
+        &self,
+        lo: Bound<&[u8]>,
+        hi: Bound<&[u8]>,
+    ) -> Result<Vec<(Vec<u8>, Before)>, ()> {
         if self.len.load(Ordering::Acquire) == 0 {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         self.map
             .lock()
             .range::<[u8], _>((lo, hi))
-            .map(|(k, (_, before))| (k.clone(), before.clone()))
+            .map(|(k, d)| {
+                if d.inherited {
+                    Err(())
+                } else {
+                    Ok((k.clone(), d.before.clone()))
+                }
+            })
             .collect()
     }
 
@@ -92,15 +122,26 @@ impl Dirty {
     fn insert(&self, ikey: Vec<u8>, lsn: u64, before: Before) {
         let mut m = self.map.lock();
         m.entry(ikey)
-            .and_modify(|e| e.0 = lsn)
-            .or_insert((lsn, before));
+            .and_modify(|e| e.lsn = lsn)
+            .or_insert(DirtyKey {
+                lsn,
+                before,
+                inherited: false,
+            });
         self.len.store(m.len(), Ordering::Release);
     }
 
-    /// Sets `ikey`'s entry outright (a new primary marking its uncommitted tail).
-    fn force(&self, ikey: Vec<u8>, lsn: u64, before: Before) {
+    /// Marks `ikey` written by an inherited entry up to `lsn` (a new primary's tail).
+    fn inherit(&self, ikey: Vec<u8>, lsn: u64) {
         let mut m = self.map.lock();
-        m.insert(ikey, (lsn, before));
+        m.insert(
+            ikey,
+            DirtyKey {
+                lsn,
+                before: None,
+                inherited: true,
+            },
+        );
         self.len.store(m.len(), Ordering::Release);
     }
 
@@ -114,7 +155,7 @@ impl Dirty {
         let keys: Vec<Vec<u8>> = m
             .range(lo.clone()..)
             .take_while(|(k, _)| k.starts_with(&lo))
-            .filter(|(_, (l, _))| *l <= lsn)
+            .filter(|(_, d)| d.lsn <= lsn)
             .map(|(k, _)| k.clone())
             .collect();
         for k in keys {
@@ -141,6 +182,13 @@ pub(crate) struct PartRepl {
     sent: BTreeMap<String, (u64, u64)>,
     /// As primary: answers durable here, waiting for their entry to commit, in `lsn` order.
     pending: VecDeque<(u64, Target, Response)>,
+    /// As primary: per replica, since when it has been behind without progress.
+    behind_since: BTreeMap<String, u64>,
+    /// As primary: learners that had every entry, waited for from then on (and reported
+    /// ready to the leader), and when that report was last sent.
+    counting: BTreeMap<String, u64>,
+    /// As primary: when each lagging backup was last reported to the leader.
+    reported: BTreeMap<String, u64>,
 }
 
 /// Every partition's replication state.
@@ -486,11 +534,12 @@ impl Node {
     /// by every backup, and sends the answers it covers.
     fn advance_commit(&mut self, p: u16, out: &mut Vec<Output>) {
         let me = self.cfg.node_id.clone();
-        let backups: Vec<String> = self
+        let (backups, learners): (Vec<String>, Vec<String>) = self
             .view
             .state
             .as_ref()
-            .map(|s| s.backups(p).iter().filter(|b| **b != me).cloned().collect())
+            .and_then(|s| s.part(p))
+            .map(|r| (r.backups.clone(), r.learners.clone()))
             .unwrap_or_default();
         let Some(part) = self.repl.parts.get_mut(&p) else {
             return;
@@ -498,6 +547,14 @@ impl Node {
         if !part.primary {
             return;
         }
+        // Learners reported ready count from the report on (until the state makes them
+        // backups, or drops them).
+        part.counting.retain(|l, _| learners.contains(l));
+        let backups: Vec<String> = backups
+            .into_iter()
+            .chain(part.counting.keys().cloned())
+            .filter(|b| *b != me)
+            .collect();
         let mut point = part.local_durable;
         for b in &backups {
             point = point.min(part.acked.get(b).copied().unwrap_or(0));
@@ -674,6 +731,9 @@ impl Node {
             return;
         }
         let acked = part.acked.entry(from.clone()).or_insert(0);
+        if applied > *acked || applied >= last {
+            part.behind_since.remove(&from);
+        }
         *acked = (*acked).max(applied);
         let sent = part.sent.get(&from).map(|(s, _)| *s);
         if sent.is_none_or(|s| s <= applied) {
@@ -753,17 +813,28 @@ impl Node {
             }
         }
         self.repl.next_check = 0;
+        // The configuration may have shrunk: answers waiting for a removed backup can go.
+        let mine: Vec<u16> = self
+            .repl
+            .parts
+            .iter()
+            .filter(|(_, x)| x.primary)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in mine {
+            self.advance_commit(p, out);
+        }
     }
 
     fn become_primary(&mut self, p: u16, out: &mut Vec<Output>) {
         let pos = self.repl.position(p);
-        // Entries after the known commit point may be lost yet (this node's own, from before
-        // a restart, or an old primary's it received): readers see the values before them.
-        for lsn in (pos.commit + 1..=pos.lsn).rev() {
+        // Entries after the known commit point (this node's own, from before a restart, or an
+        // old primary's it received) may or may not have been acknowledged: their keys answer
+        // no read until this primary has committed them.
+        for lsn in pos.commit + 1..=pos.lsn {
             if let Some((_, ops)) = self.log_entry(p, lsn) {
-                for (k, _, before) in ops {
-                    // Newest first: the oldest entry's before-image ends up in the map.
-                    self.repl.dirty.force(k, pos.lsn, before.map(|b| (0, b)));
+                for (k, _, _) in ops {
+                    self.repl.dirty.inherit(k, pos.lsn);
                 }
             }
         }
@@ -820,6 +891,7 @@ impl Node {
             .map(|(p, _)| *p)
             .collect();
         for p in mine {
+            self.report_replicas(now, p, out);
             for to in self.replicas_of(p) {
                 let part = self.repl.parts.entry(p).or_default();
                 let behind = part.acked.get(&to).is_none_or(|a| *a < part.pos.lsn);
@@ -836,6 +908,92 @@ impl Node {
                 self.send_from_log(now, p, &to, out);
             }
         }
+    }
+
+    /// As primary of `p`: backups behind for [`LAG_TIMEOUT_MS`] are reported lagging, and
+    /// learners that have every entry are counted from now on and reported ready (each
+    /// report repeated every [`REPORT_EVERY_MS`] until the state shows it).
+    fn report_replicas(&mut self, now: u64, p: u16, out: &mut Vec<Output>) {
+        let Some((epoch, backups, learners)) = self.view.state.as_ref().and_then(|s| {
+            s.part(p)
+                .map(|r| (r.epoch, r.backups.clone(), r.learners.clone()))
+        }) else {
+            return;
+        };
+        let mut reports = Vec::new();
+        let Some(part) = self.repl.parts.get_mut(&p) else {
+            return;
+        };
+        let last = part.pos.lsn;
+        for b in &backups {
+            let behind = part.acked.get(b).is_none_or(|a| *a < last);
+            if !behind {
+                part.behind_since.remove(b);
+                continue;
+            }
+            let since = *part.behind_since.entry(b.clone()).or_insert(now);
+            let due = part
+                .reported
+                .get(b)
+                .is_none_or(|at| now >= at + REPORT_EVERY_MS);
+            if now >= since + LAG_TIMEOUT_MS && due {
+                part.reported.insert(b.clone(), now);
+                reports.push((true, b.clone()));
+            }
+        }
+        for l in &learners {
+            let caught_up = part.acked.get(l).is_some_and(|a| *a >= last);
+            let due = match part.counting.get(l) {
+                Some(at) => now >= at + REPORT_EVERY_MS,
+                None => caught_up,
+            };
+            if due {
+                part.counting.insert(l.clone(), now);
+                reports.push((false, l.clone()));
+            }
+        }
+        for (lagging, node) in reports {
+            self.report(lagging, p, epoch, node, out);
+        }
+    }
+
+    /// Where this node's logs of `partitions` end: (partition, accepted epoch, last entry,
+    /// its epoch).
+    pub(crate) fn positions_of(&self, partitions: &[u16]) -> Vec<(u16, u64, u64, u64)> {
+        partitions
+            .iter()
+            .map(|p| {
+                let pos = self.repl.position(*p);
+                (*p, pos.epoch, pos.lsn, pos.lsn_epoch)
+            })
+            .collect()
+    }
+
+    /// Tells the leader (which may be this node) about a replica of partition `p`.
+    fn report(&mut self, lagging: bool, p: u16, epoch: u64, node: String, out: &mut Vec<Output>) {
+        let Some(leader) = self.view.state.as_ref().map(|s| s.leader.clone()) else {
+            return;
+        };
+        if leader == self.cfg.node_id {
+            return self.on_replica_report(lagging, p, epoch, node);
+        }
+        let message = if lagging {
+            PeerMessage::ReplicaLagging {
+                partition: p,
+                epoch,
+                node,
+            }
+        } else {
+            PeerMessage::LearnerReady {
+                partition: p,
+                epoch,
+                node,
+            }
+        };
+        out.push(Output::Send {
+            to: leader,
+            message,
+        });
     }
 
     /// The connection to `peer` broke: what was sent to it since its last acknowledgement

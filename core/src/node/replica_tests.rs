@@ -432,3 +432,116 @@ fn a_new_primary_makes_a_replica_undo_what_only_the_old_primary_sent_and_no_more
         other => panic!("{other:?}"),
     }
 }
+
+/// A key whose partition's primary is not node 0 (the leader), and that primary.
+fn key_not_led_by_the_leader(net: &Net) -> (String, usize, Vec<usize>) {
+    (0..1000)
+        .map(|i| format!("f{i}"))
+        .find_map(|k| {
+            let (primary, backups) = copies_of(net, &k);
+            (primary != 0).then_some((k, primary, backups))
+        })
+        .expect("a partition some other node leads")
+}
+
+/// Node `i` is gone: its messages are dropped and the others see it leave the members.
+fn lose(net: &mut Net, i: usize) {
+    net.down.insert(i);
+    let members: Vec<_> = net
+        .members()
+        .into_iter()
+        .filter(|m| m.id != net.name(i))
+        .collect();
+    for j in 0..net.len() {
+        if j != i {
+            net.input(j, Input::Coordinator(CoordEvent::Members(members.clone())));
+        }
+    }
+}
+
+#[test]
+fn when_a_primary_is_gone_the_leader_promotes_a_backup_and_no_acknowledged_write_is_lost() {
+    let mut net = three_copies();
+    let (key, primary, backups) = key_not_led_by_the_leader(&net);
+    let p = net.nodes[0].partition_of(key.as_bytes());
+    for (i, v) in ["1", "2", "3"].iter().enumerate() {
+        let r = net.call(i % 3, 10 + i as u64, put(&key, v));
+        assert!(matches!(r, Response::Written { .. }), "{r:?}");
+    }
+    lose(&mut net, primary);
+    let view = net.nodes[0].cluster();
+    let new_primary = view.owners[usize::from(p)].clone();
+    assert!(
+        backups.iter().any(|b| net.name(*b) == new_primary),
+        "{new_primary}"
+    );
+    let r = &view.replicas[usize::from(p)];
+    assert_eq!(r.epoch, 2, "a new epoch for the new primary");
+    assert_eq!(
+        r.backups.len(),
+        1,
+        "the other backup stays, the lost node leaves"
+    );
+    assert_eq!(
+        view.under_replicated, 8,
+        "every partition is short of the lost copy"
+    );
+    // Every acknowledged write is there, through either live node; writes go on.
+    for via in backups.iter().copied() {
+        match net.call(via, 20 + via as u64, get(&key)) {
+            Response::Value { value, .. } => assert_eq!(value, b"3"),
+            other => panic!("{other:?}"),
+        }
+    }
+    let r = net.call(backups[0], 30, put(&key, "4"));
+    assert!(matches!(r, Response::Written { .. }), "{r:?}");
+    for via in backups.iter().copied() {
+        assert!(holds(&net, via, &key, "4"));
+    }
+}
+
+#[test]
+fn a_backup_that_stops_answering_is_removed_before_writes_go_on_without_it() {
+    let mut net = three_copies();
+    let (key, primary, backups) = key_not_led_by_the_leader(&net);
+    let p = net.nodes[0].partition_of(key.as_bytes());
+    // The backup that is not the leader stops answering but stays a member.
+    let Some(&silent) = backups.iter().find(|b| **b != 0) else {
+        panic!("a backup other than the leader");
+    };
+    net.down.insert(silent);
+    net.deliver(
+        primary,
+        Input::Client {
+            id: 1,
+            request: put(&key, "v"),
+        },
+    );
+    net.run();
+    assert!(
+        !net.replies.iter().any(|(_, id, _)| *id == 1),
+        "answered without the backup"
+    );
+    let epoch = net.nodes[0].cluster().replicas[usize::from(p)].epoch;
+    // Time passes: the primary reports it, the leader removes it, the write is answered.
+    for _ in 0..40 {
+        net.now += 100;
+        for i in 0..3 {
+            if i != silent {
+                net.input(i, Input::Timeout);
+            }
+        }
+    }
+    let (_, _, reply) = net
+        .replies
+        .iter()
+        .find(|(_, id, _)| *id == 1)
+        .expect("answered once the backup left the configuration");
+    assert!(matches!(reply, Response::Written { .. }), "{reply:?}");
+    let view = net.nodes[primary].cluster();
+    let r = &view.replicas[usize::from(p)];
+    assert!(!r.backups.contains(&net.name(silent)), "{r:?}");
+    assert_eq!(r.epoch, epoch + 1);
+    // It is live, so it is taken back as a learner.
+    assert!(r.learners.contains(&net.name(silent)), "{r:?}");
+}

@@ -24,7 +24,8 @@ impl Node {
         // Cleanup runs a chunk per call: come back at once while any is left.
         let cleanup = (!self.ho.cleanup.is_empty()).then_some(0);
         let resend = self.replication_deadline();
-        [persist, forward, parked, moves, cleanup, resend]
+        let probe = self.lead.deadline();
+        [persist, forward, parked, moves, cleanup, resend, probe]
             .into_iter()
             .flatten()
             .min()
@@ -46,6 +47,6 @@ impl Node {
             self.retry_parked(now, false, out);
         }
         self.handoff_tick(now, out);
-        self.lead(out);
+        self.lead(now, out);
     }
 }

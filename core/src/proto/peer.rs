@@ -26,7 +26,7 @@ pub const MAX_FRAME: usize = 64 << 20;
 pub const FRAME_HEADER: usize = 8;
 /// The peer protocol's version, sent in every `Hello`. 1: no version in `Hello`, four error
 /// kinds; 2: a versioned `Hello` (tag 13), ten error kinds; 3: replication (`Replicate`,
-/// `ReplicaAck`).
+/// `ReplicaAck`, `PositionQuery`, `Positions`, `ReplicaLagging`, `LearnerReady`).
 pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The tag bytes of the peer protocol, by what they stand for. A payload starts with a message
@@ -50,6 +50,10 @@ pub mod tag {
     pub const HELLO: u8 = 13;
     pub const REPLICATE: u8 = 14;
     pub const REPLICA_ACK: u8 = 15;
+    pub const POSITION_QUERY: u8 = 16;
+    pub const POSITIONS: u8 = 17;
+    pub const REPLICA_LAGGING: u8 = 18;
+    pub const LEARNER_READY: u8 = 19;
     // Requests (inside `Forward`).
     pub const GET: u8 = 1;
     pub const PUT: u8 = 2;
@@ -188,6 +192,29 @@ pub enum PeerMessage {
         applied: u64,
         gap: bool,
     },
+    /// Leader → replica: where do your logs of `partitions` end? (to promote the copy with
+    /// the most writes when a primary is gone)
+    PositionQuery { id: u64, partitions: Vec<u16> },
+    /// Replica → leader: per partition, the highest epoch accepted, the last entry and its
+    /// epoch.
+    Positions {
+        id: u64,
+        items: Vec<(u16, u64, u64, u64)>,
+    },
+    /// Primary → leader: backup `node` of `partition` has not acknowledged for too long;
+    /// remove it from the configuration of `epoch` (writes wait until that is written).
+    ReplicaLagging {
+        partition: u16,
+        epoch: u64,
+        node: String,
+    },
+    /// Primary → leader: learner `node` of `partition` has every entry (and the primary waits
+    /// for it from now on); make it a backup.
+    LearnerReady {
+        partition: u16,
+        epoch: u64,
+        node: String,
+    },
 }
 
 /// Why a frame did not decode.
@@ -297,6 +324,34 @@ pub fn decode_message(payload: &[u8]) -> Result<PeerMessage, ProtocolError> {
         },
         tag::DECOMMISSION => PeerMessage::Decommission { node: r.string()? },
         tag::REPLICATE => r.replicate()?,
+        tag::POSITION_QUERY => {
+            let id = r.u64()?;
+            let n = r.count(2)?;
+            let mut partitions = Vec::with_capacity(n);
+            for _ in 0..n {
+                partitions.push(r.u16()?);
+            }
+            PeerMessage::PositionQuery { id, partitions }
+        }
+        tag::POSITIONS => {
+            let id = r.u64()?;
+            let n = r.count(26)?;
+            let mut items = Vec::with_capacity(n);
+            for _ in 0..n {
+                items.push((r.u16()?, r.u64()?, r.u64()?, r.u64()?));
+            }
+            PeerMessage::Positions { id, items }
+        }
+        tag::REPLICA_LAGGING => PeerMessage::ReplicaLagging {
+            partition: r.u16()?,
+            epoch: r.u64()?,
+            node: r.string()?,
+        },
+        tag::LEARNER_READY => PeerMessage::LearnerReady {
+            partition: r.u16()?,
+            epoch: r.u64()?,
+            node: r.string()?,
+        },
         tag::REPLICA_ACK => PeerMessage::ReplicaAck {
             partition: r.u16()?,
             epoch: r.u64()?,
@@ -389,6 +444,36 @@ fn encode_message(msg: &PeerMessage, out: &mut Vec<u8>) {
             w.u64(*applied);
             w.u8(u8::from(*gap));
         }
+        PeerMessage::PositionQuery { id, partitions } => {
+            w.u8(tag::POSITION_QUERY);
+            w.u64(*id);
+            w.out
+                .extend_from_slice(&(partitions.len() as u32).to_le_bytes());
+            for p in partitions {
+                w.u16(*p);
+            }
+        }
+        PeerMessage::Positions { id, items } => {
+            w.u8(tag::POSITIONS);
+            w.u64(*id);
+            w.out.extend_from_slice(&(items.len() as u32).to_le_bytes());
+            for (p, epoch, lsn, lsn_epoch) in items {
+                w.u16(*p);
+                w.u64(*epoch);
+                w.u64(*lsn);
+                w.u64(*lsn_epoch);
+            }
+        }
+        PeerMessage::ReplicaLagging {
+            partition,
+            epoch,
+            node,
+        } => w.part_node(tag::REPLICA_LAGGING, *partition, *epoch, node),
+        PeerMessage::LearnerReady {
+            partition,
+            epoch,
+            node,
+        } => w.part_node(tag::LEARNER_READY, *partition, *epoch, node),
     }
 }
 
@@ -646,6 +731,12 @@ impl Writer<'_> {
     }
     fn decommission(&mut self, node: &str) {
         self.u8(tag::DECOMMISSION);
+        self.bytes(node.as_bytes());
+    }
+    fn part_node(&mut self, tag: u8, partition: u16, epoch: u64, node: &str) {
+        self.u8(tag);
+        self.u16(partition);
+        self.u64(epoch);
         self.bytes(node.as_bytes());
     }
     /// `nums`: epoch, commit, prev_lsn, prev_epoch.
@@ -942,6 +1033,24 @@ mod tests {
                 epoch: 4,
                 applied: 12,
                 gap: true,
+            },
+            PeerMessage::PositionQuery {
+                id: 3,
+                partitions: vec![0, 7, 4095],
+            },
+            PeerMessage::Positions {
+                id: 3,
+                items: vec![(7, 4, 12, 3), (0, 1, 0, 0)],
+            },
+            PeerMessage::ReplicaLagging {
+                partition: 7,
+                epoch: 4,
+                node: "n2".into(),
+            },
+            PeerMessage::LearnerReady {
+                partition: 7,
+                epoch: 4,
+                node: "n3".into(),
             },
             PeerMessage::Forward {
                 id: 9,
