@@ -53,10 +53,19 @@ pub enum Bug {
     /// A replica takes entries from a primary of an older epoch than one it already accepted:
     /// a deposed primary can still get its writes acknowledged.
     AcceptOldEpoch = 4096,
+    /// A primary answers reads without a valid lease from its backups: a deposed primary that
+    /// has not heard of its successor serves stale values.
+    ReadWithoutLease = 8192,
+    /// A primary acknowledges a write once it is durable on the primary alone, before every
+    /// backup of the configuration has it.
+    AckBeforeReplicas = 16384,
+    /// The leader promotes a replica that is not in the partition's current configuration
+    /// (a learner, or a backup removed earlier), which may lack acknowledged writes.
+    PromoteOutsideConfig = 32768,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 13] = [
+    pub const ALL: [Bug; 16] = [
         Bug::AckBeforeFsync,
         Bug::NoEpochBump,
         Bug::DropTombstoneEarly,
@@ -70,6 +79,9 @@ impl Bug {
         Bug::IncrOutsideOwner,
         Bug::TruncatePastDivergence,
         Bug::AcceptOldEpoch,
+        Bug::ReadWithoutLease,
+        Bug::AckBeforeReplicas,
+        Bug::PromoteOutsideConfig,
     ];
 }
 

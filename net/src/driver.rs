@@ -40,6 +40,8 @@ enum Msg {
 #[derive(Clone)]
 pub struct NodeHandle {
     tx: mpsc::Sender<Msg>,
+    /// The node's clock, for reads answered outside its task (leases are timed on it).
+    now_ms: fn() -> u64,
     reader: Reader,
     db: Arc<Db>,
     node_id: String,
@@ -88,7 +90,7 @@ impl NodeHandle {
     /// task (they need no ordering with other requests: they see persisted writes only); writes
     /// go through the node task.
     pub async fn call(&self, request: Request) -> Response {
-        let request = match self.reader.try_read(request) {
+        let request = match self.reader.try_read((self.now_ms)(), request) {
             Ok(response) => return response,
             Err(request) => request,
         };
@@ -241,6 +243,7 @@ pub fn spawn_with(
     let ready = Arc::new(AtomicBool::new(false));
     let handle = NodeHandle {
         tx: tx.clone(),
+        now_ms: env.now_ms,
         reader: node.reader(),
         db: node.db().clone(),
         node_id: node.config().node_id.clone(),

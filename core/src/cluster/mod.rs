@@ -283,8 +283,15 @@ impl ClusterState {
             let mut primary = next.owners[p].clone();
             let mut backups: Vec<String> = old.backups.clone();
             if !alive(&primary) {
+                let outside: &[String] = if crate::bugs::on(crate::bugs::Bug::PromoteOutsideConfig)
+                {
+                    &old.learners
+                } else {
+                    &[]
+                };
                 let best = backups
                     .iter()
+                    .chain(outside)
                     .filter(|b| alive(b))
                     .filter_map(|b| positions.get(&(pu, b.clone())).map(|pos| (*pos, b)))
                     .max_by(|(a, x), (b, y)| a.cmp(b).then(y.cmp(x)))

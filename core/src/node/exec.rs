@@ -93,7 +93,7 @@ impl Node {
         self.writing = primary;
         self.written_lsn = None;
         let result = match request {
-            Request::Get { key } => self.reader.get(&key).map(|r| (r, None)),
+            Request::Get { key } => self.reader.get(now, &key).map(|r| (r, None)),
             Request::Put { key, value, cond } => self.put(&key, &value, &cond, now, out),
             Request::Delete { key, cond } => self.delete(&key, &cond, now, out),
             Request::Scan {
@@ -103,7 +103,7 @@ impl Node {
                 limit,
             } => self
                 .reader
-                .scan(start, end, after, limit)
+                .scan(now, start, end, after, limit)
                 .map(|r| (r, None)),
             Request::Batch { ops } => self.batch(ops, now, out),
             Request::Incr { key, by } => self.incr(&key, by, now, out),

@@ -33,6 +33,7 @@ pub(crate) enum Target {
         epoch: u64,
         applied: u64,
         gap: bool,
+        lease_from: u64,
     },
     /// The answer to a request on a replicated partition this node is primary of: once
     /// durable here it still waits until entry `lsn` is on every copy in sync
@@ -69,6 +70,7 @@ pub(crate) fn respond(target: Target, response: Response, out: &mut Vec<Output>)
             epoch,
             applied,
             gap,
+            lease_from,
         } => out.push(Output::Send {
             to,
             message: PeerMessage::ReplicaAck {
@@ -76,6 +78,7 @@ pub(crate) fn respond(target: Target, response: Response, out: &mut Vec<Output>)
                 epoch,
                 applied,
                 gap,
+                lease_from,
             },
         }),
         Target::Internal | Target::Commit { .. } => {}

@@ -382,6 +382,8 @@ impl<N: AsRef<[Node]> + AsMut<[Node]>> Net<N> {
                 let from = self.name(from);
                 self.deliver(to, Input::Peer { from, message });
             }
+            Work::Coord { to, .. } if self.down.contains(&to) => {}
+            Work::WriteState { from, .. } if self.down.contains(&from) => {}
             Work::Coord { to, event } => {
                 self.head(|net| format!("coord -> {}: {}", net.name(to), show_event(&event)));
                 self.indent = "  ";
@@ -824,6 +826,7 @@ pub(super) fn show_message(m: &PeerMessage) -> String {
             commit,
             prev_lsn,
             prev_epoch,
+            sent_at: _,
             entries,
         } => {
             let entries = entries
@@ -851,6 +854,7 @@ pub(super) fn show_message(m: &PeerMessage) -> String {
             epoch,
             applied,
             gap,
+            lease_from: _,
         } => format!("ReplicaAck{{p={partition} epoch={epoch} applied={applied} gap={gap}}}"),
         PeerMessage::PositionQuery { id, partitions } => {
             format!("PositionQuery{{id={id} parts={partitions:?}}}")

@@ -286,9 +286,10 @@ impl Node {
             _ => None,
         };
         let dirty = Arc::new(replica::Dirty::default());
-        let (repl, repl_broken) = match Replication::load(&db, dirty.clone()) {
+        let leases = Arc::new(replica::Leases::new(cfg.partitions));
+        let (repl, repl_broken) = match Replication::load(&db, dirty.clone(), leases.clone()) {
             Ok(r) => (r, None),
-            Err(e) => (Replication::empty(dirty.clone()), Some(e)),
+            Err(e) => (Replication::empty(dirty.clone(), leases.clone()), Some(e)),
         };
         Node {
             reader: Reader::new(
@@ -296,6 +297,7 @@ impl Node {
                 cfg.clone(),
                 Arc::new(ArcSwap::from_pointee(Routes::default())),
                 dirty,
+                leases,
             ),
             db,
             cfg,
@@ -386,6 +388,8 @@ impl Node {
 
     /// The one door. `now` is the driver's wall clock in milliseconds since the Unix epoch.
     pub fn handle(&mut self, now: u64, input: Input, out: &mut Vec<Output>) {
+        self.repl.now = now;
+        self.repl.started_at.get_or_insert(now);
         match input {
             Input::Client { id, request } => self.route(now, id, request, None, out),
             Input::Peer { from, message } => self.on_peer(now, from, message, out),
@@ -464,6 +468,7 @@ impl Node {
                 commit,
                 prev_lsn,
                 prev_epoch,
+                sent_at,
                 entries,
             } => {
                 let r = replica::Received {
@@ -472,15 +477,26 @@ impl Node {
                     commit,
                     prev_lsn,
                     prev_epoch,
+                    sent_at,
                 };
-                self.on_replicate(from, r, entries, out)
+                self.on_replicate(now, from, r, entries, out)
             }
             PeerMessage::ReplicaAck {
                 partition,
                 epoch,
                 applied,
                 gap,
-            } => self.on_replica_ack(now, from, partition, epoch, applied, gap, out),
+                lease_from,
+            } => {
+                let ack = replica::Acked {
+                    partition,
+                    epoch,
+                    applied,
+                    gap,
+                    lease_from,
+                };
+                self.on_replica_ack(now, from, ack, out)
+            }
             PeerMessage::PositionQuery { id, partitions } => {
                 let items = self.positions_of(&partitions);
                 out.push(Output::Send {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::replica::{Before, Committed, Dirty};
+use super::replica::{Before, Committed, Dirty, Leases};
 use super::{engine_err, NodeConfig};
 use crate::engine::db::Versioned;
 use crate::engine::{Db, DbIter};
@@ -21,6 +21,8 @@ pub struct Reader {
     routes: Arc<ArcSwap<Routes>>,
     /// Keys of replicated partitions whose newest write is not committed yet.
     dirty: Arc<Dirty>,
+    /// When each partition may be read here (a primary's lease).
+    leases: Arc<Leases>,
 }
 
 /// Which partitions this node serves now, published by the node whenever the partition map
@@ -49,12 +51,14 @@ impl Reader {
         cfg: NodeConfig,
         routes: Arc<ArcSwap<Routes>>,
         dirty: Arc<Dirty>,
+        leases: Arc<Leases>,
     ) -> Reader {
         Reader {
             db,
             cfg,
             routes,
             dirty,
+            leases,
         }
     }
 
@@ -65,7 +69,8 @@ impl Reader {
 
     /// Answers a `Get` or `Scan` here when this node serves every partition it touches;
     /// otherwise hands the request back, to go through the node (which forwards it).
-    pub fn try_read(&self, request: Request) -> Result<Response, Request> {
+    /// `now`: the driver's wall clock (milliseconds), as handed to the node.
+    pub fn try_read(&self, now: u64, request: Request) -> Result<Response, Request> {
         let routes = self.routes.load_full();
         let local = match &request {
             Request::Get { key } => routes.serves(self.partition_of(key)),
@@ -77,8 +82,8 @@ impl Reader {
         }
         // A point read borrows the key (the hot path allocates nothing for the fallback).
         let response = match &request {
-            Request::Get { key } => self.get(key).unwrap_or_else(|e| e),
-            _ => self.read(request.clone()),
+            Request::Get { key } => self.get(now, key).unwrap_or_else(|e| e),
+            _ => self.read(now, request.clone()),
         };
         // The node may have handed the partition over while we read, and begun deleting its
         // copy: such a read could miss keys that live on at the new owner. The node publishes
@@ -92,15 +97,15 @@ impl Reader {
     }
 
     /// Answers `Get` and `Scan`; any other request is refused (it must go through the node).
-    pub fn read(&self, request: Request) -> Response {
+    pub fn read(&self, now: u64, request: Request) -> Response {
         let r = match request {
-            Request::Get { key } => self.get(&key),
+            Request::Get { key } => self.get(now, &key),
             Request::Scan {
                 start,
                 end,
                 after,
                 limit,
-            } => self.scan(start, end, after, limit),
+            } => self.scan(now, start, end, after, limit),
             _ => Err(err(ErrorKind::Internal, "a write was sent to the reader")),
         };
         r.unwrap_or_else(|e| e)
@@ -120,8 +125,12 @@ impl Reader {
         check_size("key", key.len(), self.cfg.max_key_bytes)
     }
 
-    pub(crate) fn get(&self, key: &[u8]) -> Result<Response, Response> {
+    pub(crate) fn get(&self, now: u64, key: &[u8]) -> Result<Response, Response> {
         self.check_key(key)?;
+        let p = self.partition_of(key);
+        if !self.leases.valid(p, now) {
+            return Err(no_lease(p));
+        }
         let ikey = self.internal_key(key);
         let mut found = self.db.get_versioned(&ikey);
         // Checked after the engine read: a write the read saw is either still dirty now (and
@@ -150,18 +159,20 @@ impl Reader {
     /// merged by user key, all from one snapshot.
     pub(crate) fn scan(
         &self,
+        now: u64,
         start: Vec<u8>,
         end: Option<Vec<u8>>,
         after: Option<Vec<u8>>,
         limit: usize,
     ) -> Result<Response, Response> {
         let all: Vec<u16> = (0..self.cfg.partitions).collect();
-        self.scan_parts(start, end, after, limit, &all)
+        self.scan_parts(now, start, end, after, limit, &all)
     }
 
     /// An ordered scan over the user keys of the partitions `parts` only.
     pub(crate) fn scan_parts(
         &self,
+        now: u64,
         start: Vec<u8>,
         end: Option<Vec<u8>>,
         after: Option<Vec<u8>>,
@@ -170,6 +181,9 @@ impl Reader {
     ) -> Result<Response, Response> {
         let limit = limit.clamp(1, self.cfg.max_scan_limit);
         let snap = self.db.snapshot();
+        if let Some(p) = parts.iter().find(|p| !self.leases.valid(**p, now)) {
+            return Err(no_lease(*p));
+        }
         let mut iters = Vec::with_capacity(parts.len());
         for &p in parts {
             let (lo, hi) = envelope::partition_range(p, &start, end.as_deref(), after.as_deref());
@@ -236,6 +250,17 @@ impl Reader {
 }
 /// One partition's engine scan with the committed values of its dirty keys in place of what
 /// the engine holds for them (both in key order; merged).
+/// A read of a partition whose primary holds no lease now.
+fn no_lease(p: u16) -> Response {
+    err(
+        ErrorKind::Unavailable,
+        format!(
+            "partition {p}'s primary holds no read lease right now (it cannot rule out a newer \
+             primary); try again"
+        ),
+    )
+}
+
 /// A read of a key a new primary inherited an uncommitted write of.
 fn catching_up() -> Response {
     err(

@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
@@ -36,6 +36,11 @@ use crate::proto::{err, ErrorKind, Response};
 /// How often a primary sends a replica that is behind what it is missing (or, with nothing
 /// heard from it yet, an empty `Replicate` that asks where it is).
 pub(crate) const RESEND_MS: u64 = 500;
+/// A primary serves reads only while every backup has taken a message from it less than this
+/// long ago (by its own clock, less a tenth for clocks that run at different rates); a backup
+/// promises, for this long after each message it takes, to help no newer primary. A new
+/// primary waits out its own promise before it answers anything.
+pub(crate) const LEASE_MS: u64 = 2_000;
 /// A backup that has not caught up for this long is reported to the leader, which removes it
 /// from the configuration (writes wait for it until then).
 pub(crate) const LAG_TIMEOUT_MS: u64 = 2_000;
@@ -165,6 +170,44 @@ impl Dirty {
     }
 }
 
+/// Per partition, the window in which this node may answer reads of it: from `from` (a new
+/// primary waiting out the old one's lease) until `until` (its own lease). Shared with the
+/// [`super::Reader`]s; every partition of a cluster without replicas is open for good.
+pub(crate) struct Leases {
+    from: Vec<AtomicU64>,
+    until: Vec<AtomicU64>,
+}
+
+impl Leases {
+    pub(crate) fn new(partitions: u16) -> Leases {
+        let n = usize::from(partitions);
+        Leases {
+            from: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            until: (0..n).map(|_| AtomicU64::new(u64::MAX)).collect(),
+        }
+    }
+
+    /// Whether a read of partition `p` may be answered at `now`.
+    pub(crate) fn valid(&self, p: u16, now: u64) -> bool {
+        let i = usize::from(p);
+        match (self.from.get(i), self.until.get(i)) {
+            (Some(f), Some(u)) => {
+                crate::bugs::on(crate::bugs::Bug::ReadWithoutLease)
+                    || (f.load(Ordering::Acquire) <= now && now < u.load(Ordering::Acquire))
+            }
+            _ => false,
+        }
+    }
+
+    fn set(&self, p: u16, from: u64, until: u64) {
+        let i = usize::from(p);
+        if let (Some(f), Some(u)) = (self.from.get(i), self.until.get(i)) {
+            f.store(from, Ordering::Release);
+            u.store(until, Ordering::Release);
+        }
+    }
+}
+
 /// One partition's replication state on this node.
 #[derive(Default)]
 pub(crate) struct PartRepl {
@@ -189,10 +232,15 @@ pub(crate) struct PartRepl {
     counting: BTreeMap<String, u64>,
     /// As primary: when each lagging backup was last reported to the leader.
     reported: BTreeMap<String, u64>,
+    /// As primary: per replica, the send time of the newest message it took from us.
+    grants: BTreeMap<String, u64>,
+    /// As primary: nothing is answered before this (the old primary's lease is over).
+    serve_after: u64,
+    /// As replica: until when this node promised the primary to help no newer one.
+    promised_until: u64,
 }
 
 /// Every partition's replication state.
-#[derive(Default)]
 pub(crate) struct Replication {
     pub(crate) parts: BTreeMap<u16, PartRepl>,
     pub(crate) dirty: std::sync::Arc<Dirty>,
@@ -201,11 +249,20 @@ pub(crate) struct Replication {
     pub(crate) any_behind: bool,
     /// Times this node undid entries a new primary's log did not have.
     pub(crate) truncations: u64,
+    pub(crate) leases: std::sync::Arc<Leases>,
+    /// The `now` of the input being handled, and of the first input (promises made before a
+    /// restart are forgotten, so a node waits a lease after it starts before it leads).
+    pub(crate) now: u64,
+    pub(crate) started_at: Option<u64>,
 }
 
 impl Replication {
     /// The positions the engine holds (after a restart: where each partition's log ends).
-    pub(crate) fn load(db: &Db, dirty: std::sync::Arc<Dirty>) -> Result<Replication, String> {
+    pub(crate) fn load(
+        db: &Db,
+        dirty: std::sync::Arc<Dirty>,
+        leases: std::sync::Arc<Leases>,
+    ) -> Result<Replication, String> {
         let (lo, hi) = replog::meta_range();
         let mut parts = BTreeMap::new();
         let it = db
@@ -230,18 +287,24 @@ impl Replication {
         }
         Ok(Replication {
             parts,
-            ..Replication::empty(dirty)
+            ..Replication::empty(dirty, leases)
         })
     }
 
     /// No partition known yet.
-    pub(crate) fn empty(dirty: std::sync::Arc<Dirty>) -> Replication {
+    pub(crate) fn empty(
+        dirty: std::sync::Arc<Dirty>,
+        leases: std::sync::Arc<Leases>,
+    ) -> Replication {
         Replication {
             parts: BTreeMap::new(),
             dirty,
             next_check: 0,
             any_behind: false,
             truncations: 0,
+            leases,
+            now: 0,
+            started_at: None,
         }
     }
 
@@ -264,6 +327,16 @@ pub(crate) struct Received {
     pub(crate) commit: u64,
     pub(crate) prev_lsn: u64,
     pub(crate) prev_epoch: u64,
+    pub(crate) sent_at: u64,
+}
+
+/// A `ReplicaAck` a primary received.
+pub(crate) struct Acked {
+    pub(crate) partition: u16,
+    pub(crate) epoch: u64,
+    pub(crate) applied: u64,
+    pub(crate) gap: bool,
+    pub(crate) lease_from: u64,
 }
 
 impl Node {
@@ -504,6 +577,7 @@ impl Node {
                     commit,
                     prev_lsn: prev.0,
                     prev_epoch: prev.1,
+                    sent_at: now,
                     entries: vec![entry.clone()],
                 },
             });
@@ -544,7 +618,7 @@ impl Node {
         let Some(part) = self.repl.parts.get_mut(&p) else {
             return;
         };
-        if !part.primary {
+        if !part.primary || self.repl.now < part.serve_after {
             return;
         }
         // Learners reported ready count from the report on (until the state makes them
@@ -557,6 +631,9 @@ impl Node {
             .collect();
         let mut point = part.local_durable;
         for b in &backups {
+            if crate::bugs::on(crate::bugs::Bug::AckBeforeReplicas) {
+                break;
+            }
             point = point.min(part.acked.get(b).copied().unwrap_or(0));
         }
         if point > part.committed {
@@ -580,6 +657,7 @@ impl Node {
     /// first (never more than those).
     pub(crate) fn on_replicate(
         &mut self,
+        now: u64,
         from: String,
         r: Received,
         entries: Vec<LogEntry>,
@@ -606,6 +684,7 @@ impl Node {
                 epoch: known,
                 applied: pos.lsn,
                 gap: true,
+                lease_from: 0,
             };
             out.push(Output::Send {
                 to: from,
@@ -613,6 +692,9 @@ impl Node {
             });
             return;
         }
+        // Taken from the partition's primary: promise it the lease.
+        let part = self.repl.parts.entry(p).or_default();
+        part.promised_until = part.promised_until.max(now + LEASE_MS);
         let (applied, gap) = match self.follow(p, &r, entries) {
             Ok(upto) => (upto, false),
             Err(hint) => (hint, true),
@@ -624,6 +706,7 @@ impl Node {
             epoch: pos.epoch,
             applied,
             gap,
+            lease_from: r.sent_at,
         };
         self.gate.after_applied(target, Response::Accepted, out);
     }
@@ -705,17 +788,20 @@ impl Node {
     }
 
     /// Replica → this primary: what it has.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn on_replica_ack(
         &mut self,
         now: u64,
         from: String,
-        p: u16,
-        epoch: u64,
-        applied: u64,
-        gap: bool,
+        ack: Acked,
         out: &mut Vec<Output>,
     ) {
+        let Acked {
+            partition: p,
+            epoch,
+            applied,
+            gap,
+            lease_from,
+        } = ack;
         let my_epoch = self.view.state.as_ref().map_or(0, |s| s.part_epoch(p));
         let Some(part) = self.repl.parts.get_mut(&p) else {
             return;
@@ -723,11 +809,16 @@ impl Node {
         if epoch > my_epoch || !part.primary {
             return; // deposed, or no longer primary: the next state says what we are
         }
+        if epoch == my_epoch && lease_from > 0 {
+            let g = part.grants.entry(from.clone()).or_insert(0);
+            *g = (*g).max(lease_from);
+        }
         let last = part.pos.lsn;
         if gap {
             // Start again from where it says; what it acknowledged before still holds.
             part.sent.insert(from.clone(), (applied.min(last), now));
             self.send_from_log(now, p, &from, out);
+            self.update_lease(p);
             return;
         }
         let acked = part.acked.entry(from.clone()).or_insert(0);
@@ -743,7 +834,53 @@ impl Node {
                 self.send_from_log(now, p, &from, out);
             }
         }
+        self.update_lease(p);
         self.advance_commit(p, out);
+    }
+
+    /// The replicas a primary of `p` waits for, commits and leases alike: the backups, and
+    /// learners it reported ready.
+    fn waited_for(&self, p: u16) -> Vec<String> {
+        let me = &self.cfg.node_id;
+        let (backups, learners) = self
+            .view
+            .state
+            .as_ref()
+            .and_then(|s| s.part(p))
+            .map(|r| (r.backups.clone(), r.learners.clone()))
+            .unwrap_or_default();
+        let counting = self.repl.parts.get(&p).map(|x| &x.counting);
+        backups
+            .into_iter()
+            .chain(
+                learners
+                    .into_iter()
+                    .filter(|l| counting.is_some_and(|c| c.contains_key(l))),
+            )
+            .filter(|n| n != me)
+            .collect()
+    }
+
+    /// Publishes partition `p`'s read window: from when the old primary's lease is over,
+    /// until the oldest grant of a replica waited for runs out (for good with none).
+    fn update_lease(&mut self, p: u16) {
+        let members = self.waited_for(p);
+        let Some(part) = self.repl.parts.get(&p) else {
+            return;
+        };
+        if !part.primary {
+            return;
+        }
+        let until = members
+            .iter()
+            .map(|m| {
+                part.grants
+                    .get(m)
+                    .map_or(0, |g| g + LEASE_MS - LEASE_MS / 10)
+            })
+            .min()
+            .unwrap_or(u64::MAX);
+        self.repl.leases.set(p, part.serve_after, until);
     }
 
     /// Sends replica `to` the entries after the newest it was sent, read back from the log
@@ -786,6 +923,7 @@ impl Node {
                 commit,
                 prev_lsn,
                 prev_epoch,
+                sent_at: now,
                 entries,
             },
         });
@@ -838,12 +976,19 @@ impl Node {
                 }
             }
         }
+        let started = self.repl.started_at.unwrap_or(self.repl.now);
         let part = self.repl.parts.entry(p).or_default();
         part.primary = true;
         part.acked.clear();
         part.sent.clear();
+        part.grants.clear();
+        part.counting.clear();
         part.committed = pos.commit;
         part.local_durable = 0;
+        // Promises this node made to the old primary (and any made before it started) hold
+        // until they run out.
+        part.serve_after = part.promised_until.max(started + LEASE_MS);
+        self.update_lease(p);
         // Durable here once everything applied so far is.
         let target = Target::Commit {
             partition: p,
@@ -854,6 +999,7 @@ impl Node {
     }
 
     fn stop_leading(&mut self, p: u16, out: &mut Vec<Output>) {
+        self.repl.leases.set(p, 0, u64::MAX);
         let Some(part) = self.repl.parts.get_mut(&p) else {
             return;
         };
@@ -897,7 +1043,8 @@ impl Node {
                 let behind = part.acked.get(&to).is_none_or(|a| *a < part.pos.lsn);
                 let last_sent = part.sent.get(&to).map_or(0, |(_, at)| *at);
                 self.repl.any_behind |= behind;
-                if !behind || now < last_sent.saturating_add(RESEND_MS) {
+                // Behind: send again; caught up: an empty message renews the lease.
+                if now < last_sent.saturating_add(RESEND_MS) {
                     continue;
                 }
                 // From what it acknowledged (never heard from: ask where it is).
@@ -907,6 +1054,8 @@ impl Node {
                 };
                 self.send_from_log(now, p, &to, out);
             }
+            self.update_lease(p);
+            self.advance_commit(p, out);
         }
     }
 
@@ -1010,9 +1159,11 @@ impl Node {
     }
 
     /// When the resend timer next fires, if any replica is behind.
+    /// A primary of a replicated partition comes back every `CHECK_MS` (leases to renew).
     pub(crate) fn replication_deadline(&self) -> Option<u64> {
         let st = self.view.state.as_ref()?;
-        (!st.replicas.is_empty() && (self.repl.any_behind || self.repl.next_check == 0))
+        let leads = self.repl.parts.values().any(|x| x.primary);
+        (!st.replicas.is_empty() && (leads || self.repl.next_check == 0))
             .then_some(self.repl.next_check)
     }
 }

@@ -20,12 +20,26 @@ fn get(key: &str) -> Request {
     Request::Get { key: key.into() }
 }
 
-/// Three nodes, eight partitions, three copies of each; `a` leads.
+/// Three nodes, eight partitions, three copies of each; `a` leads; the first lease has
+/// run out (a node that starts leading waits one out before it answers).
 fn three_copies() -> Net {
     let mut net = Net::replicated(&["a", "b", "c"], 8, 3, 2);
     net.input(0, Input::Coordinator(CoordEvent::Elected));
     assert_eq!(net.nodes[0].cluster().role, Role::Leader);
+    pass(&mut net, replica::LEASE_MS);
     net
+}
+
+/// `ms` pass in steps of 100, every live node woken at each.
+fn pass(net: &mut Net, ms: u64) {
+    for _ in 0..ms.div_ceil(100) {
+        net.now += 100;
+        for i in 0..net.len() {
+            if !net.down.contains(&i) {
+                net.input(i, Input::Timeout);
+            }
+        }
+    }
 }
 
 /// The node index of the primary of `key`'s partition, and of its two backups.
@@ -104,7 +118,7 @@ fn the_reply_waits_for_every_backup_to_persist_and_readers_see_the_old_value_mea
     );
     // The primary's engine holds the new value, durable; its readers still see the old one.
     assert!(holds(&net, primary, "k", "new"));
-    match net.nodes[primary].reader().read(get("k")) {
+    match net.nodes[primary].reader().read(net.now, get("k")) {
         Response::Value { value, .. } => assert_eq!(value, b"old"),
         other => panic!("{other:?}"),
     }
@@ -121,7 +135,7 @@ fn the_reply_waits_for_every_backup_to_persist_and_readers_see_the_old_value_mea
         .find(|(_, id, _)| *id == 2)
         .expect("answered once every copy is durable");
     assert!(matches!(reply, Response::Written { .. }), "{reply:?}");
-    match net.nodes[primary].reader().read(get("k")) {
+    match net.nodes[primary].reader().read(net.now, get("k")) {
         Response::Value { value, .. } => assert_eq!(value, b"new"),
         other => panic!("{other:?}"),
     }
@@ -243,6 +257,7 @@ fn a_replica_refuses_an_older_epoch_and_entries_outside_the_partition() {
         commit: 0,
         prev_lsn: 0,
         prev_epoch: 0,
+        sent_at: 0,
         entries: vec![LogEntry {
             lsn: 1,
             epoch: 0,
@@ -282,6 +297,7 @@ fn a_replica_refuses_an_older_epoch_and_entries_outside_the_partition() {
         commit: 0,
         prev_lsn: 0,
         prev_epoch: 0,
+        sent_at: 0,
         entries: vec![LogEntry {
             lsn: 1,
             epoch: 1,
@@ -307,6 +323,7 @@ fn too_few_copies_in_sync_refuse_writes_and_keep_serving_reads() {
     // Two nodes for three copies: under-replicated, two in sync: writes go on.
     let mut net = Net::replicated(&["a", "b"], 4, 3, 2);
     net.input(0, Input::Coordinator(CoordEvent::Elected));
+    pass(&mut net, replica::LEASE_MS);
     assert_eq!(net.nodes[0].cluster().under_replicated, 4);
     assert!(matches!(
         net.call(1, 1, put("k", "v")),
@@ -315,6 +332,7 @@ fn too_few_copies_in_sync_refuse_writes_and_keep_serving_reads() {
     // One node, a minimum of two: reads only.
     let mut net = Net::replicated(&["a"], 4, 3, 2);
     net.input(0, Input::Coordinator(CoordEvent::Elected));
+    pass(&mut net, replica::LEASE_MS);
     match net.call(0, 1, put("k", "v")) {
         Response::Error { kind, message } => {
             assert_eq!(kind, ErrorKind::Unavailable);
@@ -407,6 +425,7 @@ fn a_new_primary_makes_a_replica_undo_what_only_the_old_primary_sent_and_no_more
     st.replicas[usize::from(p)].epoch = 2;
     st.version += 1;
     impose(&mut net, st);
+    pass(&mut net, replica::LEASE_MS);
     // Its first write follows entry 1; the remaining backup's entry 2 (epoch 1) differs.
     let r = net.call(new_primary, 3, put("x", "new"));
     assert!(matches!(r, Response::Written { .. }), "{r:?}");
@@ -470,6 +489,7 @@ fn when_a_primary_is_gone_the_leader_promotes_a_backup_and_no_acknowledged_write
     }
     lose(&mut net, primary);
     let view = net.nodes[0].cluster();
+    pass(&mut net, replica::LEASE_MS);
     let new_primary = view.owners[usize::from(p)].clone();
     assert!(
         backups.iter().any(|b| net.name(*b) == new_primary),
@@ -524,14 +544,7 @@ fn a_backup_that_stops_answering_is_removed_before_writes_go_on_without_it() {
     );
     let epoch = net.nodes[0].cluster().replicas[usize::from(p)].epoch;
     // Time passes: the primary reports it, the leader removes it, the write is answered.
-    for _ in 0..40 {
-        net.now += 100;
-        for i in 0..3 {
-            if i != silent {
-                net.input(i, Input::Timeout);
-            }
-        }
-    }
+    pass(&mut net, 4_000);
     let (_, _, reply) = net
         .replies
         .iter()
@@ -544,4 +557,43 @@ fn a_backup_that_stops_answering_is_removed_before_writes_go_on_without_it() {
     assert_eq!(r.epoch, epoch + 1);
     // It is live, so it is taken back as a learner.
     assert!(r.learners.contains(&net.name(silent)), "{r:?}");
+}
+
+#[test]
+fn a_cut_off_primary_stops_serving_reads_before_its_successor_starts() {
+    let mut net = three_copies();
+    let (key, primary, backups) = key_not_led_by_the_leader(&net);
+    assert!(matches!(
+        net.call(primary, 1, put(&key, "1")),
+        Response::Written { .. }
+    ));
+    let read = |net: &Net, i: usize, at: u64| net.nodes[i].reader().read(at, get(&key));
+    assert!(matches!(
+        read(&net, primary, net.now),
+        Response::Value { .. }
+    ));
+    // Cut off from everyone: the others see it leave and promote a backup at once.
+    let cut_at = net.now;
+    lose(&mut net, primary);
+    let p = net.nodes[0].partition_of(key.as_bytes());
+    let successor = net.index(&net.nodes[0].cluster().owners[usize::from(p)]);
+    assert!(backups.contains(&successor));
+    // The successor waits out the promise it gave; the old primary's lease runs out first.
+    assert!(matches!(
+        read(&net, successor, net.now),
+        Response::Error { .. }
+    ));
+    let expired = cut_at + replica::LEASE_MS;
+    match read(&net, primary, expired) {
+        Response::Error { kind, message } => {
+            assert_eq!(kind, ErrorKind::Unavailable);
+            assert!(message.contains("lease"), "{message}");
+        }
+        other => panic!("the old primary still serves: {other:?}"),
+    }
+    pass(&mut net, replica::LEASE_MS + 200);
+    match read(&net, successor, net.now) {
+        Response::Value { value, .. } => assert_eq!(value, b"1"),
+        other => panic!("{other:?}"),
+    }
 }

@@ -99,6 +99,7 @@ impl Node {
         for (owner, parts) in by_owner {
             if owner == self.cfg.node_id {
                 let page = self.reader.scan_parts(
+                    self.repl.now,
                     start.clone(),
                     end.clone(),
                     after.clone(),
@@ -171,7 +172,7 @@ impl Node {
         }
         let page = self
             .reader
-            .scan_parts(start, end, after, limit, partitions)
+            .scan_parts(self.repl.now, start, end, after, limit, partitions)
             .unwrap_or_else(|e| e);
         respond(Target::Peer(from, id), page, out);
     }

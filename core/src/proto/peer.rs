@@ -179,6 +179,9 @@ pub enum PeerMessage {
         commit: u64,
         prev_lsn: u64,
         prev_epoch: u64,
+        /// The primary's clock when it sent this (echoed in the answer: its read lease runs
+        /// from here).
+        sent_at: u64,
         entries: Vec<LogEntry>,
     },
     /// Replica → primary: every entry of `partition` up to `applied` is here, the same as in
@@ -191,6 +194,10 @@ pub enum PeerMessage {
         epoch: u64,
         applied: u64,
         gap: bool,
+        /// The `sent_at` of the `Replicate` answered, if this replica took it from the
+        /// partition's primary: it promises to help no newer primary for the lease time
+        /// from then (0: no promise).
+        lease_from: u64,
     },
     /// Leader → replica: where do your logs of `partitions` end? (to promote the copy with
     /// the most writes when a primary is gone)
@@ -357,6 +364,7 @@ pub fn decode_message(payload: &[u8]) -> Result<PeerMessage, ProtocolError> {
             epoch: r.u64()?,
             applied: r.u64()?,
             gap: r.u8()? != 0,
+            lease_from: r.u64()?,
         },
         t => return Err(perr(format!("unknown message tag {t}"))),
     };
@@ -426,10 +434,11 @@ fn encode_message(msg: &PeerMessage, out: &mut Vec<u8>) {
             commit,
             prev_lsn,
             prev_epoch,
+            sent_at,
             entries,
         } => w.replicate(
             *partition,
-            [*epoch, *commit, *prev_lsn, *prev_epoch],
+            [*epoch, *commit, *prev_lsn, *prev_epoch, *sent_at],
             entries,
         ),
         PeerMessage::ReplicaAck {
@@ -437,12 +446,14 @@ fn encode_message(msg: &PeerMessage, out: &mut Vec<u8>) {
             epoch,
             applied,
             gap,
+            lease_from,
         } => {
             w.u8(tag::REPLICA_ACK);
             w.u16(*partition);
             w.u64(*epoch);
             w.u64(*applied);
             w.u8(u8::from(*gap));
+            w.u64(*lease_from);
         }
         PeerMessage::PositionQuery { id, partitions } => {
             w.u8(tag::POSITION_QUERY);
@@ -739,8 +750,8 @@ impl Writer<'_> {
         self.u64(epoch);
         self.bytes(node.as_bytes());
     }
-    /// `nums`: epoch, commit, prev_lsn, prev_epoch.
-    fn replicate(&mut self, partition: u16, nums: [u64; 4], entries: &[LogEntry]) {
+    /// `nums`: epoch, commit, prev_lsn, prev_epoch, sent_at.
+    fn replicate(&mut self, partition: u16, nums: [u64; 5], entries: &[LogEntry]) {
         self.u8(tag::REPLICATE);
         self.u16(partition);
         for n in nums {
@@ -972,6 +983,7 @@ impl Reader<'_> {
         let commit = self.u64()?;
         let prev_lsn = self.u64()?;
         let prev_epoch = self.u64()?;
+        let sent_at = self.u64()?;
         let n = self.count(20)?;
         let mut entries = Vec::with_capacity(n);
         for _ in 0..n {
@@ -990,6 +1002,7 @@ impl Reader<'_> {
             commit,
             prev_lsn,
             prev_epoch,
+            sent_at,
             entries,
         })
     }
@@ -1012,6 +1025,7 @@ mod tests {
                 commit: 10,
                 prev_lsn: 10,
                 prev_epoch: 3,
+                sent_at: 1_700_000_000_123,
                 entries: vec![
                     LogEntry {
                         lsn: 11,
@@ -1033,6 +1047,7 @@ mod tests {
                 epoch: 4,
                 applied: 12,
                 gap: true,
+                lease_from: 1_700_000_000_123,
             },
             PeerMessage::PositionQuery {
                 id: 3,

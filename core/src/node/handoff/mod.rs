@@ -155,10 +155,15 @@ impl Node {
                 }
             }
         }
-        // Partitions that left us: delete the local copy.
+        // Partitions that left us: delete the local copy. Not with replicas: there a copy that
+        // is not the primary is a backup, a learner, or one that may become either again, and
+        // its data must stay with its log and position.
         for (p, owner) in state.owners.iter().enumerate() {
             let p = p as u16;
-            if *owner != me && state.moving.get(&p).is_none_or(|t| *t != me) {
+            if *owner != me
+                && state.replicas.is_empty()
+                && state.moving.get(&p).is_none_or(|t| *t != me)
+            {
                 // Only ones we held: a cleanup of an empty range costs one seek.
                 if self.ho.incoming.remove(&p).is_some() || self.once_owned(p) {
                     self.ho.cleanup.entry(p).or_insert(None);
