@@ -85,6 +85,9 @@ pub struct Config {
     /// When one more node (`n{nodes}`) starts and joins the running cluster, taking partitions
     /// over by hand-off while the workload and the faults go on.
     pub join_at: Option<Duration>,
+    /// Copies of every partition (1: no replicas), and the in-sync minimum for writes.
+    pub replication_factor: usize,
+    pub min_insync_replicas: usize,
 }
 
 /// The prototype's failures, replayed on purpose.
@@ -133,6 +136,17 @@ impl Config {
                 let mut r = Rng::new(seed ^ 0x5EED_701E);
                 r.chance(50).then(|| STARTUP + r.ms(500, 5000))
             },
+            replication_factor: 1,
+            min_insync_replicas: 1,
+        }
+    }
+
+    /// A run with three copies of every partition (writes need two in sync).
+    pub fn replicated(seed: u64) -> Config {
+        Config {
+            replication_factor: 3,
+            min_insync_replicas: 2,
+            ..Config::new(seed)
         }
     }
 

@@ -129,6 +129,8 @@ pub(crate) async fn node_main(
             node_id: id.clone(),
             partitions: cfg.partitions,
             initial_members: cfg.nodes,
+            replication_factor: cfg.replication_factor,
+            min_insync_replicas: cfg.min_insync_replicas,
             ..NodeConfig::default()
         },
         io,

@@ -129,10 +129,61 @@ fn sweep() {
     }
 }
 
+/// The sweep with three copies of every partition: crashes, partitions and cut-offs now make
+/// primaries fail over, and no acknowledged write may be lost. `CORECACHE_REPLICATED_SEEDS=N`
+/// (default 200) from `CORECACHE_SEED_BASE`; replay one with `CORECACHE_REPLICATED=1
+/// CORECACHE_SEED=N cargo test -p corecache-sim --test sweep replay`.
+#[test]
+fn replicated_sweep() {
+    let seeds = env_u64("CORECACHE_REPLICATED_SEEDS").unwrap_or(200);
+    let base = env_u64("CORECACHE_SEED_BASE").unwrap_or(0);
+    let start = Instant::now();
+    let mut t = Totals::default();
+    for seed in base..base + seeds {
+        match run(&Config::replicated(seed)) {
+            Ok(r) => t.add(&r),
+            Err(f) => panic!(
+                "{f}\nreplay: CORECACHE_REPLICATED=1 CORECACHE_SEED={seed} cargo test -p \
+                 corecache-sim --test sweep replay -- --nocapture"
+            ),
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "replicated sweep: {} seeds in {secs:.1} s; {} operations, {} acknowledged writes, {} unknown outcomes; {} crashes ({} with writes in flight), {} leader changes, {} partitions, {} coordinator cut-offs",
+        t.runs,
+        t.ops,
+        t.acknowledged,
+        t.unknown,
+        t.crashes,
+        t.crashes_with_writes_in_flight,
+        t.leader_changes,
+        t.partitions,
+        t.coordinator_cut_offs
+    );
+    if seeds >= 100 {
+        assert!(
+            t.crashes_with_writes_in_flight > 0,
+            "no run crashed a node with writes in flight"
+        );
+        assert!(
+            t.coordinator_cut_offs > 0,
+            "no run cut a node off from the coordinator"
+        );
+        assert!(t.acknowledged > 0, "no write was acknowledged");
+    }
+}
+
 #[test]
 fn replay() {
     let seed = env_u64("CORECACHE_SEED").unwrap_or(7);
-    match run(&Config::new(seed)) {
+    // `CORECACHE_REPLICATED=1`: the replicated sweep's run of that seed.
+    let cfg = if env_u64("CORECACHE_REPLICATED") == Some(1) {
+        Config::replicated(seed)
+    } else {
+        Config::new(seed)
+    };
+    match run(&cfg) {
         Ok(r) => println!("{r:#?}"),
         Err(f) => panic!("{f}"),
     }

@@ -63,15 +63,18 @@ pub(crate) struct Dirty {
     map: Mutex<BTreeMap<Vec<u8>, DirtyKey>>,
 }
 
-/// A dirty key: the newest uncommitted entry that wrote it, its committed value, and whether
-/// that value is known. A new primary's inherited entries may have been committed by the
-/// primary before it (their answers may have left): until it commits them itself, a read of
-/// such a key cannot be answered either way.
+/// A dirty key: its committed value, whether that value is known, and every uncommitted
+/// entry that wrote it (in order, with the value each left). As entries commit, the value of
+/// the newest committed one becomes the committed value (a read after an acknowledged write
+/// must see it even while a later write of the key is still uncommitted). A new primary's
+/// inherited entries may have been committed by the primary before it (their answers may
+/// have left): until it commits them itself, a read of such a key cannot be answered either
+/// way.
 #[derive(Clone, Debug)]
 struct DirtyKey {
-    lsn: u64,
     before: Before,
     inherited: bool,
+    writes: VecDeque<(u64, Before)>,
 }
 
 /// A key's committed stored value and its engine sequence number (`None`: absent).
@@ -122,31 +125,33 @@ impl Dirty {
             .collect()
     }
 
-    /// Entry `lsn` wrote `ikey`, whose committed value was `before` (kept if the key is dirty
-    /// already: the value before its oldest uncommitted write is the committed one).
-    fn insert(&self, ikey: Vec<u8>, lsn: u64, before: Before) {
+    /// Entry `lsn` wrote `after` to `ikey`, whose value before was `before` (which is the
+    /// committed one only if the key is not dirty already).
+    fn insert(&self, ikey: Vec<u8>, lsn: u64, before: Before, after: Before) {
         let mut m = self.map.lock();
         m.entry(ikey)
-            .and_modify(|e| e.lsn = lsn)
             .or_insert(DirtyKey {
-                lsn,
                 before,
                 inherited: false,
-            });
+                writes: VecDeque::new(),
+            })
+            .writes
+            .push_back((lsn, after));
         self.len.store(m.len(), Ordering::Release);
     }
 
-    /// Marks `ikey` written by an inherited entry up to `lsn` (a new primary's tail).
-    fn inherit(&self, ikey: Vec<u8>, lsn: u64) {
+    /// Marks `ikey` written by inherited entry `lsn`, which left `after` (a new primary's
+    /// tail, oldest entry first).
+    fn inherit(&self, ikey: Vec<u8>, lsn: u64, after: Before) {
         let mut m = self.map.lock();
-        m.insert(
-            ikey,
-            DirtyKey {
-                lsn,
+        m.entry(ikey)
+            .or_insert(DirtyKey {
                 before: None,
                 inherited: true,
-            },
-        );
+                writes: VecDeque::new(),
+            })
+            .writes
+            .push_back((lsn, after));
         self.len.store(m.len(), Ordering::Release);
     }
 
@@ -157,13 +162,22 @@ impl Dirty {
         }
         let mut m = self.map.lock();
         let lo = p.to_be_bytes().to_vec();
-        let keys: Vec<Vec<u8>> = m
-            .range(lo.clone()..)
-            .take_while(|(k, _)| k.starts_with(&lo))
-            .filter(|(_, d)| d.lsn <= lsn)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in keys {
+        let mut clean = Vec::new();
+        for (k, d) in m.range_mut(lo.clone()..) {
+            if !k.starts_with(&lo) {
+                break;
+            }
+            while d.writes.front().is_some_and(|(l, _)| *l <= lsn) {
+                if let Some((_, after)) = d.writes.pop_front() {
+                    d.before = after;
+                    d.inherited = false;
+                }
+            }
+            if d.writes.is_empty() {
+                clean.push(k.clone());
+            }
+        }
+        for k in clean {
             m.remove(&k);
         }
         self.len.store(m.len(), Ordering::Release);
@@ -314,6 +328,12 @@ impl Replication {
     }
 }
 
+/// For each op, whether it is the first of the batch to name its key.
+fn b_first_ops(ops: &[(Vec<u8>, Option<Vec<u8>>)]) -> Vec<bool> {
+    let mut seen = std::collections::BTreeSet::new();
+    ops.iter().map(|(k, _)| seen.insert(k.as_slice())).collect()
+}
+
 /// A write this node is about to make as primary of a replicated partition.
 pub(crate) struct PrimaryWrite {
     pub(crate) partition: u16,
@@ -397,9 +417,14 @@ impl Node {
             commit: commit.max(prev.commit),
         };
         let seq = self.apply_entry(p, next, &ops, &befores, b)?;
-        // A key named twice in one batch keeps its first before-image: the committed one.
-        for ((k, _), before) in ops.iter().zip(befores) {
-            self.repl.dirty.insert(k.clone(), lsn, before);
+        // A key named twice in one batch: its first before-image and its last value count.
+        let first_op = b_first_ops(&ops);
+        for (i, ((k, _), before)) in ops.iter().zip(befores).enumerate() {
+            if first_op[i] {
+                let last = ops.iter().rposition(|(k2, _)| k2 == k).unwrap_or(i);
+                let after = ops[last].1.clone().map(|v| (seq, v));
+                self.repl.dirty.insert(k.clone(), lsn, before, after);
+            }
         }
         let entry = LogEntry {
             lsn,
@@ -971,8 +996,8 @@ impl Node {
         // no read until this primary has committed them.
         for lsn in pos.commit + 1..=pos.lsn {
             if let Some((_, ops)) = self.log_entry(p, lsn) {
-                for (k, _, _) in ops {
-                    self.repl.dirty.inherit(k, pos.lsn);
+                for (k, after, _) in ops {
+                    self.repl.dirty.inherit(k, lsn, after.map(|v| (0, v)));
                 }
             }
         }
