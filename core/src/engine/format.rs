@@ -126,6 +126,26 @@
 //! first byte, or a value shorter than its envelope, is refused as an internal error (the
 //! engine has already verified the bytes' checksums). The engine's own checksums cover both.
 //!
+//! # Replication (`crate::proto::replog`)
+//!
+//! In a cluster with replicas each node also keeps, under the reserved partition number
+//! `FF FF` (no cluster has more than 4,096 partitions), every partition's position and log:
+//!
+//! ```text
+//! position key = FF FF | 'M' | partition: u16 BE
+//! position     = 1: u8 | epoch: u64 | lsn: u64 | lsn_epoch: u64 | commit: u64
+//! log key      = FF FF | 'L' | partition: u16 BE | lsn: u64 BE
+//! log entry    = 1: u8 | epoch: u64 | n: u32 | n × (key | after | before)
+//!                each field len: u32 | bytes, len = u32::MAX standing for "none"
+//! ```
+//!
+//! `epoch` in the position is the highest this node accepted for the partition; `lsn` and
+//! `lsn_epoch` name its last entry; `commit` is the newest entry known to be on every copy in
+//! sync. A log entry holds engine keys (all of its partition) with their stored values after
+//! the write (`none`: deleted) and before it (`none`: absent), so a replica can undo an entry a
+//! new primary does not have. An entry, the keys it writes and the new position are one engine
+//! batch; the write of entry `lsn` deletes entry `lsn − 4096`.
+//!
 //! # Peer frames (`crate::proto::peer`)
 //!
 //! Node-to-node messages travel as frames on one TCP connection per direction:
@@ -154,6 +174,14 @@
 //! 10 PartRefused  id: u64 | partition: u16 | reason: str
 //! 11 MoveReady    partition: u16
 //! 12 Decommission node: str
+//! 14 Replicate    partition: u16 | epoch: u64 | commit: u64 | prev_lsn: u64 | prev_epoch: u64 |
+//!                 sent_at: u64 | n: u32 | n × (lsn: u64 | epoch: u64 | m: u32 |
+//!                 m × (engine key: bytes | value: opt))
+//! 15 ReplicaAck   partition: u16 | epoch: u64 | applied: u64 | gap: u8 | lease_from: u64
+//! 16 PositionQuery id: u64 | n: u32 | n × partition: u16
+//! 17 Positions    id: u64 | n: u32 | n × (partition: u16 | epoch: u64 | lsn: u64 | lsn_epoch: u64)
+//! 18 ReplicaLagging  partition: u16 | epoch: u64 | node: str
+//! 19 LearnerReady    partition: u16 | epoch: u64 | node: str
 //!
 //! request   = 1 Get key: bytes | 2 Put key: bytes | value: bytes | cond
 //!           | 3 Delete key: bytes | cond | 4 Scan start: bytes | end: opt | after: opt | limit: u64
@@ -170,8 +198,8 @@
 //! ```
 //!
 //! Every connection starts with `Hello`; a peer whose version is not this node's
-//! (`PROTOCOL_VERSION`, 2) is refused, and the log line names both versions. Version 1 had no
-//! version field and four error kinds.
+//! (`PROTOCOL_VERSION`, 3) is refused, and the log line names both versions. Version 1 had no
+//! version field and four error kinds; version 2 had no replication messages (14–19).
 
 /// The one format version every file of this release writes.
 pub const FORMAT_VERSION: u32 = 1;
