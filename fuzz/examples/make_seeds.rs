@@ -227,6 +227,30 @@ fn peer_seeds(dir: &Path) {
             partition: 5,
             items: vec![(b"k".to_vec(), None)],
         },
+        PeerMessage::Replicate {
+            partition: 5,
+            epoch: 2,
+            commit: 3,
+            prev_lsn: 3,
+            prev_epoch: 1,
+            sent_at: 1_000,
+            entries: vec![corecache_core::proto::replog::LogEntry {
+                lsn: 4,
+                epoch: 2,
+                ops: vec![(b"\x00\x05k".to_vec(), Some(vec![2; 25])), (b"\x00\x05j".to_vec(), None)],
+            }],
+        },
+        PeerMessage::ReplicaAck {
+            partition: 5,
+            epoch: 2,
+            applied: 4,
+            gap: false,
+            lease_from: 1_000,
+        },
+        PeerMessage::Positions {
+            id: 6,
+            items: vec![(5, 2, 4, 2)],
+        },
     ];
     std::fs::create_dir_all(dir).unwrap();
     let mut stream = Vec::new();
