@@ -141,6 +141,8 @@ fn replicated_sweep() {
     let start = Instant::now();
     let mut t = Totals::default();
     for seed in base..base + seeds {
+        // Shown when the test fails: a panic inside the simulation names no seed itself.
+        println!("replicated seed {seed}");
         match run(&Config::replicated(seed)) {
             Ok(r) => t.add(&r),
             Err(f) => panic!(

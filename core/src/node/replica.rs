@@ -1171,19 +1171,21 @@ impl Node {
     }
 
     /// The connection to `peer` broke: what was sent to it since its last acknowledgement
-    /// may be lost, so the resend timer starts again from that acknowledgement.
+    /// may be lost, so the resend timer starts again from that acknowledgement, a resend
+    /// period from now (not at once: against a peer that refuses connections, an immediate
+    /// resend would fail, report it down again, and spin).
     pub(crate) fn replica_down(&mut self, peer: &str) {
+        let now = self.repl.now;
         for part in self.repl.parts.values_mut() {
             if let Some(a) = part.acked.get(peer).copied() {
-                part.sent.insert(peer.to_string(), (a, 0));
-            } else {
-                part.sent.remove(peer);
+                part.sent.insert(peer.to_string(), (a, now));
+            } else if part.sent.contains_key(peer) {
+                part.sent.insert(peer.to_string(), (part.pos.lsn, now));
+                part.acked.remove(peer);
             }
         }
-        self.repl.next_check = 0;
     }
 
-    /// When the resend timer next fires, if any replica is behind.
     /// A primary of a replicated partition comes back every `CHECK_MS` (leases to renew).
     pub(crate) fn replication_deadline(&self) -> Option<u64> {
         let st = self.view.state.as_ref()?;
