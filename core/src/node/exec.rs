@@ -111,6 +111,8 @@ impl Node {
         let (response, seq) = result.unwrap_or_else(|r| (r, None));
         // On a replicated partition the answer also waits for its entry to commit (a refusal:
         // for the newest entry, which it may have been decided on).
+        // A write that wrote nothing (a failed condition, a delete of an absent key) reveals
+        // state as a read does: it is answered only under a valid lease.
         let target = match self.writing.take() {
             Some(pw) => Target::Commit {
                 partition: pw.partition,
@@ -118,7 +120,11 @@ impl Node {
                     .written_lsn
                     .take()
                     .unwrap_or_else(|| self.repl.position(pw.partition).lsn),
-                target: Box::new(target),
+                target: Box::new(if seq.is_none() && is_write {
+                    Target::Leased(Box::new(target))
+                } else {
+                    target
+                }),
             },
             None => target,
         };

@@ -43,13 +43,16 @@ pub(crate) enum Target {
         lsn: u64,
         target: Box<Target>,
     },
+    /// Inside a `Commit`: an answer that reveals state without writing (a refusal), sent only
+    /// while this primary holds its read lease.
+    Leased(Box<Target>),
 }
 
 impl Target {
     /// Who is answered in the end.
     fn innermost(self) -> Target {
         match self {
-            Target::Commit { target, .. } => target.innermost(),
+            Target::Commit { target, .. } | Target::Leased(target) => target.innermost(),
             t => t,
         }
     }
@@ -81,7 +84,7 @@ pub(crate) fn respond(target: Target, response: Response, out: &mut Vec<Output>)
                 lease_from,
             },
         }),
-        Target::Internal | Target::Commit { .. } => {}
+        Target::Internal | Target::Commit { .. } | Target::Leased(_) => {}
     }
 }
 

@@ -672,7 +672,20 @@ impl Node {
             .is_some_and(|(l, _, _)| *l <= committed)
         {
             if let Some((_, target, response)) = part.pending.pop_front() {
-                respond(target, response, out);
+                let lost_lease = matches!(target, Target::Leased(_))
+                    && !self.repl.leases.valid(p, self.repl.now);
+                if lost_lease {
+                    let e = err(
+                        ErrorKind::Unavailable,
+                        format!(
+                            "partition {p}'s primary lost its lease before it could answer; \
+                             nothing was written, try again"
+                        ),
+                    );
+                    respond(target, e, out);
+                } else {
+                    respond(target, response, out);
+                }
             }
         }
     }
