@@ -50,8 +50,9 @@ pub enum Bug {
     /// A replica that undoes entries a new primary's log does not have undoes one more than
     /// that (the last entry both logs share): an acknowledged write is lost on that copy.
     TruncatePastDivergence = 2048,
-    /// A replica takes entries from a primary of an older epoch than one it already accepted:
-    /// a deposed primary can still get its writes acknowledged.
+    /// A replica takes entries from whoever sends them, without checking the sender's epoch
+    /// against the newest it accepted or the state's: a deposed primary can still get its
+    /// writes acknowledged, and its entries overwrite the new primary's.
     AcceptOldEpoch = 4096,
     /// A primary answers reads without a valid lease from its backups: a deposed primary that
     /// has not heard of its successor serves stale values.
@@ -60,7 +61,8 @@ pub enum Bug {
     /// backup of the configuration has it.
     AckBeforeReplicas = 16384,
     /// The leader promotes a replica that is not in the partition's current configuration
-    /// (a learner, or a backup removed earlier), which may lack acknowledged writes.
+    /// (a learner, perhaps a backup removed earlier, taken before any backup), which may lack
+    /// acknowledged writes.
     PromoteOutsideConfig = 32768,
 }
 

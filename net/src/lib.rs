@@ -77,7 +77,12 @@ pub fn node_id(data_dir: &Path, wanted: Option<&str>) -> Result<String, String> 
 
 /// The coordinator and peer transport: ZooKeeper and TCP peers with `zookeeper` set, the
 /// in-process coordinator otherwise.
-async fn cluster_io(cfg: &Config, id: &str, http: SocketAddr) -> Result<driver::ClusterIo, String> {
+async fn cluster_io(
+    cfg: &Config,
+    id: &str,
+    http: SocketAddr,
+    disk: u64,
+) -> Result<driver::ClusterIo, String> {
     let Some(hosts) = &cfg.zookeeper else {
         return Ok(driver::ClusterIo {
             coordinator: Box::new(coord::LocalCoordinator),
@@ -85,6 +90,7 @@ async fn cluster_io(cfg: &Config, id: &str, http: SocketAddr) -> Result<driver::
                 id: id.to_string(),
                 http: http.to_string(),
                 peer: String::new(),
+                disk,
             },
             peers: None,
         });
@@ -108,6 +114,7 @@ async fn cluster_io(cfg: &Config, id: &str, http: SocketAddr) -> Result<driver::
             id: id.to_string(),
             http: http.to_string(),
             peer: peer_addr.to_string(),
+            disk,
         },
         peers: Some((net, rx)),
     })
@@ -212,7 +219,14 @@ pub async fn serve(
         tracing::warn!(file = %t.0, offset = t.1, "dropped a torn write at the end of the log");
     }
     let _ = db_cell.set(db.clone());
-    let io = cluster_io(&cfg, &id, addr).await?;
+    // A new number each time a node starts on a new disk (not security-relevant).
+    let fresh = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ (u64::from(std::process::id()) << 32);
+    let disk = corecache_core::node::disk_identity(&db, fresh)?;
+    let io = cluster_io(&cfg, &id, addr, disk).await?;
     parts.start(
         db,
         NodeConfig {
@@ -224,6 +238,7 @@ pub async fn serve(
             replication_factor: cfg.replication().0,
             min_insync_replicas: cfg.replication().1,
             replica_timeout_ms: cfg.replica_timeout_ms,
+            disk_id: disk,
             ..NodeConfig::default()
         },
         io,

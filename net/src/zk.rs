@@ -74,6 +74,7 @@ pub fn state_to_json(s: &ClusterState) -> Vec<u8> {
         "owners": s.owners,
         "moving": s.moving.iter().map(|(p, to)| (p.to_string(), json!(to))).collect::<serde_json::Map<_, _>>(),
         "leaving": s.leaving,
+        "disks": s.disks,
         "replicas": s.replicas.iter().map(|r| json!({
             "epoch": r.epoch,
             "backups": r.backups,
@@ -148,10 +149,23 @@ pub fn state_from_json(data: &[u8]) -> Result<ClusterState, String> {
                 .collect::<Result<Vec<_>, _>>()?
         }
     };
+    let mut disks = std::collections::BTreeMap::new();
+    if let Some(d) = v.get("disks") {
+        let d = d
+            .as_object()
+            .ok_or("cluster state `disks` must be an object")?;
+        for (node, id) in d {
+            let id = id
+                .as_u64()
+                .ok_or("cluster state `disks` values must be numbers")?;
+            disks.insert(node.clone(), id);
+        }
+    }
     Ok(ClusterState {
         moving,
         leaving,
         replicas,
+        disks,
         epoch: num("epoch")?,
         version: num("version")?,
         leader: v
@@ -189,7 +203,7 @@ fn part_from_json(v: &serde_json::Value) -> Result<PartReplicas, String> {
 }
 
 fn member_to_json(m: &Member) -> Vec<u8> {
-    json!({"id": m.id, "http": m.http, "peer": m.peer})
+    json!({"id": m.id, "http": m.http, "peer": m.peer, "disk": m.disk})
         .to_string()
         .into_bytes()
 }
@@ -200,6 +214,8 @@ fn member_from_json(data: &[u8]) -> Option<Member> {
         id: v.get("id")?.as_str()?.to_string(),
         http: v.get("http")?.as_str()?.to_string(),
         peer: v.get("peer")?.as_str()?.to_string(),
+        // Absent from a node of an older version: unknown.
+        disk: v.get("disk").and_then(|d| d.as_u64()).unwrap_or(0),
     })
 }
 
@@ -528,6 +544,7 @@ mod tests {
             moving: [(1u16, "n3".to_string())].into_iter().collect(),
             leaving: vec!["n2".into()],
             replicas: Vec::new(),
+            disks: [("n1".to_string(), 77u64)].into_iter().collect(),
         };
         assert_eq!(state_from_json(&state_to_json(&s)).unwrap(), s);
         let mut r = s.clone();

@@ -42,7 +42,7 @@ const MAX_FRAME: usize = 1 << 20;
 enum ToServer {
     Connect {
         session: Option<u64>,
-        member: (String, String, String),
+        member: MemberInfo,
         timeout_ms: u64,
     },
     Ping,
@@ -57,7 +57,7 @@ enum ToClient {
     Session { id: u64 },
     Expired,
     Pong,
-    Members(Vec<(String, String, String)>),
+    Members(Vec<MemberInfo>),
     State { state: Option<String>, stamp: i64 },
     Elected,
     WriteDone { ok: bool, message: String },
@@ -95,6 +95,8 @@ pub struct StateWrite {
     pub writer: String,
     /// The partition map it holds.
     pub owners: Vec<String>,
+    /// Each partition's backups (empty without replicas).
+    pub backups: Vec<Vec<String>>,
 }
 
 /// What the server did, for the checkers and the fault counters. Lives outside the
@@ -107,7 +109,7 @@ pub struct ZkLog {
 }
 
 struct Session {
-    member: (String, String, String),
+    member: MemberInfo,
     seq: u64,
     timeout: Duration,
     last_heard: tokio::time::Instant,
@@ -128,9 +130,9 @@ struct Server {
 }
 
 impl Server {
-    fn members(&self) -> Vec<(String, String, String)> {
+    fn members(&self) -> Vec<MemberInfo> {
         // One entry per node id: a newer session's entry replaces an older one's.
-        let mut by_id: BTreeMap<String, (u64, (String, String, String))> = BTreeMap::new();
+        let mut by_id: BTreeMap<String, (u64, MemberInfo)> = BTreeMap::new();
         for s in self.sessions.values() {
             let e = by_id
                 .entry(s.member.0.clone())
@@ -273,7 +275,7 @@ impl Server {
     fn attach(
         &mut self,
         session: Option<u64>,
-        member: (String, String, String),
+        member: MemberInfo,
         timeout_ms: u64,
         tx: &mpsc::UnboundedSender<ToClient>,
         log: &Mutex<ZkLog>,
@@ -312,7 +314,7 @@ impl Server {
     /// waits behind every older live session in the election). Returns its id.
     fn open_session(
         &mut self,
-        member: (String, String, String),
+        member: MemberInfo,
         timeout_ms: u64,
         now: tokio::time::Instant,
         conn: (u64, mpsc::UnboundedSender<ToClient>),
@@ -376,6 +378,7 @@ impl Server {
                     version: st.version,
                     leader: st.leader,
                     writer,
+                    backups: st.replicas.iter().map(|r| r.backups.clone()).collect(),
                     owners: st.owners,
                 });
             }
@@ -415,11 +418,15 @@ impl Coordinator for FakeCoordinator {
     }
 }
 
-fn to_member(m: (String, String, String)) -> Member {
+/// A member entry as the fake keeps it: id, HTTP and peer addresses, disk identity.
+pub(crate) type MemberInfo = (String, String, String, u64);
+
+fn to_member(m: MemberInfo) -> Member {
     Member {
         id: m.0,
         http: m.1,
         peer: m.2,
+        disk: m.3,
     }
 }
 
@@ -432,7 +439,7 @@ async fn client(
     mut commands: mpsc::UnboundedReceiver<CoordCommand>,
 ) {
     let mut session: Option<u64> = None;
-    let member = (me.id.clone(), me.http.clone(), me.peer.clone());
+    let member = (me.id.clone(), me.http.clone(), me.peer.clone(), me.disk);
     let silence = timeout * 2 / 3;
     loop {
         if events.is_closed() {

@@ -33,6 +33,17 @@ pub(crate) enum Fault {
     },
     /// `Isolate` of whichever node leads when the fault starts.
     IsolateLeader,
+    /// A crash that loses the node's disk for good: it comes back on an empty one (with
+    /// replicas only: without them, its keys are gone by design).
+    Wipe {
+        node: usize,
+    },
+    /// The node stops for a while (a long GC pause, a stopped VM): nothing reaches it and
+    /// nothing leaves it, then everything held is delivered at once. Drawn longer than a
+    /// read lease, so a paused primary wakes up deposed.
+    Pause {
+        node: usize,
+    },
 }
 
 fn scripted_faults(cfg: &Config, scenario: Scenario) -> Vec<(Duration, Duration, Fault)> {
@@ -67,6 +78,13 @@ pub(crate) fn draw_faults(cfg: &Config, rng: &mut Rng) -> Vec<(Duration, Duratio
         let node = rng.below(n as u64) as usize;
         let other = (node + 1 + rng.below(n as u64 - 1) as usize) % n;
         let (fault, len) = match rng.below(100) {
+            // With replicas, a crash may lose the disk, and a node may pause past its lease.
+            0..=29 if cfg.crashes && cfg.replication_factor > 1 && rng.chance(30) => {
+                (Fault::Wipe { node }, rng.ms(300, 3000))
+            }
+            65..=84 if cfg.replication_factor > 1 && rng.chance(40) => {
+                (Fault::Pause { node }, rng.ms(2500, 5000))
+            }
             0..=29 if cfg.crashes => (Fault::Crash { node }, rng.ms(300, 3000)),
             0..=29 => (Fault::CoordinatorCutOff { node }, rng.ms(300, 3000)),
             30..=49 => {

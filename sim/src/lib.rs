@@ -88,6 +88,8 @@ pub struct Config {
     /// Copies of every partition (1: no replicas), and the in-sync minimum for writes.
     pub replication_factor: usize,
     pub min_insync_replicas: usize,
+    /// Log entries each partition keeps (few, with replicas, so that learners get copies).
+    pub log_retain: u64,
 }
 
 /// The prototype's failures, replayed on purpose.
@@ -138,6 +140,7 @@ impl Config {
             },
             replication_factor: 1,
             min_insync_replicas: 1,
+            log_retain: corecache_core::proto::replog::LOG_RETAIN,
         }
     }
 
@@ -146,6 +149,7 @@ impl Config {
         Config {
             replication_factor: 3,
             min_insync_replicas: 2,
+            log_retain: 6,
             ..Config::new(seed)
         }
     }
@@ -220,6 +224,10 @@ pub struct Report {
     pub sessions_expired: u64,
     /// Crashes whose disk kept a torn part of an unsynced write.
     pub torn_writes: usize,
+    /// Crashes that lost the node's disk for good.
+    pub wiped_disks: usize,
+    /// Nodes paused (nothing in or out) for longer than a lease.
+    pub pauses: usize,
     pub lost_unsynced_bytes: u64,
     pub sim_time: Duration,
     /// Every operation, the coordinator's writes and the faults, as text (what the digest
@@ -340,6 +348,12 @@ pub fn run(cfg: &Config) -> Result<Report, Failure> {
         return Err(fail(e, &fault_log));
     }
     report.sim_time = sim.elapsed();
+    let last_state = zk_log.lock().writes.last().cloned();
+    if let Some(st) = last_state {
+        if let Err(e) = copies_agree(&st, &slots) {
+            return Err(fail(e, &fault_log));
+        }
+    }
     for slot in &slots {
         take_stats(slot, &mut report);
     }
@@ -364,6 +378,68 @@ pub fn run(cfg: &Config) -> Result<Report, Failure> {
     }
     digest(&ops, &writes, &fault_log, &mut report);
     Ok(report)
+}
+
+/// At the end of a run, the copies of each partition in its last configuration (primary and
+/// backups) that stand at the same point of its log hold the same keys and values: replicas
+/// that apply the same entries in the same order end the same (a replica that undid too much,
+/// or took entries from a deposed primary, does not).
+fn copies_agree(st: &fakezk::StateWrite, slots: &[DbSlot]) -> Result<(), String> {
+    use corecache_core::proto::replog;
+    use std::ops::Bound;
+    let db_of = |name: &str| -> Option<Arc<corecache_core::Db>> {
+        let i = (0..slots.len()).find(|i| node_name(*i) == name)?;
+        slots[i].lock().clone()
+    };
+    for (p, backups) in st.backups.iter().enumerate() {
+        let p = p as u16;
+        // The first copy read: its node, (last entry, its epoch), and its keys.
+        type Copy = (String, (u64, u64), Vec<(Vec<u8>, Vec<u8>)>);
+        let mut seen: Option<Copy> = None;
+        for node in std::iter::once(&st.owners[usize::from(p)]).chain(backups) {
+            let Some(db) = db_of(node) else { continue };
+            let pos = match db.get(&replog::meta_key(p)) {
+                Ok(Some(raw)) => replog::decode_position(&raw)
+                    .map_err(|_| format!("{node}: partition {p}'s position does not decode"))?,
+                Ok(None) => replog::Position::default(),
+                Err(e) => return Err(format!("{node}: cannot read partition {p}'s position: {e}")),
+            };
+            let lo = p.to_be_bytes().to_vec();
+            let hi = (u32::from(p) + 1).to_be_bytes()[2..].to_vec();
+            let hi = if p == u16::MAX {
+                Bound::Unbounded
+            } else {
+                Bound::Excluded(&hi[..])
+            };
+            let keys: Vec<(Vec<u8>, Vec<u8>)> = db
+                .scan(Bound::Included(&lo[..]), hi)
+                .map_err(|e| format!("{node}: cannot scan partition {p}: {e}"))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("{node}: cannot scan partition {p}: {e}"))?;
+            match &seen {
+                Some((other, at, theirs)) if *at == (pos.lsn, pos.lsn_epoch) && *theirs != keys => {
+                    let differs = keys
+                        .iter()
+                        .map(|(k, _)| k)
+                        .chain(theirs.iter().map(|(k, _)| k))
+                        .find(|k| {
+                            keys.iter().find(|(x, _)| x == *k)
+                                != theirs.iter().find(|(x, _)| x == *k)
+                        })
+                        .map(|k| String::from_utf8_lossy(&k[2..]).into_owned())
+                        .unwrap_or_default();
+                    return Err(format!(
+                        "copies differ: partition {p} on {node} and {other}, both at entry {} \
+                         of epoch {}, differ at key {differs:?}",
+                        pos.lsn, pos.lsn_epoch
+                    ));
+                }
+                Some(_) => {}
+                None => seen = Some((node.clone(), (pos.lsn, pos.lsn_epoch), keys)),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Refuses to run without `--cfg tokio_unstable`: without it tokio's choices are not seeded,
@@ -582,7 +658,53 @@ impl World<'_, '_> {
             Action::End(Fault::IsolateLeader) => {}
             Action::Start(Fault::Isolate { node }) => self.isolate(node),
             Action::End(Fault::Isolate { node }) => self.end_isolation(node),
+            Action::Start(Fault::Wipe { node }) => {
+                // A lost disk is a fault to survive only while every copy it holds has another
+                // in its configuration, and only once per run (a second lost disk could take a
+                // partition's last copy): otherwise this is a crash that keeps the disk.
+                let safe = self.report.wiped_disks == 0 && self.copies_elsewhere(node);
+                if !self.down[node] {
+                    self.crash(node);
+                    if safe {
+                        self.disks[node].wipe();
+                        self.report.wiped_disks += 1;
+                    }
+                }
+            }
+            Action::End(Fault::Wipe { node }) => {
+                if self.down[node] {
+                    self.sim.bounce(node_name(node));
+                    self.down[node] = false;
+                }
+            }
+            Action::Start(Fault::Pause { node }) => {
+                self.report.pauses += 1;
+                let me = node_name(node);
+                for o in self.hosts.clone().iter().filter(|o| **o != me) {
+                    self.links.hold(self.sim, &me, o);
+                }
+            }
+            Action::End(Fault::Pause { node }) => {
+                let me = node_name(node);
+                for o in self.hosts.clone().iter().filter(|o| **o != me) {
+                    self.links.release(self.sim, &me, o);
+                }
+            }
         }
+    }
+
+    /// Whether every partition `node` holds a copy of (as primary or backup, in the last
+    /// state written) has another copy in its configuration.
+    fn copies_elsewhere(&self, node: usize) -> bool {
+        let me = node_name(node);
+        let Some(st) = self.zk_log.lock().writes.last().cloned() else {
+            return false;
+        };
+        st.owners.iter().enumerate().all(|(p, owner)| {
+            let backups = st.backups.get(p).cloned().unwrap_or_default();
+            let copies: Vec<&String> = std::iter::once(owner).chain(&backups).collect();
+            !copies.contains(&&me) || copies.len() >= 2
+        })
     }
 
     /// A power cut of `node` (unless it is down already): its disk keeps what the crash leaves,

@@ -100,6 +100,11 @@ pub(crate) async fn node_main(
             });
         }
     });
+    // A new disk gets a new identity: the time it was first used, and the node's name.
+    let fresh = id.bytes().fold(crate::sim_now_ms(), |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let disk = corecache_core::node::disk_identity(&db, fresh)?;
     let io = ClusterIo {
         coordinator: Box::new(fakezk::FakeCoordinator {
             session_timeout: cfg.session_timeout,
@@ -108,6 +113,7 @@ pub(crate) async fn node_main(
             id: id.clone(),
             http: format!("{id}:{HTTP_PORT}"),
             peer: format!("{id}:{PEER_PORT}"),
+            disk,
         },
         peers: Some((net, peer_rx)),
     };
@@ -131,6 +137,8 @@ pub(crate) async fn node_main(
             initial_members: cfg.nodes,
             replication_factor: cfg.replication_factor,
             min_insync_replicas: cfg.min_insync_replicas,
+            log_retain: cfg.log_retain,
+            disk_id: disk,
             ..NodeConfig::default()
         },
         io,

@@ -9,11 +9,11 @@ use corecache_sim::{run, Config};
 /// Seeds tried per bug before concluding the sweep cannot see it.
 const SEEDS: u64 = 300;
 
-fn caught(bug: Bug) -> Option<(u64, String)> {
+fn caught(bug: Bug, config: fn(u64) -> Config) -> Option<(u64, String)> {
     for seed in 0..SEEDS {
         bugs::clear();
         bugs::enable(bug);
-        let r = catch_unwind(AssertUnwindSafe(|| run(&Config::new(seed))));
+        let r = catch_unwind(AssertUnwindSafe(|| run(&config(seed))));
         bugs::clear();
         match r {
             Ok(Ok(_)) => {}
@@ -32,12 +32,21 @@ fn caught(bug: Bug) -> Option<(u64, String)> {
 }
 
 fn check(bug: Bug) {
-    match caught(bug) {
+    check_in(bug, Config::new, "");
+}
+
+/// A bug of replication: the replicated sweep (three copies of every partition) must see it.
+fn check_replicated(bug: Bug) {
+    check_in(bug, Config::replicated, "replicated ");
+}
+
+fn check_in(bug: Bug, config: fn(u64) -> Config, sweep: &str) {
+    match caught(bug, config) {
         Some((seed, why)) => {
             let first = why.lines().next().unwrap_or_default().to_string();
-            println!("{bug:?}: caught by seed {seed}: {first}");
+            println!("{bug:?}: caught by {sweep}seed {seed}: {first}");
         }
-        None => panic!("{bug:?} went unnoticed through {SEEDS} seeds"),
+        None => panic!("{bug:?} went unnoticed through {SEEDS} {sweep}seeds"),
     }
 }
 
@@ -118,5 +127,40 @@ fn an_old_owner_forgetting_its_freeze_on_restart_is_caught_by_the_seed_that_foun
     );
     if let Err(f) = run(&cfg) {
         panic!("{f}");
+    }
+}
+
+#[test]
+fn acknowledging_before_every_backup_has_the_write_is_caught() {
+    check_replicated(Bug::AckBeforeReplicas);
+}
+
+#[test]
+fn promoting_a_replica_outside_the_configuration_is_caught() {
+    check_replicated(Bug::PromoteOutsideConfig);
+}
+
+#[test]
+fn a_primary_serving_reads_without_a_lease_is_caught() {
+    check_replicated(Bug::ReadWithoutLease);
+}
+
+#[test]
+fn a_replica_accepting_an_old_epoch_is_caught() {
+    check_replicated(Bug::AcceptOldEpoch);
+}
+
+#[test]
+fn truncating_past_the_point_of_divergence_is_caught() {
+    check_replicated(Bug::TruncatePastDivergence);
+}
+
+#[test]
+fn without_a_bug_the_same_replicated_seeds_pass() {
+    bugs::clear();
+    for seed in 0..5 {
+        if let Err(f) = run(&Config::replicated(seed)) {
+            panic!("{f}");
+        }
     }
 }

@@ -131,12 +131,11 @@ fn sweep() {
 
 /// The sweep with three copies of every partition: crashes, partitions and cut-offs now make
 /// primaries fail over, and no acknowledged write may be lost. `CORECACHE_REPLICATED_SEEDS=N`
-/// (default 20 for now: a longer sweep runs out of turmoil's ports on some seed, being looked
-/// into) from `CORECACHE_SEED_BASE`; replay one with `CORECACHE_REPLICATED=1
+/// (default 200) from `CORECACHE_SEED_BASE`; replay one with `CORECACHE_REPLICATED=1
 /// CORECACHE_SEED=N cargo test -p corecache-sim --test sweep replay`.
 #[test]
 fn replicated_sweep() {
-    let seeds = env_u64("CORECACHE_REPLICATED_SEEDS").unwrap_or(20);
+    let seeds = env_u64("CORECACHE_REPLICATED_SEEDS").unwrap_or(200);
     let base = env_u64("CORECACHE_SEED_BASE").unwrap_or(0);
     let start = Instant::now();
     let mut t = Totals::default();

@@ -19,6 +19,9 @@ pub struct Member {
     pub http: String,
     /// Where its peer transport listens (`host:port`).
     pub peer: String,
+    /// Its data directory's identity (made when the node first ran on it; 0: unknown). A
+    /// node back under the same id with another disk lost what it held.
+    pub disk: u64,
 }
 
 use std::collections::BTreeMap;
@@ -45,6 +48,10 @@ pub struct ClusterState {
     /// number; empty in a cluster without replicas (`replication_factor = 1`), and then every
     /// partition is its owner alone at epoch 0.
     pub replicas: Vec<PartReplicas>,
+    /// With replicas: each node's disk identity when it was last given a copy. A member whose
+    /// disk is another (it came back on an empty one) holds none of its old copies: it leaves
+    /// every configuration, as a gone node does, and starts again as a learner.
+    pub disks: BTreeMap<String, u64>,
 }
 
 /// One partition's configuration besides its primary (PacificA's term): the backups every
@@ -103,8 +110,22 @@ impl ClusterState {
             owners,
             moving: BTreeMap::new(),
             leaving: Vec::new(),
+            disks: if replication_factor > 1 {
+                members
+                    .iter()
+                    .filter(|m| m.disk != 0)
+                    .map(|m| (m.id.clone(), m.disk))
+                    .collect()
+            } else {
+                BTreeMap::new()
+            },
             replicas,
         }
+    }
+
+    /// Whether member `m` came back on another disk than the one its copies were on.
+    pub fn replaced(&self, m: &Member) -> bool {
+        m.disk != 0 && self.disks.get(&m.id).is_some_and(|d| *d != m.disk)
     }
 
     /// Partition `p`'s replica set besides its primary (empty without replicas).
@@ -241,9 +262,17 @@ impl ClusterState {
         (0..self.replicas.len())
             .filter(|&p| !alive(&self.owners[p]))
             .filter_map(|p| {
-                let cands: Vec<String> = self.replicas[p]
+                let r = &self.replicas[p];
+                let outside: &[String] = if crate::bugs::on(crate::bugs::Bug::PromoteOutsideConfig)
+                {
+                    &r.learners
+                } else {
+                    &[]
+                };
+                let cands: Vec<String> = r
                     .backups
                     .iter()
+                    .chain(outside)
                     .filter(|b| alive(b))
                     .cloned()
                     .collect();
@@ -261,7 +290,8 @@ impl ClusterState {
     ///    backups. None answered: the partition waits (it is never given to a copy that may
     ///    lack acknowledged writes).
     /// 2. Backups and learners that are not live, or that their primary reported `lagging`
-    ///    in the current epoch, leave the configuration.
+    ///    in the current epoch, leave the configuration (unless the primary is gone too, and
+    ///    was not replaced: then nothing changes until a backup is back).
     /// 3. Learners their primary reported `ready` in the current epoch become backups.
     /// 4. A partition with fewer copies than `replication_factor` gets live nodes that hold
     ///    none as learners (the least loaded first, never a leaving node).
@@ -289,16 +319,28 @@ impl ClusterState {
                 } else {
                     &[]
                 };
-                let best = backups
+                // (The bug: a learner that answered is taken first, whatever it holds.)
+                let best = outside
                     .iter()
-                    .chain(outside)
-                    .filter(|b| alive(b))
-                    .filter_map(|b| positions.get(&(pu, b.clone())).map(|pos| (*pos, b)))
-                    .max_by(|(a, x), (b, y)| a.cmp(b).then(y.cmp(x)))
-                    .map(|(_, b)| b.clone());
-                if let Some(b) = best {
-                    backups.retain(|x| *x != b);
-                    primary = b;
+                    .find(|b| alive(b) && positions.contains_key(&(pu, (*b).clone())))
+                    .cloned()
+                    .or_else(|| {
+                        backups
+                            .iter()
+                            .filter(|b| alive(b))
+                            .filter_map(|b| positions.get(&(pu, b.clone())).map(|pos| (*pos, b)))
+                            .max_by(|(a, x), (b, y)| a.cmp(b).then(y.cmp(x)))
+                            .map(|(_, b)| b.clone())
+                    });
+                match best {
+                    Some(b) => {
+                        backups.retain(|x| *x != b);
+                        primary = b;
+                    }
+                    // No copy to promote: the configuration stays as it is, gone backups
+                    // included: they may be the only ones left with every acknowledged write,
+                    // and the first to come back is promoted.
+                    None => continue,
                 }
             }
             backups.retain(|b| {
@@ -374,6 +416,57 @@ impl ClusterState {
         }
     }
 
+    /// Members that hold their copies: live, and on the disk they had when given them.
+    pub fn holding(&self, members: &[Member]) -> Vec<String> {
+        members
+            .iter()
+            .filter(|m| !self.replaced(m))
+            .map(|m| m.id.clone())
+            .collect()
+    }
+
+    /// [`reconfigure`](Self::reconfigure) over `members`: a member back on another disk
+    /// counts as gone for the copies it held (a primary's partition is promoted away from
+    /// it, it leaves every configuration), and once it holds none its new disk is recorded,
+    /// so that it is taken back as a learner like a new node. A member never recorded is
+    /// recorded at once.
+    pub fn reconfigure_members(
+        &self,
+        members: &[Member],
+        positions: &BTreeMap<(u16, String), (u64, u64)>,
+        lagging: &[(u16, u64, String)],
+        ready: &[(u16, u64, String)],
+        replication_factor: usize,
+    ) -> Option<ClusterState> {
+        let holding = self.holding(members);
+        let next = self.reconfigure(&holding, positions, lagging, ready, replication_factor);
+        let changed = next.is_some();
+        let mut next = next.unwrap_or_else(|| self.clone());
+        let mut recorded = false;
+        for m in members.iter().filter(|m| m.disk != 0) {
+            let holds = (0..next.replicas.len()).any(|p| {
+                next.owners[p] == m.id
+                    || next.replicas[p].backups.contains(&m.id)
+                    || next.replicas[p].learners.contains(&m.id)
+            });
+            match next.disks.get(&m.id) {
+                None => {}
+                Some(d) if *d == m.disk || holds => continue,
+                Some(_) => {}
+            }
+            next.disks.insert(m.id.clone(), m.disk);
+            recorded = true;
+        }
+        match (changed, recorded) {
+            (false, false) => None,
+            (false, true) => {
+                next.version += 1;
+                Some(next)
+            }
+            (true, _) => Some(next),
+        }
+    }
+
     /// The state after `leader` wins an election: a new epoch, the same owners.
     pub fn next_epoch(&self, leader: &str) -> ClusterState {
         let mut s = self.clone();
@@ -422,6 +515,7 @@ mod tests {
 
     fn m(id: &str) -> Member {
         Member {
+            disk: 0,
             id: id.into(),
             http: String::new(),
             peer: String::new(),

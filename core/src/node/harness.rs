@@ -59,6 +59,7 @@ pub(super) fn open_engine(opts: Options) -> Arc<Db> {
 /// A member entry as the harness's coordinator reports it.
 pub(super) fn member(id: &str) -> Member {
     Member {
+        disk: 0,
         id: id.to_string(),
         http: String::new(),
         peer: String::new(),
@@ -127,6 +128,8 @@ pub(super) struct Net<N = Vec<Node>> {
     partitions: u16,
     /// Copies of each partition a cluster this net creates places (and the in-sync minimum).
     replication: (usize, usize),
+    /// Log entries each replicated partition keeps on the nodes this net creates.
+    pub(super) log_retain: u64,
 }
 
 impl Net {
@@ -165,9 +168,22 @@ impl Net {
         replication_factor: usize,
         min_insync: usize,
     ) -> Net {
+        let retain = crate::proto::replog::LOG_RETAIN;
+        Net::replicated_retaining(ids, partitions, replication_factor, min_insync, retain)
+    }
+
+    /// Like [`Net::replicated`], each partition's log keeping `log_retain` entries.
+    pub(super) fn replicated_retaining(
+        ids: &[&str],
+        partitions: u16,
+        replication_factor: usize,
+        min_insync: usize,
+        log_retain: u64,
+    ) -> Net {
         let mut net = Net::bare(Vec::new(), 1_000, Mode::Auto);
         net.partitions = partitions;
         net.replication = (replication_factor, min_insync);
+        net.log_retain = log_retain;
         let members: Vec<Member> = ids.iter().map(|id| member(id)).collect();
         for id in ids {
             net.add_node(id);
@@ -193,17 +209,37 @@ impl Net {
 
     /// A clustered node (`Node::new_clustered`) on a fresh engine; nothing delivered yet.
     pub(super) fn add_node(&mut self, id: &str) {
-        let n = Node::new_clustered(
+        let n = self.fresh_node(id);
+        self.nodes.push(n);
+    }
+
+    fn fresh_node(&self, id: &str) -> Node {
+        Node::new_clustered(
             open_engine(engine_options()),
             NodeConfig {
                 node_id: id.to_string(),
                 partitions: self.partitions,
                 replication_factor: self.replication.0,
                 min_insync_replicas: self.replication.1,
+                log_retain: self.log_retain,
                 ..NodeConfig::default()
             },
-        );
-        self.nodes.push(n);
+        )
+    }
+
+    /// Node `i` comes back on an empty disk (its old one lost for good), under the same id:
+    /// it connects, sees the state, and every node sees it among the members.
+    pub(super) fn wipe(&mut self, i: usize) {
+        let id = self.name(i);
+        self.nodes[i] = self.fresh_node(&id);
+        self.down.remove(&i);
+        self.announce(i, CoordEvent::Connected);
+        let st = self.store.state_event();
+        self.announce(i, st);
+        let ms = self.members();
+        for j in 0..self.nodes.len() {
+            self.announce(j, CoordEvent::Members(ms.clone()));
+        }
     }
 
     /// A new node joins: it connects and sees the state; then every node sees the new
@@ -243,6 +279,7 @@ impl<N: AsRef<[Node]> + AsMut<[Node]>> Net<N> {
             indent: "",
             partitions: 16,
             replication: (1, 1),
+            log_retain: crate::proto::replog::LOG_RETAIN,
         }
     }
 
@@ -870,6 +907,28 @@ pub(super) fn show_message(m: &PeerMessage) -> String {
             epoch,
             node,
         } => format!("LearnerReady{{p={partition} epoch={epoch} node={node}}}"),
+        PeerMessage::CopyPage {
+            partition,
+            epoch,
+            base,
+            after,
+            items,
+            done,
+            ..
+        } => format!(
+            "CopyPage{{p={partition} epoch={epoch} base={base} after={} items={} done={done}}}",
+            show_opt_bytes(after),
+            items.len()
+        ),
+        PeerMessage::CopyAck {
+            partition,
+            epoch,
+            base,
+            last,
+        } => format!(
+            "CopyAck{{p={partition} epoch={epoch} base={base} last={}}}",
+            show_opt_bytes(last)
+        ),
     }
 }
 

@@ -226,11 +226,11 @@ impl Node {
         {
             // Every backup asked has answered (or the time is up): promote.
             let probe = duty.probe.take().unwrap_or_default();
-            let live: Vec<String> = self.view.members.iter().map(|m| m.id.clone()).collect();
             let lagging: Vec<_> = std::mem::take(&mut duty.lagging).into_iter().collect();
             let ready: Vec<_> = std::mem::take(&mut duty.ready).into_iter().collect();
             let rf = self.cfg.replication_factor;
-            state.reconfigure(&live, &probe.positions, &lagging, &ready, rf)
+            let members = &self.view.members;
+            state.reconfigure_members(members, &probe.positions, &lagging, &ready, rf)
         } else if duty.probe.is_some() {
             None
         } else if std::mem::take(&mut duty.plan_due) {
@@ -239,12 +239,14 @@ impl Node {
                 // Rebalance: start or abort moves as membership requires.
                 state.plan(&live)
             } else {
-                let orphaned = state.orphaned(&live);
+                let orphaned = state.orphaned(&state.holding(&self.view.members));
                 if orphaned.is_empty() {
                     let lagging: Vec<_> = std::mem::take(&mut duty.lagging).into_iter().collect();
                     let ready: Vec<_> = std::mem::take(&mut duty.ready).into_iter().collect();
                     let rf = self.cfg.replication_factor;
-                    state.reconfigure(&live, &BTreeMap::new(), &lagging, &ready, rf)
+                    let members = &self.view.members;
+                    let none = BTreeMap::new();
+                    state.reconfigure_members(members, &none, &lagging, &ready, rf)
                 } else {
                     // Ask the live backups of each where their logs end.
                     let id = self.fwd.next_id;

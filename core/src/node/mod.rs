@@ -80,6 +80,13 @@ pub struct NodeConfig {
     pub min_insync_replicas: usize,
     /// A replica gone this long is replaced by a copy on another node.
     pub replica_timeout_ms: u64,
+    /// This node's disk identity ([`disk_identity`]; 0: unknown, never checked). A node the
+    /// state records with another disk serves none of the copies it lists it with.
+    pub disk_id: u64,
+    /// Log entries a replicated partition keeps behind its newest (a replica further behind
+    /// is sent a copy of the partition). [`crate::proto::replog::LOG_RETAIN`]; the simulation
+    /// sets fewer so that copies happen.
+    pub log_retain: u64,
 }
 
 impl Default for NodeConfig {
@@ -95,6 +102,8 @@ impl Default for NodeConfig {
             replication_factor: 1,
             min_insync_replicas: 1,
             replica_timeout_ms: 60_000,
+            log_retain: crate::proto::replog::LOG_RETAIN,
+            disk_id: 0,
         }
     }
 }
@@ -253,6 +262,31 @@ fn engine_err(e: Error) -> Response {
     }
 }
 
+/// The identity of the disk under `db`: made from `fresh` (which should differ every time a
+/// node starts on a new disk; it is masked to 53 bits, exact in JSON) and stored durably the
+/// first time, read back ever after. A node back under its old id on an empty disk has a new
+/// one, which is how the leader knows it lost its copies.
+pub fn disk_identity(db: &Db, fresh: u64) -> Result<u64, String> {
+    let key = crate::proto::replog::disk_key();
+    match db.get(&key) {
+        Ok(Some(raw)) => match <[u8; 8]>::try_from(raw.as_slice()) {
+            Ok(b) => Ok(u64::from_le_bytes(b)),
+            Err(_) => Err(format!(
+                "the disk identity record is {} bytes long, not 8: the data directory is damaged",
+                raw.len()
+            )),
+        },
+        Ok(None) => {
+            let id = (fresh & ((1 << 53) - 1)).max(1);
+            db.put(key, id.to_le_bytes().to_vec())
+                .and_then(|_| db.persist())
+                .map_err(|e| format!("cannot record the disk identity: {e}"))?;
+            Ok(id)
+        }
+        Err(e) => Err(format!("cannot read the disk identity: {e}")),
+    }
+}
+
 impl Node {
     /// A node that is a cluster of one from the start: leader of epoch 1, owner of every
     /// partition, with no coordinator (unit tests, tools).
@@ -263,6 +297,7 @@ impl Node {
             id: me.clone(),
             http: String::new(),
             peer: String::new(),
+            disk: 0,
         };
         n.lead = Leadership::leader();
         n.view.state = Some(ClusterState::initial(
@@ -515,6 +550,42 @@ impl Node {
                 epoch,
                 node,
             } => self.on_replica_report(false, partition, epoch, node),
+            PeerMessage::CopyPage {
+                partition,
+                epoch,
+                base,
+                base_epoch,
+                after,
+                items,
+                done,
+                sent_at,
+            } => {
+                let page = replica::Page {
+                    partition,
+                    epoch,
+                    base,
+                    base_epoch,
+                    after,
+                    items,
+                    done,
+                    sent_at,
+                };
+                self.on_copy_page(now, from, page, out)
+            }
+            PeerMessage::CopyAck {
+                partition,
+                epoch,
+                base,
+                last,
+            } => {
+                let ack = replica::CopyAcked {
+                    partition,
+                    epoch,
+                    base,
+                    last,
+                };
+                self.on_copy_ack(now, from, ack, out)
+            }
         }
     }
 

@@ -269,11 +269,22 @@ fn catching_up() -> Response {
     )
 }
 
-struct VersionedScan {
+pub(crate) struct VersionedScan {
     it: DbIter,
     dirty: std::collections::VecDeque<(Vec<u8>, Before)>,
     /// The engine's next item, read ahead.
     next: Option<Versioned>,
+}
+
+impl VersionedScan {
+    /// `it` with `dirty` (the dirty keys of its range, in key order) in place.
+    pub(crate) fn new(it: DbIter, dirty: Vec<(Vec<u8>, Before)>) -> VersionedScan {
+        VersionedScan {
+            it,
+            dirty: dirty.into(),
+            next: None,
+        }
+    }
 }
 
 impl Iterator for VersionedScan {

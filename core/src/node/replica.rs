@@ -25,12 +25,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
+mod copy;
+pub(crate) use copy::{CopyAcked, Page};
+
 use super::gate::{respond, Target};
 use super::{engine_err, Node, Output};
 use crate::engine::{Db, WriteBatch};
 use crate::proto::envelope::PARTITION_PREFIX_LEN;
 use crate::proto::peer::PeerMessage;
-use crate::proto::replog::{self, LogEntry, Position, LOG_RETAIN};
+use crate::proto::replog::{self, LogEntry, Position};
 use crate::proto::{err, ErrorKind, Response};
 
 /// How often a primary sends a replica that is behind what it is missing (or, with nothing
@@ -252,6 +255,13 @@ pub(crate) struct PartRepl {
     serve_after: u64,
     /// As replica: until when this node promised the primary to help no newer one.
     promised_until: u64,
+    /// As primary: copies in progress towards learners its log no longer reaches back for.
+    copies: BTreeMap<String, copy::CopyOut>,
+    /// As learner: the copy being received (its base, the last key applied).
+    copying: Option<(u64, Option<Vec<u8>>)>,
+    /// As replica of a node that started with no replication state at all (a new node, or
+    /// one whose disk was wiped): it has since had every entry its primary called committed.
+    caught_up: bool,
 }
 
 /// Every partition's replication state.
@@ -263,11 +273,17 @@ pub(crate) struct Replication {
     pub(crate) any_behind: bool,
     /// Times this node undid entries a new primary's log did not have.
     pub(crate) truncations: u64,
+    /// Copies of a partition this node received whole (as a learner).
+    pub(crate) copies_received: u64,
     pub(crate) leases: std::sync::Arc<Leases>,
     /// The `now` of the input being handled, and of the first input (promises made before a
     /// restart are forgotten, so a node waits a lease after it starts before it leads).
     pub(crate) now: u64,
     pub(crate) started_at: Option<u64>,
+    /// The engine held no replication state when this node started: its disk is new, or was
+    /// wiped. It may have acknowledged entries it no longer has, so it offers no partition
+    /// for promotion until it has caught up with that partition's primary.
+    pub(crate) wiped: bool,
 }
 
 impl Replication {
@@ -300,6 +316,7 @@ impl Replication {
             );
         }
         Ok(Replication {
+            wiped: parts.is_empty(),
             parts,
             ..Replication::empty(dirty, leases)
         })
@@ -316,9 +333,11 @@ impl Replication {
             next_check: 0,
             any_behind: false,
             truncations: 0,
+            copies_received: 0,
             leases,
             now: 0,
             started_at: None,
+            wiped: false,
         }
     }
 
@@ -360,6 +379,20 @@ pub(crate) struct Acked {
 }
 
 impl Node {
+    /// The state records this node on another disk than the one it runs on: it came back on
+    /// an empty disk, and holds none of the copies the state lists it with (until the leader
+    /// has taken them away and recorded this disk).
+    pub(crate) fn replaced_here(&self) -> bool {
+        let me = &self.cfg.node_id;
+        self.cfg.disk_id != 0
+            && self
+                .view
+                .state
+                .as_ref()
+                .and_then(|s| s.disks.get(me))
+                .is_some_and(|d| *d != self.cfg.disk_id)
+    }
+
     /// If this node is primary of `p` in a cluster with replicas: the partition and its
     /// epoch, after checking that enough copies are in sync to take a write.
     pub(crate) fn primary_write(&self, p: u16) -> Result<Option<PrimaryWrite>, Response> {
@@ -371,6 +404,15 @@ impl Node {
         }
         if let Some(e) = &self.repl_broken {
             return Err(err(ErrorKind::Internal, e.clone()));
+        }
+        if self.replaced_here() || !self.repl.parts.get(&p).is_some_and(|x| x.primary) {
+            return Err(err(
+                ErrorKind::Unavailable,
+                format!(
+                    "this node is not acting as partition {p}'s primary yet (it came back on a \
+                     new disk, or has not taken over); try again"
+                ),
+            ));
         }
         let in_sync = 1 + st.backups(p).len();
         if in_sync < self.cfg.min_insync_replicas {
@@ -437,7 +479,7 @@ impl Node {
     }
 
     /// One engine batch: `b`'s keys, log entry `pos.lsn` (numbered in `pos.lsn_epoch`, with
-    /// the keys' before-images), the trimming of the entry `LOG_RETAIN` older, and the
+    /// the keys' before-images), the trimming of the entry `log_retain` older, and the
     /// position `pos`.
     fn apply_entry(
         &mut self,
@@ -460,8 +502,9 @@ impl Node {
             replog::log_key(p, lsn),
             replog::encode_entry(pos.lsn_epoch, &logged),
         );
-        if lsn > LOG_RETAIN {
-            b.delete(replog::log_key(p, lsn - LOG_RETAIN));
+        let retain = self.cfg.log_retain.max(1);
+        if lsn > retain {
+            b.delete(replog::log_key(p, lsn - retain));
         }
         b.put(replog::meta_key(p), replog::encode_position(&pos));
         let seq = self.db.write_deferred(b).map_err(engine_err)?;
@@ -589,7 +632,8 @@ impl Node {
         let part = self.repl.parts.entry(p).or_default();
         let commit = part.committed;
         for to in replicas {
-            let caught_up = part.sent.get(&to).is_some_and(|(s, _)| *s == prev.0);
+            let caught_up = part.sent.get(&to).is_some_and(|(s, _)| *s == prev.0)
+                && !part.copies.contains_key(&to);
             if !caught_up {
                 continue;
             }
@@ -702,6 +746,36 @@ impl Node {
         out: &mut Vec<Output>,
     ) {
         let p = r.partition;
+        if self.refuse_stale(&from, &r, out) {
+            return;
+        }
+        // Taken from the partition's primary: promise it the lease.
+        let part = self.repl.parts.entry(p).or_default();
+        part.promised_until = part.promised_until.max(now + LEASE_MS);
+        let (applied, gap) = match self.follow(p, &r, entries) {
+            Ok(upto) => (upto, false),
+            Err(hint) => (hint, true),
+        };
+        if !gap && applied >= r.commit {
+            self.repl.parts.entry(p).or_default().caught_up = true;
+        }
+        let pos = self.repl.position(p);
+        let target = Target::Ack {
+            to: from,
+            partition: p,
+            epoch: pos.epoch,
+            applied,
+            gap,
+            lease_from: r.sent_at,
+        };
+        self.gate.after_applied(target, Response::Accepted, out);
+    }
+
+    /// Refuses (and answers) a message from `from` that is not partition `r.partition`'s
+    /// primary in its epoch: the answer names the epoch that replaced it, and acknowledges
+    /// nothing.
+    fn refuse_stale(&self, from: &str, r: &Received, out: &mut Vec<Output>) -> bool {
+        let p = r.partition;
         let (state_epoch, owner) = match &self.view.state {
             Some(s) if usize::from(p) < s.owners.len() => {
                 (s.part_epoch(p), Some(s.owners[usize::from(p)].clone()))
@@ -710,10 +784,11 @@ impl Node {
         };
         let pos = self.repl.position(p);
         let known = pos.epoch.max(state_epoch);
-        let stale = r.epoch < known && !crate::bugs::on(crate::bugs::Bug::AcceptOldEpoch)
-            || (r.epoch == state_epoch && owner.as_deref() != Some(from.as_str()))
-            || usize::from(p) >= usize::from(self.cfg.partitions)
+        let stale = r.epoch < known
+            || (r.epoch == state_epoch && owner.as_deref() != Some(from))
             || self.repl.parts.get(&p).is_some_and(|x| x.primary) && r.epoch <= state_epoch;
+        let stale = (stale && !crate::bugs::on(crate::bugs::Bug::AcceptOldEpoch))
+            || usize::from(p) >= usize::from(self.cfg.partitions);
         if stale {
             // Not this partition's primary in its epoch: tell the sender the epoch that
             // replaced it, acknowledge nothing.
@@ -725,28 +800,12 @@ impl Node {
                 lease_from: 0,
             };
             out.push(Output::Send {
-                to: from,
+                to: from.to_string(),
                 message: ack,
             });
-            return;
+            return true;
         }
-        // Taken from the partition's primary: promise it the lease.
-        let part = self.repl.parts.entry(p).or_default();
-        part.promised_until = part.promised_until.max(now + LEASE_MS);
-        let (applied, gap) = match self.follow(p, &r, entries) {
-            Ok(upto) => (upto, false),
-            Err(hint) => (hint, true),
-        };
-        let pos = self.repl.position(p);
-        let target = Target::Ack {
-            to: from,
-            partition: p,
-            epoch: pos.epoch,
-            applied,
-            gap,
-            lease_from: r.sent_at,
-        };
-        self.gate.after_applied(target, Response::Accepted, out);
+        false
     }
 
     /// Applies what follows on from this node's log; `Ok(upto)`: every entry up to `upto` is
@@ -852,6 +911,12 @@ impl Node {
             *g = (*g).max(lease_from);
         }
         let last = part.pos.lsn;
+        if gap && part.copies.contains_key(&from) {
+            return; // being copied: entries sent before the copy began do not follow on
+        }
+        if part.copies.get(&from).is_some_and(|c| applied >= c.base) {
+            part.copies.remove(&from); // the copy is in: entries from its base on now
+        }
         if gap {
             // Start again from where it says; what it acknowledged before still holds.
             part.sent.insert(from.clone(), (applied.min(last), now));
@@ -932,8 +997,11 @@ impl Node {
         let prev_lsn = part.sent.get(to).map_or(part.pos.lsn, |(s, _)| *s);
         let last = part.pos.lsn;
         let commit = part.committed;
+        if self.send_copy(now, p, to, prev_lsn, out) {
+            return; // a learner the log no longer reaches back for: a copy of the partition
+        }
         let Some(prev_epoch) = self.epoch_at(p, prev_lsn) else {
-            // Trimmed from the log: this replica needs a copy of the partition.
+            // Trimmed from the log, and a backup: it lags, and leaves the configuration.
             return;
         };
         let mut entries = Vec::new();
@@ -979,8 +1047,14 @@ impl Node {
             return;
         }
         let me = self.cfg.node_id.clone();
+        let replaced = self.replaced_here();
         for p in 0..st.owners.len() as u16 {
-            let lead = st.owners[usize::from(p)] == me;
+            let owner = st.owners[usize::from(p)] == me;
+            let lead = owner && !replaced;
+            if owner && replaced {
+                // Listed as primary of copies this disk never had: answer nothing of it.
+                self.repl.leases.set(p, u64::MAX, 0);
+            }
             let was = self.repl.parts.get(&p).is_some_and(|x| x.primary);
             if lead && !was {
                 self.become_primary(p, out);
@@ -1021,6 +1095,7 @@ impl Node {
         part.sent.clear();
         part.grants.clear();
         part.counting.clear();
+        part.copies.clear();
         part.committed = pos.commit;
         part.local_durable = 0;
         // Promises this node made to the old primary (and any made before it started) hold
@@ -1044,6 +1119,7 @@ impl Node {
         part.primary = false;
         part.acked.clear();
         part.sent.clear();
+        part.copies.clear();
         for (_, target, _) in part.pending.drain(..) {
             let e = err(
                 ErrorKind::OutcomeUnknown,
@@ -1147,8 +1223,14 @@ impl Node {
     /// Where this node's logs of `partitions` end: (partition, accepted epoch, last entry,
     /// its epoch).
     pub(crate) fn positions_of(&self, partitions: &[u16]) -> Vec<(u16, u64, u64, u64)> {
+        // A node that may have lost entries it acknowledged offers none of its copies.
+        let replaced = self.replaced_here();
+        let trusted = |p: &u16| {
+            !replaced && (!self.repl.wiped || self.repl.parts.get(p).is_some_and(|x| x.caught_up))
+        };
         partitions
             .iter()
+            .filter(|p| trusted(p))
             .map(|p| {
                 let pos = self.repl.position(*p);
                 (*p, pos.epoch, pos.lsn, pos.lsn_epoch)

@@ -597,3 +597,77 @@ fn a_cut_off_primary_stops_serving_reads_before_its_successor_starts() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A node whose disk is lost comes back empty under its old id: it offers none of its
+/// (empty) copies for promotion, the leader takes it back as a learner, each primary, whose
+/// log no longer reaches back to the start, sends it a copy of the partition, and it is a
+/// backup again with every acknowledged write, and takes part in writes from then on.
+#[test]
+fn a_node_back_on_an_empty_disk_gets_a_copy_of_each_partition_and_every_write() {
+    let mut net = Net::replicated_retaining(&["a", "b", "c"], 8, 3, 2, 4);
+    net.input(0, Input::Coordinator(CoordEvent::Elected));
+    pass(&mut net, replica::LEASE_MS);
+    // Written while every copy is up: c holds them too.
+    let mut written = Vec::new();
+    for i in 0..40u64 {
+        let (k, v) = (format!("k{i}"), format!("v{i}"));
+        let r = net.call((i % 2) as usize, 100 + i, put(&k, &v));
+        assert!(matches!(r, Response::Written { .. }), "{r:?}");
+        written.push((k, v));
+    }
+    // c is gone, and written more while it is (deletes and overwrites among them).
+    lose(&mut net, 2);
+    pass(&mut net, replica::LEASE_MS);
+    for i in 0..40u64 {
+        let k = format!("k{i}");
+        let r = if i % 5 == 0 {
+            net.call(
+                (i % 2) as usize,
+                200 + i,
+                Request::Delete {
+                    key: k.clone().into(),
+                    cond: Condition::None,
+                },
+            )
+        } else {
+            net.call((i % 2) as usize, 200 + i, put(&k, &format!("w{i}")))
+        };
+        assert!(!matches!(r, Response::Error { .. }), "{r:?}");
+        written[i as usize].1 = if i % 5 == 0 {
+            String::new()
+        } else {
+            format!("w{i}")
+        };
+    }
+    // Back, on an empty disk.
+    net.wipe(2);
+    assert!(net.nodes[2].repl.wiped);
+    pass(&mut net, 6_000);
+    assert!(net.nodes[2].repl.copies_received > 0, "no copy was sent");
+    let view = net.nodes[0].cluster();
+    for (p, r) in view.replicas.iter().enumerate() {
+        let held = std::iter::once(&view.owners[p]).chain(&r.backups).count();
+        assert_eq!(held, 3, "partition {p} is not back to three copies: {r:?}");
+    }
+    assert_eq!(view.under_replicated, 0);
+    for (k, v) in &written {
+        if v.is_empty() {
+            assert!(
+                !net.visible_keys(2)
+                    .iter()
+                    .any(|(_, key, _)| key == k.as_bytes()),
+                "{k} was deleted while c was gone"
+            );
+        } else {
+            assert!(holds(&net, 2, k, v), "c lacks {k}={v}");
+        }
+    }
+    // And it takes the next write like any backup.
+    let r = net.call(0, 900, put("k1", "after"));
+    assert!(matches!(r, Response::Written { .. }), "{r:?}");
+    assert!(holds(&net, 2, "k1", "after"));
+    assert!(
+        !net.nodes[2].positions_of(&[0, 1, 2]).is_empty(),
+        "caught up, it offers its copies again"
+    );
+}

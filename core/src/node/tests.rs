@@ -574,6 +574,7 @@ fn a_dead_owners_keys_answer_unavailable_others_keep_serving() {
     net.input(0, Input::Coordinator(CoordEvent::Elected));
     // b leaves the member list (its session expired).
     let only_a = vec![Member {
+        disk: 0,
         id: "a".into(),
         http: String::new(),
         peer: String::new(),

@@ -26,8 +26,9 @@ pub const MAX_FRAME: usize = 64 << 20;
 pub const FRAME_HEADER: usize = 8;
 /// The peer protocol's version, sent in every `Hello`. 1: no version in `Hello`, four error
 /// kinds; 2: a versioned `Hello` (tag 13), ten error kinds; 3: replication (`Replicate`,
-/// `ReplicaAck`, `PositionQuery`, `Positions`, `ReplicaLagging`, `LearnerReady`).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// `ReplicaAck`, `PositionQuery`, `Positions`, `ReplicaLagging`, `LearnerReady`); 4: copies for
+/// learners (`CopyPage`, `CopyAck`).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The tag bytes of the peer protocol, by what they stand for. A payload starts with a message
 /// tag; requests, batch ops, conditions, responses and error kinds nested in it have tags of
@@ -54,6 +55,8 @@ pub mod tag {
     pub const POSITIONS: u8 = 17;
     pub const REPLICA_LAGGING: u8 = 18;
     pub const LEARNER_READY: u8 = 19;
+    pub const COPY_PAGE: u8 = 20;
+    pub const COPY_ACK: u8 = 21;
     // Requests (inside `Forward`).
     pub const GET: u8 = 1;
     pub const PUT: u8 = 2;
@@ -222,6 +225,33 @@ pub enum PeerMessage {
         epoch: u64,
         node: String,
     },
+    /// Primary → learner its log no longer reaches back for: a page of a copy of
+    /// `partition`, its committed keys after `after` (all of them from the first, `after`
+    /// `None`, which also empties the learner's log) in key order, with their stored values;
+    /// the learner deletes its own keys of the range the page covers that the page lacks.
+    /// The copy was started at entry `base` (of epoch `base_epoch`), committed then: once the
+    /// last page (`done`) is applied, the learner's log goes on from `base`, and the primary
+    /// sends the entries after it from its log (pages read later may already show some of
+    /// them; entries carry whole values, so applying them again is harmless).
+    CopyPage {
+        partition: u16,
+        epoch: u64,
+        base: u64,
+        base_epoch: u64,
+        after: Option<Vec<u8>>,
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+        done: bool,
+        sent_at: u64,
+    },
+    /// Learner → primary: the copy of `partition` from `base` is applied up to key `last`
+    /// (send the page after it). A `base` other than the primary's copy (0: no copy in
+    /// progress here, after a restart) asks it to start the copy again.
+    CopyAck {
+        partition: u16,
+        epoch: u64,
+        base: u64,
+        last: Option<Vec<u8>>,
+    },
 }
 
 /// Why a frame did not decode.
@@ -366,6 +396,34 @@ pub fn decode_message(payload: &[u8]) -> Result<PeerMessage, ProtocolError> {
             gap: r.u8()? != 0,
             lease_from: r.u64()?,
         },
+        tag::COPY_PAGE => {
+            let partition = r.u16()?;
+            let epoch = r.u64()?;
+            let base = r.u64()?;
+            let base_epoch = r.u64()?;
+            let after = r.opt_bytes()?;
+            let n = r.count(8)?;
+            let mut items = Vec::with_capacity(n);
+            for _ in 0..n {
+                items.push((r.bytes()?, r.bytes()?));
+            }
+            PeerMessage::CopyPage {
+                partition,
+                epoch,
+                base,
+                base_epoch,
+                after,
+                items,
+                done: r.u8()? != 0,
+                sent_at: r.u64()?,
+            }
+        }
+        tag::COPY_ACK => PeerMessage::CopyAck {
+            partition: r.u16()?,
+            epoch: r.u64()?,
+            base: r.u64()?,
+            last: r.opt_bytes()?,
+        },
         t => return Err(perr(format!("unknown message tag {t}"))),
     };
     if !r.buf.is_empty() {
@@ -485,6 +543,42 @@ fn encode_message(msg: &PeerMessage, out: &mut Vec<u8>) {
             epoch,
             node,
         } => w.part_node(tag::LEARNER_READY, *partition, *epoch, node),
+        PeerMessage::CopyPage {
+            partition,
+            epoch,
+            base,
+            base_epoch,
+            after,
+            items,
+            done,
+            sent_at,
+        } => {
+            w.u8(tag::COPY_PAGE);
+            w.u16(*partition);
+            w.u64(*epoch);
+            w.u64(*base);
+            w.u64(*base_epoch);
+            w.opt_bytes(after);
+            w.out.extend_from_slice(&(items.len() as u32).to_le_bytes());
+            for (k, v) in items {
+                w.bytes(k);
+                w.bytes(v);
+            }
+            w.u8(u8::from(*done));
+            w.u64(*sent_at);
+        }
+        PeerMessage::CopyAck {
+            partition,
+            epoch,
+            base,
+            last,
+        } => {
+            w.u8(tag::COPY_ACK);
+            w.u16(*partition);
+            w.u64(*epoch);
+            w.u64(*base);
+            w.opt_bytes(last);
+        }
     }
 }
 
@@ -1066,6 +1160,22 @@ mod tests {
                 partition: 7,
                 epoch: 4,
                 node: "n3".into(),
+            },
+            PeerMessage::CopyPage {
+                partition: 7,
+                epoch: 5,
+                base: 5000,
+                base_epoch: 4,
+                after: Some(b"k1".to_vec()),
+                items: vec![(b"k2".to_vec(), vec![2; 40]), (b"k3".to_vec(), vec![])],
+                done: true,
+                sent_at: 123,
+            },
+            PeerMessage::CopyAck {
+                partition: 7,
+                epoch: 5,
+                base: 5000,
+                last: None,
             },
             PeerMessage::Forward {
                 id: 9,

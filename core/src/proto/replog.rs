@@ -16,6 +16,7 @@ use super::{err, ErrorKind, Response};
 pub const RESERVED: [u8; 2] = [0xFF, 0xFF];
 const META: u8 = b'M';
 const LOG: u8 = b'L';
+const DISK: u8 = b'D';
 /// Version byte of a position record and of a log entry.
 pub const REPLOG_V1: u8 = 1;
 /// Log entries a partition keeps behind its newest (older ones are deleted by the write that
@@ -66,6 +67,18 @@ pub fn log_key(p: u16, lsn: u64) -> Vec<u8> {
     k.extend_from_slice(&p.to_be_bytes());
     k.extend_from_slice(&lsn.to_be_bytes());
     k
+}
+
+/// Where a node keeps its disk identity (`crate::node::disk_identity`).
+pub fn disk_key() -> Vec<u8> {
+    let mut k = RESERVED.to_vec();
+    k.push(DISK);
+    k
+}
+
+/// The engine range holding partition `p`'s log entries.
+pub fn log_range(p: u16) -> (Vec<u8>, Vec<u8>) {
+    (log_key(p, 0), log_key(p, u64::MAX))
 }
 
 /// The engine range holding every partition's position.

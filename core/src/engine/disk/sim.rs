@@ -262,6 +262,16 @@ impl SimDisk {
         dir.live = durable;
     }
 
+    /// The disk is lost for good (a dead drive replaced by an empty one): every file goes,
+    /// and every open handle goes stale.
+    pub fn wipe(&self) {
+        let mut dir = self.dir.lock();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        dir.pending.clear();
+        dir.live.clear();
+        dir.durable.clear();
+    }
+
     /// Makes every later append and sync fail (or work again).
     pub fn set_fail_writes(&self, fail: bool) {
         self.fail_writes.store(fail, Ordering::SeqCst);
