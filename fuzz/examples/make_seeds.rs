@@ -251,6 +251,22 @@ fn peer_seeds(dir: &Path) {
             id: 6,
             items: vec![(5, 2, 4, 2)],
         },
+        PeerMessage::CopyPage {
+            partition: 5,
+            epoch: 3,
+            base: 4,
+            base_epoch: 2,
+            after: Some(b"j".to_vec()),
+            items: vec![(b"k".to_vec(), vec![2; 25])],
+            done: true,
+            sent_at: 1_000,
+        },
+        PeerMessage::CopyAck {
+            partition: 5,
+            epoch: 3,
+            base: 4,
+            last: Some(b"k".to_vec()),
+        },
     ];
     std::fs::create_dir_all(dir).unwrap();
     let mut stream = Vec::new();
