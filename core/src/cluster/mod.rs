@@ -361,17 +361,15 @@ impl ClusterState {
                     backups.push(n.clone());
                 }
             }
-            let changed = primary != self.owners[p] || backups != old.backups;
             let r = &mut next.replicas[p];
             r.backups = backups;
             r.learners = learners;
-            if changed {
-                r.epoch += 1;
-            }
             next.owners[p] = primary;
         }
-        // Learners for partitions short of copies: load is copies held, primary included.
         let targets: Vec<&String> = live.iter().filter(|m| !self.leaving.contains(m)).collect();
+        next.hand_over_from_leaving(targets.len(), replication_factor);
+        // Learners for partitions short of copies (not counting a leaving node's): load is
+        // copies held, primary included.
         let mut load: BTreeMap<&String, usize> = targets.iter().map(|t| (*t, 0)).collect();
         for p in 0..next.replicas.len() {
             let r = &next.replicas[p];
@@ -391,7 +389,8 @@ impl ClusterState {
                     .chain(&r.backups)
                     .chain(&r.learners)
                     .collect();
-                if held.len() >= replication_factor {
+                let staying = held.iter().filter(|n| !self.leaving.contains(n)).count();
+                if staying >= replication_factor {
                     break;
                 }
                 let Some(pick) = load
@@ -408,11 +407,173 @@ impl ClusterState {
                 next.replicas[p].learners.push(pick);
             }
         }
+        next.balance_replicas(&targets, replication_factor);
+        // Every change of a partition's primary or backups raises its epoch, once.
+        for p in 0..next.replicas.len() {
+            if next.owners[p] != self.owners[p]
+                || next.replicas[p].backups != self.replicas[p].backups
+            {
+                next.replicas[p].epoch = self.replicas[p].epoch + 1;
+            }
+        }
         if next == *self {
             None
         } else {
             next.version += 1;
             Some(next)
+        }
+    }
+
+    /// Decommissions with replicas: a leaving node's learners go; a partition it leads is
+    /// handed to a backup that stays (the old primary becomes a backup: every backup has every
+    /// acknowledged write, so nothing is lost, and the new primary waits out the old one's
+    /// lease); a leaving backup goes once the partition has its copies (the replication factor,
+    /// or every staying node) in sync without it. `staying` is the count of live nodes that
+    /// are not leaving.
+    fn hand_over_from_leaving(&mut self, staying: usize, replication_factor: usize) {
+        if self.leaving.is_empty() {
+            return;
+        }
+        let want = replication_factor.min(staying).max(1);
+        for p in 0..self.replicas.len() {
+            let leaving = &self.leaving;
+            let r = &mut self.replicas[p];
+            r.learners.retain(|l| !leaving.contains(l));
+            if leaving.contains(&self.owners[p]) {
+                if let Some(i) = r.backups.iter().position(|b| !leaving.contains(b)) {
+                    let b = r.backups.remove(i);
+                    let old = std::mem::replace(&mut self.owners[p], b);
+                    r.backups.push(old);
+                }
+                continue; // its backup leaves in a later round, under the new primary
+            }
+            loop {
+                let in_sync = 1 + r.backups.iter().filter(|b| !leaving.contains(b)).count();
+                let Some(i) = r.backups.iter().position(|b| leaving.contains(b)) else {
+                    break;
+                };
+                if in_sync < want {
+                    break;
+                }
+                r.backups.remove(i);
+            }
+        }
+    }
+
+    /// Joins with replicas: copies and then primaries are spread evenly over `targets` (live
+    /// nodes that are not leaving) by configuration changes, never by a hand-off.
+    ///
+    /// 1. A partition with more copies in sync than `replication_factor` (a learner that
+    ///    became a backup) drops the copy on the most loaded node (a primary's, after handing
+    ///    the partition to its least loaded backup: every backup has every acknowledged
+    ///    write).
+    /// 2. While some node holds two copies more than another, a partition with a copy on
+    ///    the first and nothing on the second gets the second as a learner (at most
+    ///    [`MAX_MOVES`] such partitions at once); it becomes a backup when ready, and 1 drops
+    ///    a copy.
+    /// 3. With no copy moving, while some node leads two partitions more than another that
+    ///    backs one of them, that partition's primary and that backup swap roles (one a round).
+    fn balance_replicas(&mut self, targets: &[&String], replication_factor: usize) {
+        if targets.is_empty() || !self.leaving.is_empty() {
+            return;
+        }
+        let load = |s: &ClusterState| -> BTreeMap<String, usize> {
+            let mut l: BTreeMap<String, usize> =
+                targets.iter().map(|t| ((*t).clone(), 0)).collect();
+            for p in 0..s.replicas.len() {
+                let r = &s.replicas[p];
+                for n in std::iter::once(&s.owners[p])
+                    .chain(&r.backups)
+                    .chain(&r.learners)
+                {
+                    if let Some(c) = l.get_mut(n) {
+                        *c += 1;
+                    }
+                }
+            }
+            l
+        };
+        // 1. Shrink partitions that have a copy too many: the copy on the most loaded node
+        //    goes (if that is the primary's, the least loaded backup takes over first).
+        for p in 0..self.replicas.len() {
+            while 1 + self.replicas[p].backups.len() > replication_factor {
+                let l = load(self);
+                let weight = |n: &String| (l.get(n).copied().unwrap_or(usize::MAX), n.clone());
+                let r = &self.replicas[p];
+                let heaviest = std::iter::once(&self.owners[p])
+                    .chain(&r.backups)
+                    .max_by_key(|n| weight(n))
+                    .cloned();
+                let Some(h) = heaviest else { break };
+                if h == self.owners[p] {
+                    let Some(i) = (0..r.backups.len()).min_by_key(|&i| weight(&r.backups[i]))
+                    else {
+                        break;
+                    };
+                    let b = self.replicas[p].backups.remove(i);
+                    self.owners[p] = b;
+                } else {
+                    self.replicas[p].backups.retain(|b| *b != h);
+                }
+            }
+        }
+        // 2. Move copies towards the least loaded nodes.
+        let mut in_flight = self
+            .replicas
+            .iter()
+            .filter(|r| !r.learners.is_empty())
+            .count();
+        while in_flight < MAX_MOVES {
+            let l = load(self);
+            let (Some((min, lo)), Some((max, hi))) = (
+                l.iter().min_by_key(|(n, c)| (**c, (*n).clone())),
+                l.iter()
+                    .max_by_key(|(n, c)| (**c, std::cmp::Reverse((*n).clone()))),
+            ) else {
+                break;
+            };
+            if *hi < lo + 2 {
+                break;
+            }
+            let (min, max) = (min.clone(), max.clone());
+            let pick = (0..self.replicas.len()).find(|&p| {
+                let r = &self.replicas[p];
+                r.learners.is_empty()
+                    && 1 + r.backups.len() == replication_factor
+                    && (r.backups.contains(&max) || self.owners[p] == max)
+                    && self.owners[p] != min
+                    && !r.backups.contains(&min)
+            });
+            let Some(p) = pick else { break };
+            self.replicas[p].learners.push(min);
+            in_flight += 1;
+        }
+        if in_flight > 0 {
+            return;
+        }
+        // 3. Spread the primaries.
+        let mut led: BTreeMap<String, usize> = targets.iter().map(|t| ((*t).clone(), 0)).collect();
+        for o in &self.owners {
+            if let Some(c) = led.get_mut(o) {
+                *c += 1;
+            }
+        }
+        let mut best: Option<(usize, usize, usize)> = None; // (gap, partition, backup index)
+        for p in 0..self.replicas.len() {
+            let Some(&mine) = led.get(&self.owners[p]) else {
+                continue;
+            };
+            for (i, b) in self.replicas[p].backups.iter().enumerate() {
+                let Some(&theirs) = led.get(b) else { continue };
+                if mine >= theirs + 2 && best.is_none_or(|(g, _, _)| mine - theirs > g) {
+                    best = Some((mine - theirs, p, i));
+                }
+            }
+        }
+        if let Some((_, p, i)) = best {
+            let b = self.replicas[p].backups.remove(i);
+            let old = std::mem::replace(&mut self.owners[p], b);
+            self.replicas[p].backups.push(old);
         }
     }
 
@@ -617,6 +778,91 @@ mod tests {
         assert_eq!((one.part_epoch(3), one.under_replicated(1)), (0, 0));
         // A replicated cluster plans no moves (yet) even when a node joins.
         assert_eq!(s.plan(&ids(&["a", "b", "c", "d", "e"])), None);
+    }
+
+    /// Runs the leader's replica decisions to their end, every learner catching up at once
+    /// (reported ready in the next round); checks after each round that no partition has
+    /// fewer than `floor` copies in sync, and returns the final state and the rounds taken.
+    fn settle_replicas(
+        mut s: ClusterState,
+        live: &[String],
+        floor: usize,
+    ) -> (ClusterState, usize) {
+        let none = BTreeMap::new();
+        for round in 0..500 {
+            let ready: Vec<(u16, u64, String)> = (0..s.replicas.len())
+                .flat_map(|p| {
+                    let r = &s.replicas[p];
+                    r.learners
+                        .iter()
+                        .map(move |l| (p as u16, r.epoch, l.clone()))
+                })
+                .collect();
+            match s.reconfigure(live, &none, &[], &ready, 3) {
+                Some(n) => {
+                    for p in 0..n.replicas.len() {
+                        let copies = 1 + n.replicas[p].backups.len();
+                        assert!(copies >= floor, "round {round}: partition {p} has {copies}");
+                        let mut all = n.replicas[p].backups.clone();
+                        all.push(n.owners[p].clone());
+                        all.sort();
+                        all.dedup();
+                        assert_eq!(all.len(), copies, "a node twice in partition {p}");
+                        if n.owners[p] != s.owners[p]
+                            || n.replicas[p].backups != s.replicas[p].backups
+                        {
+                            assert_eq!(n.replicas[p].epoch, s.replicas[p].epoch + 1);
+                        }
+                    }
+                    s = n;
+                }
+                None => return (s, round),
+            }
+        }
+        panic!("the replica decisions never settled")
+    }
+
+    fn copies_held(s: &ClusterState, id: &str) -> (usize, usize) {
+        let led = s.owners.iter().filter(|o| *o == id).count();
+        let backs = s
+            .replicas
+            .iter()
+            .filter(|r| r.backups.iter().any(|b| b == id))
+            .count();
+        (led, led + backs)
+    }
+
+    #[test]
+    fn with_replicas_a_joining_node_gets_its_share_of_copies_and_primaries() {
+        let s = ClusterState::initial("a", &[m("a"), m("b"), m("c")], 12, 3);
+        let (done, rounds) = settle_replicas(s, &ids(&["a", "b", "c", "d"]), 3);
+        assert!(rounds > 0);
+        for id in ["a", "b", "c", "d"] {
+            assert_eq!(copies_held(&done, id), (3, 9), "{id}: {done:?}");
+        }
+        assert!(done.replicas.iter().all(|r| r.learners.is_empty()));
+    }
+
+    #[test]
+    fn with_replicas_a_leaving_node_hands_over_every_copy_first() {
+        let s = ClusterState::initial("a", &[m("a"), m("b"), m("c"), m("d")], 12, 3);
+        let mut leaving = s.clone();
+        leaving.leaving = ids(&["c"]);
+        let (done, _) = settle_replicas(leaving, &ids(&["a", "b", "c", "d"]), 3);
+        assert_eq!(copies_held(&done, "c"), (0, 0), "{done:?}");
+        assert!(done
+            .replicas
+            .iter()
+            .all(|r| !r.learners.contains(&"c".to_string())));
+        for id in ["a", "b", "d"] {
+            assert_eq!(copies_held(&done, id).1, 12, "{id}");
+        }
+        // Three nodes, one leaving: the partitions keep what the other two can hold.
+        let three = ClusterState::initial("a", &[m("a"), m("b"), m("c")], 6, 3);
+        let mut leaving = three.clone();
+        leaving.leaving = ids(&["c"]);
+        let (done, _) = settle_replicas(leaving, &ids(&["a", "b", "c"]), 2);
+        assert_eq!(copies_held(&done, "c"), (0, 0), "{done:?}");
     }
 
     #[test]

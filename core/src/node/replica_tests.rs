@@ -671,3 +671,48 @@ fn a_node_back_on_an_empty_disk_gets_a_copy_of_each_partition_and_every_write() 
         "caught up, it offers its copies again"
     );
 }
+
+/// A fourth node joins a cluster with three copies of everything: it is given copies by
+/// configuration changes (learner, then backup; an extra copy dropped) and then primaries,
+/// until each node holds its share; every acknowledged write is on it where it holds a copy.
+#[test]
+fn a_node_joining_a_replicated_cluster_gets_its_share_by_configuration_changes() {
+    let mut net = three_copies();
+    let mut written = Vec::new();
+    for i in 0..40u64 {
+        let (k, v) = (format!("j{i}"), format!("v{i}"));
+        let r = net.call((i % 3) as usize, 100 + i, put(&k, &v));
+        assert!(matches!(r, Response::Written { .. }), "{r:?}");
+        written.push((k, v));
+    }
+    net.join("d");
+    pass(&mut net, 10_000);
+    let view = net.nodes[0].cluster();
+    let d = net.index("d");
+    let held = |id: &str| {
+        (0..8)
+            .filter(|&p| view.owners[p] == id || view.replicas[p].backups.iter().any(|b| b == id))
+            .count()
+    };
+    assert_eq!(held("d"), 6, "d's share of 24 copies: {:?}", view.replicas);
+    for id in ["a", "b", "c"] {
+        assert_eq!(held(id), 6, "{id}");
+    }
+    assert!(
+        view.owners.iter().filter(|o| *o == "d").count() >= 1,
+        "{:?}",
+        view.owners
+    );
+    assert!(view.replicas.iter().all(|r| r.learners.is_empty()));
+    for (k, v) in &written {
+        let p = usize::from(net.nodes[0].partition_of(k.as_bytes()));
+        let on_d = view.owners[p] == "d" || view.replicas[p].backups.iter().any(|b| b == "d");
+        assert_eq!(holds(&net, d, k, v), on_d, "{k} on d");
+        match net.call(d, 500, get(k)) {
+            Response::Value { value, .. } => assert_eq!(value, v.as_bytes()),
+            other => panic!("{k}: {other:?}"),
+        }
+    }
+    let r = net.call(d, 900, put("j1", "after"));
+    assert!(matches!(r, Response::Written { .. }), "{r:?}");
+}
