@@ -491,7 +491,8 @@ fn decommission_cmd(
     wait_until_empty(&node, timeout_secs, ep)
 }
 
-/// Polls the status until `node` owns no partition and none is moving, or `timeout_secs` pass.
+/// Polls the status until `node` owns no partition, none is moving, and (with replicas) it
+/// holds no copy of any partition, or `timeout_secs` pass.
 fn wait_until_empty(node: &str, timeout_secs: u64, ep: &Endpoint) -> Result<bool, String> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_secs);
     loop {
@@ -500,6 +501,18 @@ fn wait_until_empty(node: &str, timeout_secs: u64, ep: &Endpoint) -> Result<bool
             m.values().filter(|o| o.as_str() == Some(node)).count()
         });
         let moving = st["moving"].as_object().map_or(0, |m| m.len());
+        let copies = st["replicas"].as_object().map_or(0, |m| {
+            m.values()
+                .filter(|r| {
+                    ["configuration", "learners"].iter().any(|f| {
+                        r[*f]
+                            .as_array()
+                            .is_some_and(|a| a.iter().any(|n| n.as_str() == Some(node)))
+                    })
+                })
+                .count()
+        });
+        let owned = owned + copies;
         if owned == 0 && moving == 0 {
             eprintln!("{node} owns no partitions; it can be stopped");
             return Ok(true);

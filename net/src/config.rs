@@ -348,11 +348,12 @@ impl Config {
     }
 
     /// The replication factor and the in-sync minimum in effect: `replication_factor` as set,
-    /// else 1 (the embedded default, and for now a ZooKeeper cluster too: partitions do not
-    /// yet fail over or move between replicas, so three copies are opt-in until they do); the
-    /// minimum never above the factor, so one copy alone still takes writes.
+    /// else 3 with `zookeeper` set and 1 in the embedded default (a cluster of one node has
+    /// nowhere to put a second copy); the minimum never above the factor, so a factor of one
+    /// still takes writes.
     pub fn replication(&self) -> (usize, usize) {
-        let rf = self.replication_factor.unwrap_or(1);
+        let default = if self.zookeeper.is_some() { 3 } else { 1 };
+        let rf = self.replication_factor.unwrap_or(default);
         (rf, self.min_insync_replicas.min(rf))
     }
 

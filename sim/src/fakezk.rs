@@ -97,6 +97,8 @@ pub struct StateWrite {
     pub owners: Vec<String>,
     /// Each partition's backups (empty without replicas).
     pub backups: Vec<Vec<String>>,
+    /// When it was written (simulated milliseconds since the start).
+    pub at_ms: u64,
 }
 
 /// What the server did, for the checkers and the fault counters. Lives outside the
@@ -379,6 +381,7 @@ impl Server {
                     leader: st.leader,
                     writer,
                     backups: st.replicas.iter().map(|r| r.backups.clone()).collect(),
+                    at_ms: turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as u64),
                     owners: st.owners,
                 });
             }

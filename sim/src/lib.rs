@@ -470,10 +470,15 @@ fn failure(
             .writes
             .iter()
             .map(|w| {
-                format!(
-                    "epoch {} version {} leader {} owners {:?}",
-                    w.epoch, w.version, w.leader, w.owners
-                )
+                let mut line = format!(
+                    "{:>6} ms epoch {} version {} leader {} owners {:?}",
+                    w.at_ms, w.epoch, w.version, w.leader, w.owners
+                );
+                if !w.backups.is_empty() {
+                    let b: Vec<String> = w.backups.iter().map(|b| b.join("+")).collect();
+                    line.push_str(&format!(" backups {b:?}"));
+                }
+                line
             })
             .collect(),
     }

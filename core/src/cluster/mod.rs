@@ -618,6 +618,25 @@ impl ClusterState {
             next.disks.insert(m.id.clone(), m.disk);
             recorded = true;
         }
+        // A decommissioned node that holds nothing any more is forgotten (it no longer counts
+        // towards the copies the cluster can place).
+        let gone: Vec<String> = next
+            .disks
+            .keys()
+            .filter(|n| next.leaving.contains(n))
+            .filter(|n| {
+                (0..next.replicas.len()).all(|p| {
+                    next.owners[p] != **n
+                        && !next.replicas[p].backups.contains(n)
+                        && !next.replicas[p].learners.contains(n)
+                })
+            })
+            .cloned()
+            .collect();
+        for n in gone {
+            next.disks.remove(&n);
+            recorded = true;
+        }
         match (changed, recorded) {
             (false, false) => None,
             (false, true) => {

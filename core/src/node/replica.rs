@@ -415,7 +415,13 @@ impl Node {
             ));
         }
         let in_sync = 1 + st.backups(p).len();
-        if in_sync < self.cfg.min_insync_replicas {
+        // Never more than the nodes the cluster has given copies to: a cluster of one node
+        // (or two) takes writes until it has had more.
+        let floor = match st.disks.len() {
+            0 => self.cfg.min_insync_replicas,
+            n => self.cfg.min_insync_replicas.min(n),
+        };
+        if in_sync < floor {
             return Err(err(
                 ErrorKind::Unavailable,
                 format!(
@@ -918,7 +924,11 @@ impl Node {
             part.copies.remove(&from); // the copy is in: entries from its base on now
         }
         if gap {
-            // Start again from where it says; what it acknowledged before still holds.
+            // Start again from where it says. Below what it acknowledged, it lost entries (a
+            // wiped disk): it no longer counts as having them.
+            if let Some(a) = part.acked.get_mut(&from) {
+                *a = (*a).min(applied);
+            }
             part.sent.insert(from.clone(), (applied.min(last), now));
             self.send_from_log(now, p, &from, out);
             self.update_lease(p);
@@ -1063,6 +1073,28 @@ impl Node {
             }
         }
         self.repl.next_check = 0;
+        // What a primary knows of a node that left a partition's configuration is forgotten:
+        // if it comes back (as a learner, perhaps on an empty disk), it starts from nothing.
+        let led: Vec<u16> = self
+            .repl
+            .parts
+            .iter()
+            .filter(|(_, x)| x.primary)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in led {
+            let replicas = self.replicas_of(p);
+            if let Some(part) = self.repl.parts.get_mut(&p) {
+                let keep = |n: &String| replicas.contains(n);
+                part.acked.retain(|n, _| keep(n));
+                part.sent.retain(|n, _| keep(n));
+                part.grants.retain(|n, _| keep(n));
+                part.counting.retain(|n, _| keep(n));
+                part.behind_since.retain(|n, _| keep(n));
+                part.reported.retain(|n, _| keep(n));
+                part.copies.retain(|n, _| keep(n));
+            }
+        }
         // The configuration may have shrunk: answers waiting for a removed backup can go.
         let mine: Vec<u16> = self
             .repl

@@ -260,8 +260,9 @@ impl Node {
         }
         let pos = self.repl.position(p);
         let mut b = WriteBatch::new();
-        if page.after.is_none() && !page.done {
-            // A new copy: the log goes, and the position says "nothing here" until the last page.
+        if page.after.is_none() {
+            // A new copy: the old log goes (entries of it could name another history), and
+            // the position says "nothing here" until the last page.
             let (lo, hi) = replog::log_range(p);
             let Ok(it) = self
                 .db
@@ -273,6 +274,8 @@ impl Node {
                 let Ok((k, _)) = kv else { return };
                 b.delete(k);
             }
+        }
+        if page.after.is_none() && !page.done {
             b.put(
                 replog::meta_key(p),
                 replog::encode_position(&Position {
@@ -326,6 +329,12 @@ impl Node {
             commit: page.base,
         };
         if page.done {
+            // The base as an entry of the log (with nothing to undo: it is committed), so that
+            // this node, once primary, can still name the entry its replicas follow on from.
+            b.put(
+                replog::log_key(p, page.base),
+                replog::encode_entry(page.base_epoch, &[]),
+            );
             b.put(replog::meta_key(p), replog::encode_position(&next));
         }
         let Ok(seq) = self.db.write_deferred(b) else {

@@ -1,0 +1,655 @@
+//! Replication against a real ZooKeeper and real `corecache` processes on loopback: three
+//! copies of every partition (`--replication-factor 3`), two in sync for a write
+//! (`--min-insync-replicas 2`), every write fsynced (`--sync always`). A primary killed with -9
+//! is replaced by a backup within the session timeout and loses no acknowledged write; a node
+//! back on an empty disk is rebuilt; with two of three nodes gone, writes are refused and reads
+//! go on.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use corecache_e2e::zk::ZooKeeper;
+use corecache_e2e::{kv_path, Server};
+
+const SESSION_MS: u64 = 2_000;
+const PARTITIONS: usize = 64;
+/// Keys the writer cycles through.
+const WRITER_KEYS: usize = 2_000;
+
+/// Starts `ids` as one replicated cluster named `cluster`, all at once, waiting until each is
+/// ready. The first leader deals the partitions over all of them (`--initial-nodes`).
+fn start_cluster(zk: &ZooKeeper, cluster: &str, ids: &[&str]) -> Vec<Server> {
+    let n = ids.len().to_string();
+    thread::scope(|s| {
+        let handles: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let n = n.clone();
+                s.spawn(move || node(zk, cluster, id, &["--initial-nodes", &n]))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| match h.join() {
+                Ok(s) => s,
+                Err(_) => panic!("a node failed to start"),
+            })
+            .collect()
+    })
+}
+
+/// One node of a replicated cluster; the replication settings are passed explicitly.
+fn node(zk: &ZooKeeper, cluster: &str, id: &str, extra: &[&str]) -> Server {
+    let session = SESSION_MS.to_string();
+    let zks = zk.connect_string();
+    let mut args = vec![
+        "--zookeeper",
+        zks.as_str(),
+        "--cluster",
+        cluster,
+        "--node-id",
+        id,
+        "--peer-listen",
+        "127.0.0.1:0",
+        "--session-timeout-ms",
+        session.as_str(),
+        "--replication-factor",
+        "3",
+        "--min-insync-replicas",
+        "2",
+        "--sync",
+        "always",
+    ];
+    args.extend_from_slice(extra);
+    Server::start_with(&args)
+}
+
+fn status(s: &Server) -> serde_json::Value {
+    let r = s.get("/v1/status");
+    r.expect(200);
+    r.json()
+}
+
+fn members(st: &serde_json::Value) -> Vec<String> {
+    strings(&st["members"])
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One partition's copies, from the status page's `replicas`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Copies {
+    primary: String,
+    configuration: Vec<String>,
+    in_sync: Vec<String>,
+    learners: Vec<String>,
+    epoch: u64,
+}
+
+/// Partition → its copies, from a status page.
+fn replicas(st: &serde_json::Value) -> BTreeMap<usize, Copies> {
+    let Some(map) = st["replicas"].as_object() else {
+        panic!("status has no replicas object: {st}")
+    };
+    map.iter()
+        .map(|(p, r)| {
+            let p: usize = p.parse().unwrap_or(usize::MAX);
+            let copies = Copies {
+                primary: r["primary"].as_str().unwrap_or("").to_string(),
+                configuration: strings(&r["configuration"]),
+                in_sync: strings(&r["in_sync"]),
+                learners: strings(&r["learners"]),
+                epoch: r["epoch"].as_u64().unwrap_or(0),
+            };
+            (p, copies)
+        })
+        .collect()
+}
+
+fn under_replicated(st: &serde_json::Value) -> u64 {
+    st["under_replicated_partitions"]
+        .as_u64()
+        .unwrap_or(u64::MAX)
+}
+
+/// Every partition appears once and has every one of `ids` in sync, and no learner.
+fn fully_replicated(st: &serde_json::Value, ids: &[&str]) -> bool {
+    let want: BTreeSet<&str> = ids.iter().copied().collect();
+    let r = replicas(st);
+    under_replicated(st) == 0
+        && r.keys().copied().eq(0..PARTITIONS)
+        && r.values().all(|c| {
+            c.learners.is_empty()
+                && c.in_sync.len() == ids.len()
+                && c.in_sync
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<BTreeSet<_>>()
+                    == want
+        })
+}
+
+/// Waits until every node sees all of `ids` as members with every partition fully replicated.
+fn wait_fully_replicated(nodes: &[Server], ids: &[&str], limit: Duration) -> Duration {
+    let start = Instant::now();
+    for n in nodes {
+        wait_for("every partition in sync on 3 nodes", limit, || {
+            let st = status(n);
+            members(&st).len() == ids.len() && fully_replicated(&st, ids)
+        });
+    }
+    start.elapsed()
+}
+
+/// Polls until `f` holds, or panics with `what` after `limit`.
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return start.elapsed();
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
+
+fn put(s: &Server, k: &[u8], v: &[u8]) -> u16 {
+    s.request("PUT", &kv_path(k), &[], v).status
+}
+
+/// The partition of a key, as the cluster computes it.
+fn partition_of(k: &[u8]) -> usize {
+    (corecache_core::engine::format::hash64(k) % PARTITIONS as u64) as usize
+}
+
+/// One probe key per partition, with its value: the first `probe:{i}` that falls in it.
+fn probe_keys() -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut found: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
+    let mut i = 0usize;
+    while found.len() < PARTITIONS {
+        let k = format!("probe:{i}").into_bytes();
+        found.entry(partition_of(&k)).or_insert(k);
+        i += 1;
+    }
+    found
+        .into_iter()
+        .map(|(p, k)| (k, format!("probe-value-{p}").into_bytes()))
+        .collect()
+}
+
+/// Writes every probe key through the nodes in turn, asserting 200.
+fn write_probes(nodes: &[Server], probes: &[(Vec<u8>, Vec<u8>)]) {
+    for (i, (k, v)) in probes.iter().enumerate() {
+        let r = nodes[i % nodes.len()].request("PUT", &kv_path(k), &[], v);
+        assert_eq!(
+            r.status,
+            200,
+            "put {} before any fault: {r:?}",
+            String::from_utf8_lossy(k)
+        );
+    }
+}
+
+/// A probe key through `via`: readable with its value (GET 200), then writable (PUT 200 of the
+/// same value, so that an unknown outcome changes nothing). 503 is "not yet"; any other status,
+/// or a wrong value, fails the test.
+fn probe_serves(via: &Server, k: &[u8], v: &[u8]) -> bool {
+    let name = String::from_utf8_lossy(k);
+    let r = via.get_kv(k);
+    match r.status {
+        200 => assert_eq!(r.body, v, "{name} read back another value: {r:?}"),
+        503 => return false,
+        _ => panic!("{name}: GET answered neither 200 nor 503: {r:?}"),
+    }
+    let w = via.request("PUT", &kv_path(k), &[], v);
+    match w.status {
+        200 => true,
+        503 => false,
+        _ => panic!("{name}: PUT answered neither 200 nor 503: {w:?}"),
+    }
+}
+
+/// The first node (by position) that is primary of some partition and not the leader.
+fn a_primary_that_is_not_the_leader(nodes: &[Server]) -> usize {
+    let st = status(&nodes[0]);
+    let leader = st["leader"].as_str().unwrap_or("").to_string();
+    let r = replicas(&st);
+    let ids: Vec<String> = nodes
+        .iter()
+        .map(|n| status(n)["node_id"].as_str().unwrap_or("").to_string())
+        .collect();
+    match ids
+        .iter()
+        .position(|id| *id != leader && r.values().any(|c| c.primary == *id))
+    {
+        Some(i) => i,
+        None => panic!("no node other than the leader {leader} is a primary: {st}"),
+    }
+}
+
+/// What a writer learned about each key: the last acknowledged value, and values written after
+/// it whose outcome is unknown (the request failed in a way that may or may not have applied).
+#[derive(Default)]
+struct Ledger {
+    acked: BTreeMap<Vec<u8>, String>,
+    maybe: BTreeMap<Vec<u8>, Vec<String>>,
+    statuses: BTreeMap<u16, usize>,
+    /// Transport errors by the index of the address they happened on.
+    transport_errors: BTreeMap<usize, usize>,
+    slowest: Duration,
+}
+
+/// Writes `w:{i % keys}` = `{i}` through the addresses in turn until `stop`, recording
+/// everything. A transport error (a killed node among the addresses) is an unknown outcome.
+fn writer(
+    addrs: Vec<SocketAddr>,
+    keys: usize,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<Ledger> {
+    thread::spawn(move || {
+        let mut l = Ledger::default();
+        let mut i = 0usize;
+        while !stop.load(Ordering::Relaxed) {
+            let k = format!("w:{:04}", i % keys).into_bytes();
+            let v = i.to_string();
+            let at = i % addrs.len();
+            let began = Instant::now();
+            match corecache_e2e::http(addrs[at], "PUT", &kv_path(&k), &[], v.as_bytes()) {
+                Ok(r) => {
+                    l.slowest = l.slowest.max(began.elapsed());
+                    *l.statuses.entry(r.status).or_default() += 1;
+                    if r.status == 200 {
+                        l.maybe.remove(&k);
+                        l.acked.insert(k, v);
+                    } else {
+                        l.maybe.entry(k).or_default().push(v);
+                    }
+                }
+                Err(_) => {
+                    *l.transport_errors.entry(at).or_default() += 1;
+                    l.maybe.entry(k).or_default().push(v);
+                }
+            }
+            i += 1;
+        }
+        l
+    })
+}
+
+/// Every acknowledged key reads back, one by one through `via`, with its last acknowledged
+/// value or a later one whose outcome was unknown.
+fn check_ledger(l: &Ledger, via: &Server) {
+    assert!(!l.acked.is_empty(), "the writer got nothing acknowledged");
+    for (k, v) in &l.acked {
+        let r = via.get_kv(k);
+        assert_eq!(r.status, 200, "{}: {r:?}", String::from_utf8_lossy(k));
+        let got = String::from_utf8_lossy(&r.body).into_owned();
+        let later = l.maybe.get(k).is_some_and(|m| m.contains(&got));
+        assert!(
+            got == *v || later,
+            "{}: read {got}, last acknowledged {v}",
+            String::from_utf8_lossy(k)
+        );
+    }
+}
+
+/// Lets the writer run `more`, stops it, and checks that no request got a server error other
+/// than 503 (a partition failing over is allowed to say so).
+fn finish_writer(stop: &AtomicBool, w: thread::JoinHandle<Ledger>, more: Duration) -> Ledger {
+    thread::sleep(more);
+    stop.store(true, Ordering::Relaxed);
+    let Ok(ledger) = w.join() else {
+        panic!("the writer panicked")
+    };
+    eprintln!(
+        "writer: statuses {:?}, transport errors by address {:?}, {} keys acknowledged, \
+         slowest answer {:?}",
+        ledger.statuses,
+        ledger.transport_errors,
+        ledger.acked.len(),
+        ledger.slowest
+    );
+    let server_errors: Vec<_> = ledger
+        .statuses
+        .iter()
+        .filter(|(s, _)| **s >= 500 && **s != 503)
+        .collect();
+    assert!(
+        server_errors.is_empty(),
+        "server errors other than 503: {:?}",
+        ledger.statuses
+    );
+    ledger
+}
+
+fn node_id(s: &Server) -> String {
+    status(s)["node_id"].as_str().unwrap_or("").to_string()
+}
+
+/// kill -9 a primary while a writer runs: within the session timeout + 3 s every partition
+/// (one probe key each) is readable and writable through a survivor again, the dead node leaves
+/// every configuration, no request gets a 5xx other than 503, and every acknowledged write reads
+/// back through both survivors.
+#[test]
+fn killing_any_one_node_of_three_loses_no_acknowledged_write() {
+    let zk = ZooKeeper::start();
+    let ids = ["k1", "k2", "k3"];
+    let mut nodes = start_cluster(&zk, "kill-one", &ids);
+    let took = wait_fully_replicated(&nodes, &ids, Duration::from_secs(20));
+    eprintln!("three copies of every partition after {took:?}");
+    let probes = probe_keys();
+    write_probes(&nodes, &probes);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(
+        nodes.iter().map(|n| n.addr()).collect(),
+        WRITER_KEYS,
+        stop.clone(),
+    );
+    thread::sleep(Duration::from_millis(1_500));
+
+    let victim = a_primary_that_is_not_the_leader(&nodes);
+    let dead = node_id(&nodes[victim]);
+    let before = replicas(&status(&nodes[victim]));
+    let primaries = before.values().filter(|c| c.primary == dead).count();
+    nodes[victim].kill9();
+    let killed_at = Instant::now();
+    eprintln!("killed {dead}, primary of {primaries} partitions");
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+
+    let mut pending: BTreeSet<usize> = (0..probes.len()).collect();
+    let took = wait_for(
+        "every probe key readable and writable through a survivor",
+        Duration::from_secs(30),
+        || {
+            pending.retain(|&i| {
+                let (k, v) = &probes[i];
+                !probe_serves(&nodes[survivors[i % 2]], k, v)
+            });
+            pending.is_empty()
+        },
+    );
+    let limit = Duration::from_millis(SESSION_MS + 3_000);
+    eprintln!(
+        "failover: every partition readable and writable {took:?} after the kill (limit \
+         {limit:?})"
+    );
+    assert!(
+        took <= limit,
+        "failover took {took:?}, more than the {SESSION_MS} ms session timeout + 3 s"
+    );
+
+    let after = status(&nodes[survivors[0]]);
+    for (p, c) in replicas(&after) {
+        assert_ne!(
+            c.primary, dead,
+            "partition {p} still has the dead primary: {after}"
+        );
+        if before[&p].primary == dead {
+            assert!(
+                c.epoch > before[&p].epoch,
+                "partition {p} changed primary without a new epoch: {c:?} (was {:?})",
+                before[&p]
+            );
+        }
+    }
+    wait_for(
+        "the dead node to leave every configuration",
+        Duration::from_secs(10),
+        || {
+            survivors.iter().all(|&i| {
+                replicas(&status(&nodes[i]))
+                    .values()
+                    .all(|c| !c.configuration.contains(&dead))
+            })
+        },
+    );
+    eprintln!(
+        "{dead} out of every configuration {:?} after the kill",
+        killed_at.elapsed()
+    );
+
+    let ledger = finish_writer(&stop, w, Duration::from_secs(1));
+    let bad: Vec<_> = ledger
+        .transport_errors
+        .keys()
+        .filter(|&&i| i != victim)
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "transport errors on survivors {bad:?}: {:?}",
+        ledger.transport_errors
+    );
+    for &i in &survivors {
+        check_ledger(&ledger, &nodes[i]);
+        for (k, v) in &probes {
+            let r = nodes[i].get_kv(k);
+            assert_eq!(r.status, 200, "{}: {r:?}", String::from_utf8_lossy(k));
+            assert_eq!(&r.body, v, "{}", String::from_utf8_lossy(k));
+        }
+    }
+}
+
+/// kill -9 a node while a writer runs, wipe its data directory and start it again under the
+/// same id: it leaves every configuration, is rebuilt as a learner and becomes a backup of every
+/// partition again (three copies in sync, none under-replicated) within 60 s, and every
+/// acknowledged write reads back through all three nodes, the rebuilt one included.
+#[test]
+fn a_node_replaced_on_an_empty_disk_is_rebuilt_and_nothing_is_lost() {
+    let zk = ZooKeeper::start();
+    let ids = ["e1", "e2", "e3"];
+    let mut nodes = start_cluster(&zk, "empty-disk", &ids);
+    wait_fully_replicated(&nodes, &ids, Duration::from_secs(20));
+    let probes = probe_keys();
+    write_probes(&nodes, &probes);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(
+        nodes.iter().map(|n| n.addr()).collect(),
+        WRITER_KEYS,
+        stop.clone(),
+    );
+    thread::sleep(Duration::from_millis(1_500));
+
+    let victim = a_primary_that_is_not_the_leader(&nodes);
+    let wiped = node_id(&nodes[victim]);
+    nodes[victim].kill9();
+    let data = nodes[victim].data_dir();
+    if let Err(e) = std::fs::remove_dir_all(&data).and_then(|_| std::fs::create_dir_all(&data)) {
+        panic!("cannot empty {}: {e}", data.display());
+    }
+    nodes[victim].restart();
+    let restarted_at = Instant::now();
+    assert_eq!(node_id(&nodes[victim]), wiped, "restarted under its old id");
+    eprintln!("{wiped} restarted on an empty disk");
+
+    let survivor = (0..3).find(|i| *i != victim).unwrap_or(0);
+    let mut seen_out = false;
+    let took = wait_for(
+        "the rebuilt node in sync for every partition again",
+        Duration::from_secs(60),
+        || {
+            let st = status(&nodes[survivor]);
+            let r = replicas(&st);
+            seen_out |= r.values().any(|c| !c.in_sync.contains(&wiped));
+            seen_out && members(&st).len() == 3 && fully_replicated(&st, &ids)
+        },
+    );
+    eprintln!("rebuilt: three copies in sync again {took:?} after the restart");
+    let took = wait_fully_replicated(&nodes, &ids, Duration::from_secs(10));
+    eprintln!(
+        "every node agrees {:?} after the restart",
+        restarted_at.elapsed().max(took)
+    );
+
+    let ledger = finish_writer(&stop, w, Duration::from_secs(1));
+    for n in &nodes {
+        check_ledger(&ledger, n);
+        for (k, v) in &probes {
+            let r = n.get_kv(k);
+            assert_eq!(r.status, 200, "{}: {r:?}", String::from_utf8_lossy(k));
+            assert_eq!(&r.body, v, "{}", String::from_utf8_lossy(k));
+        }
+    }
+    let st = status(&nodes[victim]);
+    for (p, c) in replicas(&st) {
+        assert!(
+            c.configuration.contains(&wiped) && c.in_sync.contains(&wiped),
+            "partition {p} does not list the rebuilt node {wiped}: {c:?}"
+        );
+    }
+    let engine = &st["engine"];
+    eprintln!("rebuilt node's engine: {engine}");
+    assert!(
+        engine["last_seq"].as_u64().unwrap_or(0) > 0,
+        "the rebuilt node's engine holds nothing: {engine}"
+    );
+}
+
+/// Three nodes, 64 probe keys (one per partition); kill -9 one node, wait until every key is
+/// served again, then kill -9 a second. The survivor is then the only copy: every partition
+/// refuses writes (503 with Retry-After: fewer than `min_insync_replicas` copies in sync) and
+/// goes on serving reads with the acknowledged values.
+#[test]
+fn with_two_of_three_nodes_gone_writes_are_refused_and_reads_go_on() {
+    let zk = ZooKeeper::start();
+    let ids = ["t1", "t2", "t3"];
+    let mut nodes = start_cluster(&zk, "two-gone", &ids);
+    wait_fully_replicated(&nodes, &ids, Duration::from_secs(20));
+    let probes = probe_keys();
+    write_probes(&nodes, &probes);
+
+    let first = a_primary_that_is_not_the_leader(&nodes);
+    let first_id = node_id(&nodes[first]);
+    nodes[first].kill9();
+    let rest: Vec<usize> = (0..3).filter(|i| *i != first).collect();
+    let mut pending: BTreeSet<usize> = (0..probes.len()).collect();
+    let took = wait_for(
+        "every probe key served after the first kill",
+        Duration::from_secs(30),
+        || {
+            pending.retain(|&i| {
+                let (k, v) = &probes[i];
+                !probe_serves(&nodes[rest[i % 2]], k, v)
+            });
+            pending.is_empty()
+        },
+    );
+    eprintln!("first kill ({first_id}): every probe key served again after {took:?}");
+    wait_for(
+        "the first dead node to leave every configuration",
+        Duration::from_secs(10),
+        || {
+            rest.iter().all(|&i| {
+                replicas(&status(&nodes[i]))
+                    .values()
+                    .all(|c| !c.configuration.contains(&first_id))
+            })
+        },
+    );
+
+    // Kill the leader of the two, so that the survivor must take over the cluster too.
+    let st = status(&nodes[rest[0]]);
+    let leader = st["leader"].as_str().unwrap_or("").to_string();
+    let (second, last) = if node_id(&nodes[rest[0]]) == leader {
+        (rest[0], rest[1])
+    } else {
+        (rest[1], rest[0])
+    };
+    let second_id = node_id(&nodes[second]);
+    let last_id = node_id(&nodes[last]);
+    let before = replicas(&status(&nodes[last]));
+    let own = before.values().filter(|c| c.primary == last_id).count();
+    eprintln!("killing {second_id} (the leader); {last_id}, primary of {own}, survives");
+    nodes[second].kill9();
+    let survivor = &nodes[last];
+    let took = wait_for(
+        "the survivor to lead a cluster of one",
+        Duration::from_secs(20),
+        || {
+            let st = status(survivor);
+            st["role"] == "leader" && members(&st) == [last_id.clone()]
+        },
+    );
+    eprintln!("{last_id} leads alone {took:?} after the second kill");
+
+    // Every partition was in sync on the survivor; it must become primary of each.
+    let promoted = wait_for(
+        "the survivor to be primary of every partition",
+        Duration::from_secs(20),
+        || {
+            replicas(&status(survivor))
+                .values()
+                .all(|c| c.primary == last_id)
+        },
+    );
+    eprintln!(
+        "{last_id} primary of every partition {:?} after it led",
+        promoted
+    );
+    let st = status(survivor);
+    eprintln!(
+        "survivor's view: under_replicated_partitions {}, partition 0: {:?}",
+        under_replicated(&st),
+        replicas(&st).get(&0)
+    );
+
+    // Reads go on: every probe key, with its value (the new primary may wait out its lease
+    // promise first, answering 503 meanwhile).
+    let mut unread: BTreeSet<usize> = (0..probes.len()).collect();
+    let took = wait_for(
+        "every probe key readable through the survivor",
+        Duration::from_secs(10),
+        || {
+            unread.retain(|&i| {
+                let (k, v) = &probes[i];
+                let r = survivor.get_kv(k);
+                match r.status {
+                    200 => {
+                        assert_eq!(&r.body, v, "{}: {r:?}", String::from_utf8_lossy(k));
+                        false
+                    }
+                    503 => true,
+                    _ => panic!(
+                        "{}: GET answered neither 200 nor 503: {r:?}",
+                        String::from_utf8_lossy(k)
+                    ),
+                }
+            });
+            unread.is_empty()
+        },
+    );
+    eprintln!("every probe key readable on the survivor {took:?} after it was primary");
+
+    // Writes are refused, with Retry-After, and change nothing.
+    for (k, v) in &probes {
+        let r = survivor.request("PUT", &kv_path(k), &[], b"refused");
+        assert_eq!(
+            r.status,
+            503,
+            "{}: a write with one copy in sync: {r:?}",
+            String::from_utf8_lossy(k)
+        );
+        assert!(
+            r.header("retry-after").is_some(),
+            "503 without Retry-After: {r:?}"
+        );
+        let g = survivor.get_kv(k);
+        assert_eq!(g.status, 200, "{}: {g:?}", String::from_utf8_lossy(k));
+        assert_eq!(&g.body, v, "{}", String::from_utf8_lossy(k));
+    }
+    let r = survivor.request("PUT", &kv_path(&probes[0].0), &[], b"refused");
+    eprintln!("a refused write: {r:?}");
+}
