@@ -149,7 +149,13 @@ impl Config {
         Config {
             replication_factor: 3,
             min_insync_replicas: 2,
-            log_retain: 6,
+            // Half the seeds keep few entries (learners get copies), half keep the whole
+            // history (replicas catch up and undo from the log).
+            log_retain: if seed % 2 == 0 {
+                6
+            } else {
+                corecache_core::proto::replog::LOG_RETAIN
+            },
             ..Config::new(seed)
         }
     }
@@ -396,6 +402,8 @@ fn copies_agree(st: &fakezk::StateWrite, slots: &[DbSlot]) -> Result<(), String>
         // The first copy read: its node, (last entry, its epoch), and its keys.
         type Copy = (String, (u64, u64), Vec<(Vec<u8>, Vec<u8>)>);
         let mut seen: Option<Copy> = None;
+        // lsn → (epoch, node) of every log entry read so far.
+        let mut entries: BTreeMap<u64, (u64, String)> = BTreeMap::new();
         for node in std::iter::once(&st.owners[usize::from(p)]).chain(backups) {
             let Some(db) = db_of(node) else { continue };
             let pos = match db.get(&replog::meta_key(p)) {
@@ -404,6 +412,52 @@ fn copies_agree(st: &fakezk::StateWrite, slots: &[DbSlot]) -> Result<(), String>
                 Ok(None) => replog::Position::default(),
                 Err(e) => return Err(format!("{node}: cannot read partition {p}'s position: {e}")),
             };
+            // Its log: no holes, ending at its position, and the same entries as the others'
+            // where both have one (Raft's Log Matching).
+            let (llo, lhi) = replog::log_range(p);
+            let mut last: Option<u64> = None;
+            for kv in db
+                .scan(Bound::Included(&llo[..]), Bound::Excluded(&lhi[..]))
+                .map_err(|e| format!("{node}: cannot scan partition {p}'s log: {e}"))?
+            {
+                let (k, v) =
+                    kv.map_err(|e| format!("{node}: cannot scan partition {p}'s log: {e}"))?;
+                let lsn = k
+                    .get(k.len().saturating_sub(8)..)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| format!("{node}: a log key of partition {p} is malformed"))?;
+                let (epoch, _) = replog::decode_entry(&v)
+                    .map_err(|_| format!("{node}: partition {p}'s entry {lsn} does not decode"))?;
+                if let Some(l) = last {
+                    if lsn != l + 1 {
+                        return Err(format!(
+                            "{node}: partition {p}'s log has a hole: entry {l}, then {lsn}"
+                        ));
+                    }
+                }
+                last = Some(lsn);
+                match entries.get(&lsn) {
+                    Some((e, other)) if *e != epoch => {
+                        return Err(format!(
+                            "logs differ: partition {p}'s entry {lsn} is of epoch {epoch} on \
+                             {node} and {e} on {other}"
+                        ))
+                    }
+                    Some(_) => {}
+                    None => {
+                        entries.insert(lsn, (epoch, node.clone()));
+                    }
+                }
+            }
+            if let Some(l) = last {
+                if l != pos.lsn {
+                    return Err(format!(
+                        "{node}: partition {p}'s log ends at entry {l}, its position at {}",
+                        pos.lsn
+                    ));
+                }
+            }
             let lo = p.to_be_bytes().to_vec();
             let hi = (u32::from(p) + 1).to_be_bytes()[2..].to_vec();
             let hi = if p == u16::MAX {

@@ -165,10 +165,6 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duratio
     panic!("timed out after {limit:?} waiting for {what}");
 }
 
-fn put(s: &Server, k: &[u8], v: &[u8]) -> u16 {
-    s.request("PUT", &kv_path(k), &[], v).status
-}
-
 /// The partition of a key, as the cluster computes it.
 fn partition_of(k: &[u8]) -> usize {
     (corecache_core::engine::format::hash64(k) % PARTITIONS as u64) as usize
@@ -477,6 +473,7 @@ fn a_node_replaced_on_an_empty_disk_is_rebuilt_and_nothing_is_lost() {
 
     let survivor = (0..3).find(|i| *i != victim).unwrap_or(0);
     let mut seen_out = false;
+    let mut last = None;
     let took = wait_for(
         "the rebuilt node in sync for every partition again",
         Duration::from_secs(60),
@@ -484,6 +481,24 @@ fn a_node_replaced_on_an_empty_disk_is_rebuilt_and_nothing_is_lost() {
             let st = status(&nodes[survivor]);
             let r = replicas(&st);
             seen_out |= r.values().any(|c| !c.in_sync.contains(&wiped));
+            let now = (
+                members(&st).contains(&wiped),
+                r.values().filter(|c| c.configuration.contains(&wiped)).count(),
+                r.values().filter(|c| c.learners.contains(&wiped)).count(),
+                r.values().filter(|c| c.in_sync.contains(&wiped)).count(),
+            );
+            if last.as_ref() != Some(&now) {
+                eprintln!(
+                    "{:?} after the restart: member {}, in {} configurations, learner of {}, \
+                     in sync for {}",
+                    restarted_at.elapsed(),
+                    now.0,
+                    now.1,
+                    now.2,
+                    now.3
+                );
+                last = Some(now);
+            }
             seen_out && members(&st).len() == 3 && fully_replicated(&st, &ids)
         },
     );
