@@ -614,11 +614,13 @@ async fn readyz(State(state): State<AppState>) -> HttpResponse {
 }
 
 async fn metrics(State(state): State<AppState>) -> HttpResponse {
-    let (engine, waiting) = match state.node.get() {
-        Some(n) => (n.db().stats(), n.stats().await.waiting_for_persist),
-        None => (Default::default(), 0),
+    let (engine, stats) = match state.node.get() {
+        Some(n) => (n.db().stats(), n.stats().await),
+        None => (Default::default(), Default::default()),
     };
-    let mut resp = state.metrics.render(&engine, waiting).into_response();
+    let mut text = state.metrics.render(&engine, stats.waiting_for_persist);
+    crate::metrics::render_replication(&mut text, &stats.replication);
+    let mut resp = text.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),

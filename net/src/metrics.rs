@@ -287,3 +287,64 @@ fn render_levels(out: &mut String, engine: &Stats) {
         let _ = writeln!(out, "corecache_level_bytes{{level=\"{level}\"}} {n}");
     }
 }
+
+/// Replication: under-replicated partitions, each led partition's lag, take-overs, copies.
+pub fn render_replication(out: &mut String, r: &corecache_core::node::ReplicationStats) {
+    let gauge = |out: &mut String, name: &str, help: &str, kind: &str, v: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
+    };
+    gauge(
+        out,
+        "corecache_under_replicated_partitions",
+        "Partitions with fewer copies in sync than the replication factor.",
+        "gauge",
+        r.under_replicated as u64,
+    );
+    out.push_str(
+        "# HELP corecache_replication_lag_entries Per partition this node leads: log entries its slowest replica (of those writes wait for) is behind.\n# TYPE corecache_replication_lag_entries gauge\n",
+    );
+    for (p, lag) in &r.lag {
+        let _ = writeln!(
+            out,
+            "corecache_replication_lag_entries{{partition=\"{p}\"}} {lag}"
+        );
+    }
+    gauge(
+        out,
+        "corecache_replication_failovers_total",
+        "Partitions this node took over as primary (failovers and planned hand-overs).",
+        "counter",
+        r.promotions,
+    );
+    gauge(
+        out,
+        "corecache_replication_copies_received_total",
+        "Whole copies of a partition this node received as a learner (re-replication).",
+        "counter",
+        r.copies_received,
+    );
+    gauge(
+        out,
+        "corecache_replication_copy_keys_received_total",
+        "Keys received in copies of partitions (re-replication progress).",
+        "counter",
+        r.copy_keys_received,
+    );
+    gauge(
+        out,
+        "corecache_replication_copy_pages_sent_total",
+        "Pages of partition copies this node sent as primary.",
+        "counter",
+        r.copy_pages_sent,
+    );
+    gauge(
+        out,
+        "corecache_replication_truncations_total",
+        "Times this node undid log entries a new primary did not have.",
+        "counter",
+        r.truncations,
+    );
+}

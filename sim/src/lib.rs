@@ -151,7 +151,7 @@ impl Config {
             min_insync_replicas: 2,
             // Half the seeds keep few entries (learners get copies), half keep the whole
             // history (replicas catch up and undo from the log).
-            log_retain: if seed % 2 == 0 {
+            log_retain: if seed.is_multiple_of(2) {
                 6
             } else {
                 corecache_core::proto::replog::LOG_RETAIN

@@ -216,6 +216,25 @@ pub struct NodeStats {
     pub backgrounds: u64,
     /// Requests forwarded to other nodes and not answered yet.
     pub forwards_in_flight: usize,
+    pub replication: ReplicationStats,
+}
+
+/// Replication as this node sees it (for `/metrics`).
+#[derive(Clone, Debug, Default)]
+pub struct ReplicationStats {
+    /// Partitions of the current state with fewer copies in sync than the factor.
+    pub under_replicated: usize,
+    /// Per partition this node leads: entries its slowest replica waited for is behind.
+    pub lag: Vec<(u16, u64)>,
+    /// Times this node took over a partition as its primary.
+    pub promotions: u64,
+    /// Copies of a partition received whole, and the keys they brought (as learner).
+    pub copies_received: u64,
+    pub copy_keys_received: u64,
+    /// Pages of copies sent (as primary).
+    pub copy_pages_sent: u64,
+    /// Times entries a new primary lacked were undone here.
+    pub truncations: u64,
 }
 
 /// What the coordinator last told this node: the shared state (with the stamp its next
@@ -418,6 +437,7 @@ impl Node {
             persists: self.gate.persists(),
             backgrounds: self.backgrounds,
             forwards_in_flight: self.fwd.forwards.len(),
+            replication: self.replication_stats(),
         }
     }
 

@@ -273,8 +273,13 @@ pub(crate) struct Replication {
     pub(crate) any_behind: bool,
     /// Times this node undid entries a new primary's log did not have.
     pub(crate) truncations: u64,
-    /// Copies of a partition this node received whole (as a learner).
+    /// Copies of a partition this node received whole (as a learner), and their keys.
     pub(crate) copies_received: u64,
+    pub(crate) copy_keys_received: u64,
+    /// Pages of copies this node sent (as primary).
+    pub(crate) copy_pages_sent: u64,
+    /// Partitions this node took over as primary.
+    pub(crate) promotions: u64,
     pub(crate) leases: std::sync::Arc<Leases>,
     /// The `now` of the input being handled, and of the first input (promises made before a
     /// restart are forgotten, so a node waits a lease after it starts before it leads).
@@ -334,6 +339,9 @@ impl Replication {
             any_behind: false,
             truncations: 0,
             copies_received: 0,
+            copy_keys_received: 0,
+            copy_pages_sent: 0,
+            promotions: 0,
             leases,
             now: 0,
             started_at: None,
@@ -1108,7 +1116,52 @@ impl Node {
         }
     }
 
+    /// What `/metrics` shows of replication.
+    pub(crate) fn replication_stats(&self) -> super::ReplicationStats {
+        let lag = self
+            .repl
+            .parts
+            .iter()
+            .filter(|(_, x)| x.primary)
+            .map(|(p, x)| {
+                let behind = self
+                    .waited_for(*p)
+                    .iter()
+                    .map(|r| {
+                        x.pos
+                            .lsn
+                            .saturating_sub(x.acked.get(r).copied().unwrap_or(0))
+                    })
+                    .max()
+                    .unwrap_or(0);
+                (*p, behind)
+            })
+            .collect();
+        let rf = self.cfg.replication_factor;
+        super::ReplicationStats {
+            under_replicated: self
+                .view
+                .state
+                .as_ref()
+                .map_or(0, |s| s.under_replicated(rf)),
+            lag,
+            promotions: self.repl.promotions,
+            copies_received: self.repl.copies_received,
+            copy_keys_received: self.repl.copy_keys_received,
+            copy_pages_sent: self.repl.copy_pages_sent,
+            truncations: self.repl.truncations,
+        }
+    }
+
     fn become_primary(&mut self, p: u16, out: &mut Vec<Output>) {
+        if self
+            .view
+            .state
+            .as_ref()
+            .is_some_and(|s| s.part_epoch(p) > 1)
+        {
+            self.repl.promotions += 1; // not the first primary of a new cluster
+        }
         let pos = self.repl.position(p);
         // Entries after the known commit point (this node's own, from before a restart, or an
         // old primary's it received) may or may not have been acknowledged: their keys answer
@@ -1121,6 +1174,11 @@ impl Node {
             }
         }
         let started = self.repl.started_at.unwrap_or(self.repl.now);
+        let first_epoch = self
+            .view
+            .state
+            .as_ref()
+            .is_some_and(|s| s.part_epoch(p) <= 1);
         let part = self.repl.parts.entry(p).or_default();
         part.primary = true;
         part.acked.clear();
@@ -1131,8 +1189,13 @@ impl Node {
         part.committed = pos.commit;
         part.local_durable = 0;
         // Promises this node made to the old primary (and any made before it started) hold
-        // until they run out.
-        part.serve_after = part.promised_until.max(started + LEASE_MS);
+        // until they run out. A partition's first configuration (epoch 1) never had another
+        // primary: nothing to wait for.
+        part.serve_after = if first_epoch {
+            0
+        } else {
+            part.promised_until.max(started + LEASE_MS)
+        };
         self.update_lease(p);
         // Durable here once everything applied so far is.
         let target = Target::Commit {

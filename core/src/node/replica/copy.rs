@@ -131,6 +131,7 @@ impl Node {
         let Some((items, done)) = self.read_page(p, c.after.as_deref()) else {
             return; // a key not known yet, or the engine failed: the timer tries again
         };
+        self.repl.copy_pages_sent += 1;
         out.push(Output::Send {
             to: to.to_string(),
             message: PeerMessage::CopyPage {
@@ -341,6 +342,7 @@ impl Node {
             return; // the primary sends the page again
         };
         self.gate.applied(seq);
+        self.repl.copy_keys_received += page.items.len() as u64;
         if page.done {
             self.repl.copies_received += 1;
         }
