@@ -41,7 +41,7 @@ enum Msg {
 pub struct NodeHandle {
     tx: mpsc::Sender<Msg>,
     /// The node's clock, for reads answered outside its task (leases are timed on it).
-    now_ms: fn() -> u64,
+    now_ms: Clock,
     reader: Reader,
     db: Arc<Db>,
     node_id: String,
@@ -69,17 +69,29 @@ pub enum Blocking {
 
 /// What the driver takes from its surroundings: a clock and a place for blocking work. The
 /// real runtime uses [`Env::real`]; the simulation passes its simulated clock.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct Env {
     /// Wall-clock milliseconds: the node's `now`.
-    pub now_ms: fn() -> u64,
+    pub now_ms: Clock,
     pub blocking: Blocking,
+}
+
+/// A node's clock: wall-clock milliseconds (each simulated node may have its own).
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Env")
+            .field("now_ms", &(self.now_ms)())
+            .field("blocking", &self.blocking)
+            .finish()
+    }
 }
 
 impl Env {
     pub fn real() -> Env {
         Env {
-            now_ms: wall_ms,
+            now_ms: Arc::new(wall_ms),
             blocking: Blocking::Threads,
         }
     }
@@ -243,7 +255,7 @@ pub fn spawn_with(
     let ready = Arc::new(AtomicBool::new(false));
     let handle = NodeHandle {
         tx: tx.clone(),
-        now_ms: env.now_ms,
+        now_ms: env.now_ms.clone(),
         reader: node.reader(),
         db: node.db().clone(),
         node_id: node.config().node_id.clone(),
@@ -322,7 +334,7 @@ struct NodeTask {
 
 impl NodeTask {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>, mut shutdown: watch::Receiver<bool>) {
-        let wall_ms = self.env.now_ms;
+        let wall_ms = self.env.now_ms.clone();
         loop {
             // The node's own deadline, as a sleep on tokio's clock.
             let deadline = self.node.next_deadline().map(|at| {

@@ -90,6 +90,9 @@ pub struct Config {
     pub min_insync_replicas: usize,
     /// Log entries each partition keeps (few, with replicas, so that learners get copies).
     pub log_retain: u64,
+    /// Each node's clock is off by up to ±300 ms and runs up to 2% fast or slow (drawn per
+    /// node from the seed); otherwise every node reads the simulated clock as it is.
+    pub clock_skew: bool,
 }
 
 /// The prototype's failures, replayed on purpose.
@@ -141,6 +144,7 @@ impl Config {
             replication_factor: 1,
             min_insync_replicas: 1,
             log_retain: corecache_core::proto::replog::LOG_RETAIN,
+            clock_skew: false,
         }
     }
 
@@ -149,6 +153,7 @@ impl Config {
         Config {
             replication_factor: 3,
             min_insync_replicas: 2,
+            clock_skew: true,
             // Half the seeds keep few entries (learners get copies), half keep the whole
             // history (replicas catch up and undo from the log).
             log_retain: if seed.is_multiple_of(2) {
@@ -305,6 +310,26 @@ impl Rng {
 
 fn node_name(i: usize) -> String {
     format!("n{i}")
+}
+
+/// Node `id`'s clock in a run with `cfg`: the simulated clock, skewed if the run says so.
+fn node_clock(cfg: &Config, id: &str) -> Arc<dyn Fn() -> u64 + Send + Sync> {
+    if !cfg.clock_skew {
+        return Arc::new(sim_now_ms);
+    }
+    let mut r = Rng::new(
+        cfg.seed
+            ^ id.bytes().fold(0xC10C, |h: u64, b| {
+                h.wrapping_mul(31).wrapping_add(u64::from(b))
+            }),
+    );
+    let offset = r.below(601) as i64 - 300;
+    let ppm = r.below(40_001) as i64 - 20_000;
+    Arc::new(move || {
+        let t = turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as i64);
+        let skewed = t * (1_000_000 + ppm) / 1_000_000 + offset;
+        (EPOCH_MS as i64 + skewed).max(0) as u64
+    })
 }
 
 fn sim_now_ms() -> u64 {

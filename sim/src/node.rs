@@ -14,7 +14,7 @@ use corecache_net::peer::{Connecting, Connector, PeerNet, PeerStream};
 use corecache_net::server::Listen;
 use parking_lot::Mutex;
 
-use crate::{fakezk, sim_now_ms, Config, Report, CLUSTER, HTTP_PORT, PEER_PORT, RESP_PORT};
+use crate::{fakezk, Config, Report, CLUSTER, HTTP_PORT, PEER_PORT, RESP_PORT};
 
 /// turmoil's listener as the server loop's source of connections.
 struct SimListener(turmoil::net::TcpListener);
@@ -144,7 +144,7 @@ pub(crate) async fn node_main(
         io,
         stop_rx.clone(),
         Env {
-            now_ms: sim_now_ms,
+            now_ms: crate::node_clock(&cfg, &id),
             blocking: Blocking::Inline { fsync_delay },
         },
     );

@@ -581,7 +581,7 @@ fn a_node_replaced_on_an_empty_disk_is_rebuilt_and_nothing_is_lost() {
     let survivor = (0..3).find(|i| *i != victim).unwrap_or(0);
     let share = PARTITIONS / ids.len();
     let mut was_learner = BTreeSet::new();
-    let (mut left_out, mut early_503s) = (false, 0usize);
+    let (mut left_out, mut early_503s) = (false, [0usize; 2]);
     let mut last = None;
     let mut ready_at: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let took = wait_for(
@@ -591,11 +591,11 @@ fn a_node_replaced_on_an_empty_disk_is_rebuilt_and_nothing_is_lost() {
             // Meanwhile nothing is served from the empty disk: every probe key reads its
             // value or 503, through the rebuilt node and through a survivor.
             for (k, v) in &probes {
-                for via in [&nodes[victim], &nodes[survivor]] {
+                for (j, via) in [&nodes[victim], &nodes[survivor]].into_iter().enumerate() {
                     let r = via.get_kv(k);
                     match r.status {
                         200 => assert_eq!(&r.body, v, "{}", unreadable(via, k, &r)),
-                        503 => early_503s += 1,
+                        503 => early_503s[j] += 1,
                         _ => panic!("during the rebuild: {}", unreadable(via, k, &r)),
                     }
                 }
@@ -645,7 +645,10 @@ fn a_node_replaced_on_an_empty_disk_is_rebuilt_and_nothing_is_lost() {
                 .join(" ")
         );
     }
-    eprintln!("probe reads answered 503 during the rebuild: {early_503s}");
+    eprintln!(
+        "probe reads answered 503 during the rebuild: {} through {wiped}, {} through a survivor",
+        early_503s[0], early_503s[1]
+    );
     for n in &nodes {
         let refused = n
             .stderr_log()
