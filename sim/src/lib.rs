@@ -93,6 +93,8 @@ pub struct Config {
     /// Each node's clock is off by up to ±300 ms and runs up to 2% fast or slow (drawn per
     /// node from the seed); otherwise every node reads the simulated clock as it is.
     pub clock_skew: bool,
+    /// How long a gone replica keeps its place before another node is given a copy.
+    pub replica_timeout_ms: u64,
 }
 
 /// The prototype's failures, replayed on purpose.
@@ -145,6 +147,7 @@ impl Config {
             min_insync_replicas: 1,
             log_retain: corecache_core::proto::replog::LOG_RETAIN,
             clock_skew: false,
+            replica_timeout_ms: 60_000,
         }
     }
 
@@ -154,6 +157,8 @@ impl Config {
             replication_factor: 3,
             min_insync_replicas: 2,
             clock_skew: true,
+            // Short, so that runs see both a node back in time and one replaced.
+            replica_timeout_ms: 2_500,
             // Half the seeds keep few entries (learners get copies), half keep the whole
             // history (replicas catch up and undo from the log).
             log_retain: if seed.is_multiple_of(2) {

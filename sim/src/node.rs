@@ -138,6 +138,7 @@ pub(crate) async fn node_main(
             replication_factor: cfg.replication_factor,
             min_insync_replicas: cfg.min_insync_replicas,
             log_retain: cfg.log_retain,
+            replica_timeout_ms: cfg.replica_timeout_ms,
             disk_id: disk,
             ..NodeConfig::default()
         },

@@ -305,8 +305,25 @@ impl ClusterState {
         ready: &[(u16, u64, String)],
         replication_factor: usize,
     ) -> Option<ClusterState> {
+        self.reconfigure_reserving(live, &[], positions, lagging, ready, replication_factor)
+    }
+
+    /// [`reconfigure`](Self::reconfigure), keeping a place for the nodes in `reserved`: gone,
+    /// but for less than `replica_timeout_ms`. Such a node leaves the backups (writes do not
+    /// wait for it) but stays a learner, so no other node is given a copy in its place; if it
+    /// comes back in time it catches up from the log and is a backup again.
+    pub fn reconfigure_reserving(
+        &self,
+        live: &[String],
+        reserved: &[String],
+        positions: &BTreeMap<(u16, String), (u64, u64)>,
+        lagging: &[(u16, u64, String)],
+        ready: &[(u16, u64, String)],
+        replication_factor: usize,
+    ) -> Option<ClusterState> {
         let mut next = self.clone();
         let alive = |id: &String| live.contains(id);
+        let kept = |id: &String| reserved.contains(id) && !live.contains(id);
         for p in 0..next.replicas.len() {
             let pu = p as u16;
             let old = &self.replicas[p];
@@ -343,6 +360,11 @@ impl ClusterState {
                     None => continue,
                 }
             }
+            // Gone within the timeout: from the backups (and the old primary) to the learners.
+            let mut places: Vec<String> = backups.iter().filter(|b| kept(b)).cloned().collect();
+            if primary != self.owners[p] && kept(&self.owners[p]) {
+                places.push(self.owners[p].clone());
+            }
             backups.retain(|b| {
                 alive(b)
                     && !lagging
@@ -352,11 +374,17 @@ impl ClusterState {
             let mut learners: Vec<String> = old
                 .learners
                 .iter()
-                .filter(|l| alive(l) && **l != primary)
+                .filter(|l| (alive(l) || kept(l)) && **l != primary)
                 .cloned()
                 .collect();
+            for n in places {
+                if !learners.contains(&n) {
+                    learners.push(n);
+                }
+            }
             for (q, e, n) in ready {
-                if *q == pu && *e == old.epoch && learners.contains(n) && *n != primary {
+                if *q == pu && *e == old.epoch && learners.contains(n) && *n != primary && alive(n)
+                {
                     learners.retain(|l| l != n);
                     backups.push(n.clone());
                 }
@@ -591,16 +619,25 @@ impl ClusterState {
     /// it, it leaves every configuration), and once it holds none its new disk is recorded,
     /// so that it is taken back as a learner like a new node. A member never recorded is
     /// recorded at once.
+    #[allow(clippy::too_many_arguments)]
     pub fn reconfigure_members(
         &self,
         members: &[Member],
+        reserved: &[String],
         positions: &BTreeMap<(u16, String), (u64, u64)>,
         lagging: &[(u16, u64, String)],
         ready: &[(u16, u64, String)],
         replication_factor: usize,
     ) -> Option<ClusterState> {
         let holding = self.holding(members);
-        let next = self.reconfigure(&holding, positions, lagging, ready, replication_factor);
+        let next = self.reconfigure_reserving(
+            &holding,
+            reserved,
+            positions,
+            lagging,
+            ready,
+            replication_factor,
+        );
         let changed = next.is_some();
         let mut next = next.unwrap_or_else(|| self.clone());
         let mut recorded = false;
@@ -849,6 +886,58 @@ mod tests {
             .filter(|r| r.backups.iter().any(|b| b == id))
             .count();
         (led, led + backs)
+    }
+
+    #[test]
+    fn a_gone_replica_keeps_its_place_until_its_timeout() {
+        let s = ClusterState::initial("a", &[m("a"), m("b"), m("c"), m("d")], 8, 3);
+        let none = BTreeMap::new();
+        let live = ids(&["a", "b", "d"]);
+        let held_by = |s: &ClusterState, n: &str| {
+            (0..8)
+                .filter(|&p| {
+                    s.owners[p] == n
+                        || s.replicas[p].backups.iter().any(|b| b == n)
+                        || s.replicas[p].learners.iter().any(|b| b == n)
+                })
+                .count()
+        };
+        let c_held = held_by(&s, "c");
+        let d_held = held_by(&s, "d");
+        // c is gone, within its timeout: it leaves the backups, keeps a learner's place, and
+        // d is given nothing.
+        let kept = s
+            .reconfigure_reserving(&live, &ids(&["c"]), &none, &[], &[], 3)
+            .expect("c leaves the backups");
+        assert!(kept
+            .replicas
+            .iter()
+            .all(|r| !r.backups.contains(&"c".to_string())));
+        assert_eq!(held_by(&kept, "c"), c_held, "{kept:?}");
+        assert_eq!(held_by(&kept, "d"), d_held);
+        assert_eq!(
+            kept.reconfigure_reserving(&live, &ids(&["c"]), &none, &[], &[], 3),
+            None
+        );
+        // Past it: c's places go to d.
+        let gone = kept
+            .reconfigure(&live, &none, &[], &[], 3)
+            .expect("c's places go");
+        // (A partition c led waits for a promotion, which needs its backups' positions.)
+        for p in 0..8 {
+            let r = &gone.replicas[p];
+            assert!(
+                !r.backups.contains(&"c".to_string()) && !r.learners.contains(&"c".to_string())
+            );
+            if gone.owners[p] != "c" {
+                assert_eq!(
+                    1 + r.backups.len() + r.learners.len(),
+                    3,
+                    "partition {p}: {r:?}"
+                );
+            }
+        }
+        assert!(held_by(&gone, "d") > d_held);
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub enum Leadership {
         claim_in_flight: bool,
     },
     /// We wrote the current epoch and have not lost the connection since.
-    Leader(LeaderDuty),
+    Leader(Box<LeaderDuty>),
 }
 
 /// What a leader keeps between inputs.
@@ -47,6 +47,11 @@ pub struct LeaderDuty {
     /// What primaries reported (partition, epoch, node): backups lagging, learners ready.
     lagging: BTreeSet<(u16, u64, String)>,
     ready: BTreeSet<(u16, u64, String)>,
+    /// With replicas: nodes that hold copies but are not members, since when (seen by this
+    /// leader). Each keeps its place until `replica_timeout_ms` has passed.
+    gone_since: BTreeMap<String, u64>,
+    /// When the next of them runs out of time (the leader plans again then).
+    timeout_due: Option<u64>,
 }
 
 /// A leader's question to the live backups of partitions whose primary is gone.
@@ -67,10 +72,10 @@ pub(crate) const PROBE_MS: u64 = 1_000;
 impl Leadership {
     /// A leader that has just won (or a cluster of one).
     pub(crate) fn leader() -> Leadership {
-        Leadership::Leader(LeaderDuty {
+        Leadership::Leader(Box::new(LeaderDuty {
             plan_due: true,
             ..LeaderDuty::default()
-        })
+        }))
     }
 
     pub fn is_leader(&self) -> bool {
@@ -153,7 +158,7 @@ impl Leadership {
     /// When a leader's question to backups times out, if one is out.
     pub(crate) fn deadline(&self) -> Option<u64> {
         match self {
-            Leadership::Leader(d) => d.probe.as_ref().map(|p| p.deadline),
+            Leadership::Leader(d) => d.probe.as_ref().map(|p| p.deadline).or(d.timeout_due),
             _ => None,
         }
     }
@@ -211,6 +216,42 @@ impl Node {
         let Some(duty) = self.lead.idle_leader() else {
             return self.claim(out);
         };
+        // Gone holders of copies keep their place for `replica_timeout_ms`.
+        let holders: BTreeSet<&String> = state
+            .owners
+            .iter()
+            .chain(
+                state
+                    .replicas
+                    .iter()
+                    .flat_map(|r| r.backups.iter().chain(&r.learners)),
+            )
+            .collect();
+        let members = &self.view.members;
+        duty.gone_since
+            .retain(|n, _| holders.contains(n) && !members.iter().any(|m| m.id == *n));
+        for n in holders {
+            if !state.replicas.is_empty() && !members.iter().any(|m| m.id == *n) {
+                duty.gone_since.entry(n.clone()).or_insert(now);
+            }
+        }
+        let timeout = self.cfg.replica_timeout_ms;
+        let reserved: Vec<String> = duty
+            .gone_since
+            .iter()
+            .filter(|(_, since)| now < *since + timeout)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let due = duty
+            .gone_since
+            .values()
+            .map(|since| since + timeout)
+            .filter(|at| *at > now)
+            .min();
+        if duty.timeout_due.is_some_and(|at| now >= at) {
+            duty.plan_due = true; // someone's place ran out
+        }
+        duty.timeout_due = due;
         // A request is done once the state shows it; until then it stays, so a failed write
         // is retried. Written once per state seen: the outcome shows in the next `State`.
         duty.to_leave.retain(|n| !state.leaving.contains(n));
@@ -230,7 +271,7 @@ impl Node {
             let ready: Vec<_> = std::mem::take(&mut duty.ready).into_iter().collect();
             let rf = self.cfg.replication_factor;
             let members = &self.view.members;
-            state.reconfigure_members(members, &probe.positions, &lagging, &ready, rf)
+            state.reconfigure_members(members, &reserved, &probe.positions, &lagging, &ready, rf)
         } else if duty.probe.is_some() {
             None
         } else if std::mem::take(&mut duty.plan_due) {
@@ -246,7 +287,7 @@ impl Node {
                     let rf = self.cfg.replication_factor;
                     let members = &self.view.members;
                     let none = BTreeMap::new();
-                    state.reconfigure_members(members, &none, &lagging, &ready, rf)
+                    state.reconfigure_members(members, &reserved, &none, &lagging, &ready, rf)
                 } else {
                     // Ask the live backups of each where their logs end.
                     let id = self.fwd.next_id;

@@ -257,6 +257,8 @@ pub(crate) struct PartRepl {
     promised_until: u64,
     /// As primary: copies in progress towards learners its log no longer reaches back for.
     copies: BTreeMap<String, copy::CopyOut>,
+    /// As primary: the partition's epoch when its configuration was last looked at.
+    seen_epoch: u64,
     /// As learner: the copy being received (its base, the last key applied).
     copying: Option<(u64, Option<Vec<u8>>)>,
     /// As replica of a node that started with no replication state at all (a new node, or
@@ -1092,7 +1094,20 @@ impl Node {
             .collect();
         for p in led {
             let replicas = self.replicas_of(p);
+            let (epoch, learners) = st
+                .part(p)
+                .map(|r| (r.epoch, r.learners.clone()))
+                .unwrap_or_default();
             if let Some(part) = self.repl.parts.get_mut(&p) {
+                if part.seen_epoch != epoch {
+                    // A new configuration: a learner proves again what it has (one that was a
+                    // backup and is gone must not be reported ready from its old answers).
+                    part.seen_epoch = epoch;
+                    for l in &learners {
+                        part.acked.remove(l);
+                        part.counting.remove(l);
+                    }
+                }
                 let keep = |n: &String| replicas.contains(n);
                 part.acked.retain(|n, _| keep(n));
                 part.sent.retain(|n, _| keep(n));
