@@ -49,6 +49,12 @@ pub struct NodeHandle {
     ready: Arc<AtomicBool>,
 }
 
+/// A node's first request id: the wall clock in milliseconds, shifted left 16 bits (unique
+/// across restarts while a node sends fewer than 65,536 requests a millisecond).
+pub fn first_request_id() -> u64 {
+    wall_ms() << 16
+}
+
 fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -239,6 +239,7 @@ pub async fn serve(
             min_insync_replicas: cfg.replication().1,
             replica_timeout_ms: cfg.replica_timeout_ms,
             disk_id: disk,
+            first_request_id: driver::first_request_id(),
             ..NodeConfig::default()
         },
         io,

@@ -140,6 +140,9 @@ pub(crate) async fn node_main(
             log_retain: cfg.log_retain,
             replica_timeout_ms: cfg.replica_timeout_ms,
             disk_id: disk,
+            // A reply a peer held for this node's previous run must not match a request of
+            // this one (replicated seed 859: a MSETNX answered with a stale reply's Written).
+            first_request_id: crate::sim_now_ms() << 16,
             ..NodeConfig::default()
         },
         io,

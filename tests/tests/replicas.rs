@@ -141,6 +141,13 @@ fn fully_replicated(st: &serde_json::Value, ids: &[&str]) -> bool {
         })
 }
 
+/// `id` is no partition's primary and in no partition's `in_sync` (it may still be a learner).
+fn out_of_sync_everywhere(st: &serde_json::Value, id: &str) -> bool {
+    replicas(st)
+        .values()
+        .all(|c| c.primary != id && !c.in_sync.iter().any(|n| n == id))
+}
+
 /// Waits until every node sees all of `ids` as members with every partition fully replicated.
 fn wait_fully_replicated(nodes: &[Server], ids: &[&str], limit: Duration) -> Duration {
     let start = Instant::now();
@@ -514,9 +521,9 @@ fn node_id(s: &Server) -> String {
 }
 
 /// kill -9 a primary while a writer runs: within the session timeout + 3 s every partition
-/// (one probe key each) is readable and writable through a survivor again, the dead node leaves
-/// every configuration, no request gets a 5xx other than 503, and every acknowledged write reads
-/// back through both survivors.
+/// (one probe key each) is readable and writable through a survivor again, the dead node is in
+/// sync for no partition (it keeps a learner's place until `replica_timeout_ms`), no request gets
+/// a 5xx other than 503, and every acknowledged write reads back through both survivors.
 #[test]
 fn killing_any_one_node_of_three_loses_no_acknowledged_write() {
     let zk = ZooKeeper::start();
@@ -568,20 +575,25 @@ fn killing_any_one_node_of_three_loses_no_acknowledged_write() {
             );
         }
     }
+    // The dead node leaves the copies writes wait for at once; it keeps its place as a learner
+    // until `replica_timeout_ms` (60 s), so that back in time it would catch up from the log.
     wait_for(
-        "the dead node to leave every configuration",
+        "the dead node to leave every partition's copies in sync",
         Duration::from_secs(10),
         || {
-            survivors.iter().all(|&i| {
-                replicas(&status(&nodes[i]))
-                    .values()
-                    .all(|c| !c.configuration.contains(&dead))
-            })
+            survivors
+                .iter()
+                .all(|&i| out_of_sync_everywhere(&status(&nodes[i]), &dead))
         },
     );
+    let st = status(&nodes[survivors[0]]);
     eprintln!(
-        "{dead} out of every configuration {:?} after the kill",
-        killed_at.elapsed()
+        "{dead} in no partition's in_sync {:?} after the kill; still a learner of {}",
+        killed_at.elapsed(),
+        replicas(&st)
+            .values()
+            .filter(|c| c.learners.contains(&dead))
+            .count()
     );
 
     let ledger = finish_writer(&stop, w, Duration::from_secs(1));
@@ -596,8 +608,10 @@ fn killing_any_one_node_of_three_loses_no_acknowledged_write() {
 }
 
 /// kill -9 a node while a writer runs, wipe its data directory and start it again under the
-/// same id: it leaves every configuration, is rebuilt as a learner and becomes a backup of every
-/// partition again (three copies in sync, none under-replicated) within 60 s, and every
+/// same id: it drops out of the copies in sync, is rebuilt as a learner (one partition has had
+/// more writes than its log keeps, so that one needs a copy), and within 60 s is a backup of
+/// every partition again (three copies in sync, none under-replicated) and primary of its share.
+/// Meanwhile no read answers anything but the right value or 503, and afterwards every
 /// acknowledged write reads back through all three nodes, the rebuilt one included.
 #[test]
 fn a_node_replaced_on_an_empty_disk_is_rebuilt_and_nothing_is_lost() {
@@ -646,10 +660,12 @@ fn a_node_replaced_on_an_empty_disk_is_rebuilt_and_nothing_is_lost() {
     // for the others), becomes a backup, and takes back primaries (role swaps).
     let survivor = (0..3).find(|i| *i != victim).unwrap_or(0);
     let share = PARTITIONS / ids.len();
-    let mut was_learner = BTreeSet::new();
-    let (mut left_out, mut early_503s) = (false, [0usize; 2]);
-    let mut last = None;
-    let mut ready_at: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    // Partitions seen without the node in sync, and when each had it in sync again (with the
+    // primary that brought it back).
+    let mut dropped = BTreeSet::new();
+    let mut back_at: BTreeMap<usize, (f64, String)> = BTreeMap::new();
+    let mut early_503s = [0usize; 2];
+    let mut learner_at = None;
     let took = wait_for(
         "the rebuilt node in sync for every partition and primary of its share",
         Duration::from_secs(60),
@@ -668,47 +684,42 @@ fn a_node_replaced_on_an_empty_disk_is_rebuilt_and_nothing_is_lost() {
             }
             let st = status(&nodes[survivor]);
             let r = replicas(&st);
-            left_out |= r.values().any(|c| !c.in_sync.contains(&wiped));
             for (p, c) in &r {
-                if c.learners.contains(&wiped) {
-                    was_learner.insert(*p);
-                } else if was_learner.contains(p) && c.in_sync.contains(&wiped) {
-                    was_learner.remove(p);
+                if !c.in_sync.contains(&wiped) {
+                    dropped.insert(*p);
+                } else if dropped.contains(p) && !back_at.contains_key(p) {
                     let t = restarted_at.elapsed().as_secs_f64();
-                    ready_at.entry(c.primary.clone()).or_default().push(t);
+                    back_at.insert(*p, (t, c.primary.clone()));
                 }
             }
-            let now = (
-                r.values().filter(|c| c.learners.contains(&wiped)).count(),
-                r.values().filter(|c| c.in_sync.contains(&wiped)).count(),
-                r.values().filter(|c| c.primary == wiped).count(),
-            );
-            if last != Some(now) {
-                eprintln!(
-                    "{:>6.2} s after the restart: {wiped} learner of {}, in sync for {}, \
-                     primary of {}",
-                    restarted_at.elapsed().as_secs_f64(),
-                    now.0,
-                    now.1,
-                    now.2
-                );
-                last = Some(now);
+            if learner_at.is_none() && r.values().any(|c| c.learners.contains(&wiped)) {
+                learner_at = Some(restarted_at.elapsed());
             }
-            left_out && members(&st).len() == 3 && fully_replicated(&st, &ids) && now.2 >= share
+            let primary_of = r.values().filter(|c| c.primary == wiped).count();
+            !dropped.is_empty()
+                && members(&st).len() == 3
+                && fully_replicated(&st, &ids)
+                && primary_of >= share
         },
     );
+    let heavy_at = back_at.get(&HEAVY_PARTITION).map(|(t, _)| *t);
     eprintln!(
-        "rebuilt: in sync for every partition and primary of its share {took:?} after the restart"
+        "rebuilt: taken back as a learner {learner_at:?}, in sync for every partition and \
+         primary of its share ({share}) {took:?} after the restart; in sync for the heavy \
+         partition {HEAVY_PARTITION} at {heavy_at:?} s"
     );
-    for (primary, times) in &ready_at {
+    let mut by_primary: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (t, primary) in back_at.values() {
+        by_primary
+            .entry(primary)
+            .or_default()
+            .push(format!("{t:.2}"));
+    }
+    for (primary, times) in &by_primary {
         eprintln!(
-            "learners made backups on partitions whose primary is {primary}: {} ({})",
+            "{wiped} in sync again for {} partitions whose primary is {primary}, at ({}) s",
             times.len(),
-            times
-                .iter()
-                .map(|t| format!("{t:.2}"))
-                .collect::<Vec<_>>()
-                .join(" ")
+            times.join(" ")
         );
     }
     eprintln!(
@@ -762,14 +773,11 @@ fn with_two_of_three_nodes_gone_writes_are_refused_and_reads_go_on() {
     let (took, _) = until_served(&vias, &probes, Duration::from_secs(30));
     eprintln!("first kill ({first_id}): every probe key served again after {took:?}");
     wait_for(
-        "the first dead node to leave every configuration",
+        "the first dead node to leave every partition's copies in sync",
         Duration::from_secs(10),
         || {
-            rest.iter().all(|&i| {
-                replicas(&status(&nodes[i]))
-                    .values()
-                    .all(|c| !c.configuration.contains(&first_id))
-            })
+            rest.iter()
+                .all(|&i| out_of_sync_everywhere(&status(&nodes[i]), &first_id))
         },
     );
 
@@ -787,6 +795,7 @@ fn with_two_of_three_nodes_gone_writes_are_refused_and_reads_go_on() {
     let own = before.values().filter(|c| c.primary == last_id).count();
     eprintln!("killing {second_id} (the leader); {last_id}, primary of {own}, survives");
     nodes[second].kill9();
+    let second_killed_at = Instant::now();
     let survivor = &nodes[last];
     let took = wait_for(
         "the survivor to lead a cluster of one",
@@ -844,9 +853,14 @@ fn with_two_of_three_nodes_gone_writes_are_refused_and_reads_go_on() {
             unread.is_empty()
         },
     );
-    eprintln!("every probe key readable on the survivor {took:?} after it was primary");
+    eprintln!(
+        "every probe key readable on the survivor {took:?} after it was primary, {:?} after \
+         the second kill",
+        second_killed_at.elapsed()
+    );
 
-    // Writes are refused, with Retry-After, and change nothing.
+    // Writes are refused (a definite refusal, with Retry-After) and change nothing.
+    let mut example = None;
     for (k, v) in &probes {
         let r = survivor.request("PUT", &kv_path(k), &[], b"refused");
         assert_eq!(
@@ -859,10 +873,17 @@ fn with_two_of_three_nodes_gone_writes_are_refused_and_reads_go_on() {
             r.header("retry-after").is_some(),
             "503 without Retry-After: {r:?}"
         );
+        assert_eq!(
+            r.json()["reason"],
+            "unavailable",
+            "not a definite refusal: {r:?}"
+        );
         let g = survivor.get_kv(k);
         assert_eq!(g.status, 200, "{}: {g:?}", String::from_utf8_lossy(k));
         assert_eq!(&g.body, v, "{}", String::from_utf8_lossy(k));
+        example.get_or_insert(r);
     }
-    let r = survivor.request("PUT", &kv_path(&probes[0].0), &[], b"refused");
-    eprintln!("a refused write: {r:?}");
+    if let Some(r) = example {
+        eprintln!("a refused write: {} {}", r.status, r.text());
+    }
 }

@@ -216,6 +216,10 @@ impl Node {
         let Some(duty) = self.lead.idle_leader() else {
             return self.claim(out);
         };
+        // Reports are kept until the partition's epoch moves past the one they name (a write
+        // of them may be refused, and the primary repeats a report only a second later).
+        duty.lagging.retain(|(p, e, _)| state.part_epoch(*p) == *e);
+        duty.ready.retain(|(p, e, _)| state.part_epoch(*p) == *e);
         // Gone holders of copies keep their place for `replica_timeout_ms`.
         let holders: BTreeSet<&String> = state
             .owners
@@ -267,8 +271,8 @@ impl Node {
         {
             // Every backup asked has answered (or the time is up): promote.
             let probe = duty.probe.take().unwrap_or_default();
-            let lagging: Vec<_> = std::mem::take(&mut duty.lagging).into_iter().collect();
-            let ready: Vec<_> = std::mem::take(&mut duty.ready).into_iter().collect();
+            let lagging: Vec<_> = duty.lagging.iter().cloned().collect();
+            let ready: Vec<_> = duty.ready.iter().cloned().collect();
             let rf = self.cfg.replication_factor;
             let members = &self.view.members;
             state.reconfigure_members(members, &reserved, &probe.positions, &lagging, &ready, rf)
@@ -282,8 +286,8 @@ impl Node {
             } else {
                 let orphaned = state.orphaned(&state.holding(&self.view.members));
                 if orphaned.is_empty() {
-                    let lagging: Vec<_> = std::mem::take(&mut duty.lagging).into_iter().collect();
-                    let ready: Vec<_> = std::mem::take(&mut duty.ready).into_iter().collect();
+                    let lagging: Vec<_> = duty.lagging.iter().cloned().collect();
+                    let ready: Vec<_> = duty.ready.iter().cloned().collect();
                     let rf = self.cfg.replication_factor;
                     let members = &self.view.members;
                     let none = BTreeMap::new();

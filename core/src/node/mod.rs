@@ -80,6 +80,10 @@ pub struct NodeConfig {
     pub min_insync_replicas: usize,
     /// A replica gone this long is replaced by a copy on another node.
     pub replica_timeout_ms: u64,
+    /// The first id this node gives its requests to other nodes (forwards, scans, copy steps).
+    /// Drivers start it from the clock (milliseconds shifted left 16 bits), so that a reply
+    /// a peer still held for this node's previous run cannot match a request of this one.
+    pub first_request_id: u64,
     /// This node's disk identity ([`disk_identity`]; 0: unknown, never checked). A node the
     /// state records with another disk serves none of the copies it lists it with.
     pub disk_id: u64,
@@ -104,6 +108,7 @@ impl Default for NodeConfig {
             replica_timeout_ms: 60_000,
             log_retain: crate::proto::replog::LOG_RETAIN,
             disk_id: 0,
+            first_request_id: 0,
         }
     }
 }
@@ -333,6 +338,7 @@ impl Node {
     /// A node that learns its cluster from coordinator events; until a partition map arrives
     /// it answers `NotReady`.
     pub fn new_clustered(db: Arc<Db>, cfg: NodeConfig) -> Node {
+        let first_request_id = cfg.first_request_id;
         let durable = db.options().sync == SyncMode::Always;
         let drive_background = db.options().background == Background::Manual;
         let persist_every_ms = match db.options().sync {
@@ -366,7 +372,10 @@ impl Node {
                 members: Vec::new(),
             },
             lead: Leadership::Disconnected,
-            fwd: Forwarding::default(),
+            fwd: Forwarding {
+                next_id: first_request_id,
+                ..Forwarding::default()
+            },
             ho: Handoffs::default(),
             repl,
             repl_broken,
