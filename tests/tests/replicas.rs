@@ -641,6 +641,11 @@ fn a_node_replaced_on_an_empty_disk_is_rebuilt_and_nothing_is_lost() {
         .as_str()
         .unwrap_or("")
         .to_string();
+    // Each partition's epoch before: the node's leaving and coming back each raise it.
+    let epochs_before: BTreeMap<usize, u64> = replicas(&status(&nodes[victim]))
+        .into_iter()
+        .map(|(p, c)| (p, c.epoch))
+        .collect();
     nodes[victim].kill9();
     let data = nodes[victim].data_dir();
     if let Err(e) = std::fs::remove_dir_all(&data).and_then(|_| std::fs::create_dir_all(&data)) {
@@ -666,6 +671,7 @@ fn a_node_replaced_on_an_empty_disk_is_rebuilt_and_nothing_is_lost() {
     let mut back_at: BTreeMap<usize, (f64, String)> = BTreeMap::new();
     let mut early_503s = [0usize; 2];
     let mut learner_at = None;
+    let mut late_dump = false;
     let took = wait_for(
         "the rebuilt node in sync for every partition and primary of its share",
         Duration::from_secs(60),
@@ -696,7 +702,27 @@ fn a_node_replaced_on_an_empty_disk_is_rebuilt_and_nothing_is_lost() {
                 learner_at = Some(restarted_at.elapsed());
             }
             let primary_of = r.values().filter(|c| c.primary == wiped).count();
-            !dropped.is_empty()
+            if restarted_at.elapsed() > Duration::from_secs(58) && !late_dump {
+                // About to time out: say where the rebuild stands.
+                late_dump = true;
+                eprintln!(
+                    "at {:?}: members {:?}, under-replicated {}, {wiped} primary of {primary_of}",
+                    restarted_at.elapsed(),
+                    members(&st),
+                    under_replicated(&st)
+                );
+                for (p, c) in &r {
+                    if c.in_sync.len() != 3 || !c.learners.is_empty() {
+                        eprintln!("  partition {p}: {c:?}");
+                    }
+                }
+            }
+            // Left and came back everywhere (the epochs moved), possibly faster than this
+            // loop polls, and the cluster is whole again.
+            let rejoined = r
+                .iter()
+                .all(|(p, c)| epochs_before.get(p).is_some_and(|e| c.epoch >= e + 2));
+            rejoined
                 && members(&st).len() == 3
                 && fully_replicated(&st, &ids)
                 && primary_of >= share
