@@ -256,12 +256,18 @@ impl PeerNet {
 
     /// Replaces the address book (called on every membership change). Connections to peers
     /// that left, or came back at another address, are dropped; the next send reconnects.
+    /// (Dropping one that was waiting for its first address lost what was queued on it: at a
+    /// cluster's start a forward then failed as "lost the connection".)
     pub fn set_addrs(&self, addrs: impl IntoIterator<Item = (String, String)>) {
         let new: BTreeMap<String, String> = addrs.into_iter().collect();
         // Lock order everywhere: `conns`, then `addrs`.
         let mut conns = self.conns.lock();
         let mut old = self.addrs.lock();
-        conns.retain(|id, _| new.contains_key(id) && old.get(id) == new.get(id));
+        // A connection made before its peer's address was known is still waiting for it
+        // (a reply owed to a peer heard from first): it stays, and finds the address now.
+        conns.retain(|id, _| {
+            new.contains_key(id) && old.get(id).is_none_or(|o| Some(o) == new.get(id))
+        });
         *old = new;
     }
 
@@ -363,6 +369,26 @@ mod tests {
             from: "n9".into(),
             cluster: cluster.into(),
         }
+    }
+
+    /// A connection opened to a peer before its address was known survives the first address
+    /// book that names it (and one to a peer whose address changed does not).
+    #[tokio::test]
+    async fn a_connection_waiting_for_its_address_survives_the_first_address_book() {
+        let (tx, _rx) = mpsc::channel(16);
+        let net = PeerNet::new("a".into(), "c".into(), tx);
+        net.send("b".into(), PeerMessage::MoveReady { partition: 1 });
+        assert!(net.conns.lock().contains_key("b"));
+        net.set_addrs([("b".to_string(), "127.0.0.1:9".to_string())]);
+        assert!(
+            net.conns.lock().contains_key("b"),
+            "dropped while waiting for its address"
+        );
+        net.set_addrs([("b".to_string(), "127.0.0.1:10".to_string())]);
+        assert!(
+            !net.conns.lock().contains_key("b"),
+            "kept after its address changed"
+        );
     }
 
     #[tokio::test]

@@ -108,8 +108,13 @@ fn key(i: usize) -> Vec<u8> {
     format!("user:{i:05}").into_bytes()
 }
 
+/// A PUT's status (a refusal's answer is printed, to say why).
 fn put(s: &Server, k: &[u8], v: &[u8]) -> u16 {
-    s.request("PUT", &kv_path(k), &[], v).status
+    let r = s.request("PUT", &kv_path(k), &[], v);
+    if r.status != 200 {
+        eprintln!("PUT {}: {r:?}", String::from_utf8_lossy(k));
+    }
+    r.status
 }
 
 /// Every partition has exactly one owner, and that owner is a member.
