@@ -913,3 +913,111 @@ fn with_two_of_three_nodes_gone_writes_are_refused_and_reads_go_on() {
         eprintln!("a refused write: {} {}", r.status, r.text());
     }
 }
+
+/// SIGSTOP a primary past its lease and the session timeout, write a key of one of its
+/// partitions through the new primary, then SIGCONT it: a read through the woken node never
+/// answers the value from before the new primary's write (it forwards, or says 503), and a
+/// write sent to it while it slept is acknowledged only if the cluster kept it.
+#[test]
+fn a_paused_primary_acknowledges_nothing_and_serves_no_stale_read_after_it_wakes() {
+    let zk = ZooKeeper::start();
+    let ids = ["s1", "s2", "s3"];
+    let nodes = start_cluster(&zk, "paused-primary", &ids);
+    wait_fully_replicated(&nodes, &ids, Duration::from_secs(20));
+    let probes = probe_keys();
+    write_probes(&nodes, &probes);
+    let victim = a_primary_that_is_not_the_leader(&nodes);
+    let paused = node_id(&nodes[victim]);
+    let before = replicas(&status(&nodes[victim]));
+    let (k, old) = probes
+        .iter()
+        .find(|(k, _)| {
+            before
+                .get(&partition_of(k))
+                .is_some_and(|c| c.primary == paused)
+        })
+        .cloned()
+        .expect("a probe key the paused node leads");
+    let p = partition_of(&k);
+    let survivor = (0..3).find(|i| *i != victim).unwrap_or(0);
+    let pid = nodes[victim].pid().expect("running") as libc::pid_t;
+    // SAFETY: a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let stopped_at = Instant::now();
+    // A write sent to the sleeping node: it waits in the socket until the node wakes.
+    let addr = nodes[victim].addr();
+    let key = k.clone();
+    let during = thread::spawn(move || {
+        corecache_e2e::http(addr, "PUT", &kv_path(&key), &[], b"during-the-pause")
+            .map(|r| r.status)
+            .unwrap_or(0)
+    });
+    let took = wait_for(
+        "a new primary for the paused node's partition",
+        Duration::from_millis(6 * SESSION_MS),
+        || {
+            replicas(&status(&nodes[survivor]))
+                .get(&p)
+                .is_some_and(|c| c.primary != paused && !c.in_sync.contains(&paused))
+        },
+    );
+    eprintln!("partition {p} has a new primary {took:?} after the SIGSTOP");
+    // The new primary's first write of the key.
+    let start = Instant::now();
+    let mut status_new = 0;
+    while start.elapsed() < Duration::from_secs(10) {
+        status_new = nodes[survivor]
+            .request("PUT", &kv_path(&k), &[], b"after-the-pause")
+            .status;
+        if status_new != 503 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(status_new, 200, "the new primary takes the write");
+    // Paused past its read lease (2 s) for sure.
+    if let Some(rest) = Duration::from_millis(2_500).checked_sub(stopped_at.elapsed()) {
+        thread::sleep(rest);
+    }
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    // Read through the woken node at once and for a while: never the old value.
+    let mut answers: BTreeMap<u16, usize> = BTreeMap::new();
+    let woke = Instant::now();
+    while woke.elapsed() < Duration::from_secs(3) {
+        let r = nodes[victim].get_kv(&k);
+        *answers.entry(r.status).or_default() += 1;
+        match r.status {
+            200 => assert!(
+                r.body == b"after-the-pause" || r.body == b"during-the-pause",
+                "the woken node answered {:?} (before the pause: {:?})",
+                String::from_utf8_lossy(&r.body),
+                String::from_utf8_lossy(&old)
+            ),
+            503 => {}
+            _ => panic!("the woken node answered {r:?}"),
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("reads through the woken node: {answers:?}");
+    let during = match during.join() {
+        Ok(s) => s,
+        Err(_) => panic!("the writer thread panicked"),
+    };
+    eprintln!("the write sent during the pause was answered {during}");
+    let last = read_settled(&nodes[survivor], &k, Duration::from_secs(10));
+    assert_eq!(last.status, 200, "{last:?}");
+    if during == 200 {
+        // Acknowledged, so applied after the new primary's write (it was taken after waking).
+        assert_eq!(
+            last.body, b"during-the-pause",
+            "an acknowledged write was lost"
+        );
+    } else {
+        assert!(
+            last.body == b"after-the-pause" || last.body == b"during-the-pause",
+            "{:?}",
+            String::from_utf8_lossy(&last.body)
+        );
+    }
+}
