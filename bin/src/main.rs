@@ -124,7 +124,8 @@ struct ServeArgs {
     /// ZooKeeper session timeout in milliseconds.
     #[arg(long)]
     session_timeout_ms: Option<String>,
-    /// Where the peer transport listens (cluster mode).
+    /// Where the peer transport listens (cluster mode; default: the HTTP port + 10000, or a port
+    /// the OS picks when --listen has port 0).
     #[arg(long)]
     peer_listen: Option<String>,
     /// Creating a cluster: wait for this many nodes before dealing out partitions.

@@ -28,7 +28,9 @@ pub struct Config {
     /// ZooKeeper session timeout: a node cut off this long loses its membership (and, if it
     /// led, its leadership, which it gives up at once on losing the connection).
     pub session_timeout_ms: u64,
-    /// Address the peer transport listens on (cluster mode only).
+    /// Address the peer transport listens on (cluster mode only). Empty (the default): the
+    /// HTTP address's host with its port + 10,000, as Redis Cluster does, or a port the OS
+    /// picks when the HTTP port is 0 or above 55,535 ([`Config::peer_addr`]).
     pub peer_listen: String,
     /// When creating a cluster: how many nodes to wait for before dealing out partitions.
     pub initial_nodes: usize,
@@ -68,7 +70,7 @@ impl Default for Config {
             cluster: "default".into(),
             zk_root: "/corecache".into(),
             session_timeout_ms: 6_000,
-            peer_listen: "127.0.0.1:7071".into(),
+            peer_listen: String::new(),
             initial_nodes: 1,
             partitions: 64,
             replication_factor: None,
@@ -404,6 +406,24 @@ impl Config {
         Ok(())
     }
 
+    /// Where the peer transport listens: `peer_listen` if set, else derived from the HTTP
+    /// address the node bound (`http`) and the port `listen` asked for, so that nodes started
+    /// side by side with only `--listen` set do not collide.
+    pub fn peer_addr(&self, http: std::net::SocketAddr) -> String {
+        if !self.peer_listen.is_empty() {
+            return self.peer_listen.clone();
+        }
+        let asked = self
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .map_or(0, |a| a.port());
+        let port = match asked {
+            0 => 0,
+            p => p.checked_add(10_000).unwrap_or(0),
+        };
+        std::net::SocketAddr::new(http.ip(), port).to_string()
+    }
+
     /// Where the RESP front-end listens, if anywhere, and whether that address was set
     /// (`false`: the embedded default's 127.0.0.1:7379).
     pub fn resp_addr(&self) -> Option<(&str, bool)> {
@@ -449,6 +469,28 @@ mod tests {
         assert!(e.contains("CORECACHE_SYNC") && e.contains("sync"), "{e}");
         assert!(c.set("listen", "nope").unwrap_err().contains("listen"));
         assert!(c.set("partitions", "0").is_err());
+    }
+
+    #[test]
+    fn the_peer_port_follows_the_http_port_unless_set() {
+        let mut c = Config::default();
+        let bound: std::net::SocketAddr = "127.0.0.1:7072".parse().unwrap();
+        c.set("listen", "127.0.0.1:7072").unwrap();
+        assert_eq!(c.peer_addr(bound), "127.0.0.1:17072");
+        c.set("listen", "127.0.0.1:0").unwrap();
+        let os: std::net::SocketAddr = "127.0.0.1:41000".parse().unwrap();
+        assert_eq!(
+            c.peer_addr(os),
+            "127.0.0.1:0",
+            "an OS-chosen HTTP port: an OS-chosen peer port"
+        );
+        c.set("listen", "127.0.0.1:60000").unwrap();
+        assert_eq!(
+            c.peer_addr("127.0.0.1:60000".parse().unwrap()),
+            "127.0.0.1:0"
+        );
+        c.set("peer_listen", "127.0.0.1:9000").unwrap();
+        assert_eq!(c.peer_addr(bound), "127.0.0.1:9000");
     }
 
     #[test]

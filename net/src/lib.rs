@@ -95,9 +95,15 @@ async fn cluster_io(
             peers: None,
         });
     };
-    let listener = TcpListener::bind(&cfg.peer_listen)
-        .await
-        .map_err(|e| format!("cannot listen for peers on {}: {e}", cfg.peer_listen))?;
+    let peer_listen = cfg.peer_addr(http);
+    let listener = TcpListener::bind(&peer_listen).await.map_err(|e| {
+        let how = if cfg.peer_listen.is_empty() {
+            " (the HTTP port + 10000; set another with --peer-listen)"
+        } else {
+            ""
+        };
+        format!("cannot listen for peers on {peer_listen}{how}: {e}")
+    })?;
     let peer_addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (tx, rx) = tokio::sync::mpsc::channel(8192);
     let net = peer::PeerNet::new(id.to_string(), cfg.cluster.clone(), tx);

@@ -37,6 +37,8 @@ struct Totals {
     resp_incrs: usize,
     resp_msetnx: usize,
     resp_writes: usize,
+    wiped_disks: usize,
+    pauses: usize,
 }
 
 impl Totals {
@@ -61,6 +63,8 @@ impl Totals {
         self.resp_incrs += r.resp_incrs;
         self.resp_msetnx += r.resp_msetnx;
         self.resp_writes += r.resp_writes;
+        self.wiped_disks += r.wiped_disks;
+        self.pauses += r.pauses;
     }
 }
 
@@ -152,7 +156,7 @@ fn replicated_sweep() {
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "replicated sweep: {} seeds in {secs:.1} s; {} operations, {} acknowledged writes, {} unknown outcomes; {} crashes ({} with writes in flight), {} leader changes, {} partitions, {} coordinator cut-offs",
+        "replicated sweep: {} seeds in {secs:.1} s; {} operations, {} acknowledged writes, {} unknown outcomes; {} crashes ({} with writes in flight), {} leader changes, {} partitions ({} one way), {} coordinator cut-offs, {} torn writes, {} disks wiped, {} pauses past the lease",
         t.runs,
         t.ops,
         t.acknowledged,
@@ -161,9 +165,15 @@ fn replicated_sweep() {
         t.crashes_with_writes_in_flight,
         t.leader_changes,
         t.partitions,
-        t.coordinator_cut_offs
+        t.one_way,
+        t.coordinator_cut_offs,
+        t.torn_writes,
+        t.wiped_disks,
+        t.pauses
     );
     if seeds >= 100 {
+        assert!(t.wiped_disks > 0, "no run wiped a disk");
+        assert!(t.pauses > 0, "no run paused a node past its lease");
         assert!(
             t.crashes_with_writes_in_flight > 0,
             "no run crashed a node with writes in flight"

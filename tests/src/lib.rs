@@ -7,6 +7,7 @@
 //! - [`run_cli`]: runs the binary as a client command with a time limit.
 //! - [`pct`], [`b64`], [`unb64`], [`parse_http_date`]: encodings the contract uses.
 
+pub mod cluster;
 pub mod release;
 
 pub mod zk;

@@ -4,8 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use corecache_e2e::cluster::{members, owners, status, wait_for};
 use corecache_e2e::zk::ZooKeeper;
 use corecache_e2e::{kv_path, Server};
 
@@ -53,55 +54,13 @@ fn node(zk: &ZooKeeper, cluster: &str, id: &str, extra: &[&str]) -> Server {
         cluster,
         "--node-id",
         id,
-        "--peer-listen",
-        "127.0.0.1:0",
+        // No --peer-listen: with the HTTP port 0 the peer port is the OS's choice too, so
+        // nodes side by side on one machine need nothing more (issue 16).
         "--session-timeout-ms",
         session.as_str(),
     ];
     args.extend_from_slice(extra);
     Server::start_with(&args)
-}
-
-fn status(s: &Server) -> serde_json::Value {
-    let r = s.get("/v1/status");
-    r.expect(200);
-    r.json()
-}
-
-/// Partition → owner, from a status page.
-fn owners(st: &serde_json::Value) -> BTreeMap<usize, String> {
-    let Some(map) = st["partitions"].as_object() else {
-        panic!("status has no partitions object: {st}")
-    };
-    map.iter()
-        .map(|(p, o)| {
-            let p: usize = p.parse().unwrap_or(usize::MAX);
-            (p, o.as_str().unwrap_or("").to_string())
-        })
-        .collect()
-}
-
-fn members(st: &serde_json::Value) -> Vec<String> {
-    st["members"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|m| m.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Polls until `f` holds, or panics with `what` after `limit`.
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return start.elapsed();
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out after {limit:?} waiting for {what}");
 }
 
 fn key(i: usize) -> Vec<u8> {

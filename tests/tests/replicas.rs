@@ -12,6 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use corecache_e2e::cluster::{
+    self, fully_replicated, members, node_id, out_of_sync_everywhere, replicas, status,
+    under_replicated, wait_for, wait_fully_replicated, Copies,
+};
 use corecache_e2e::zk::ZooKeeper;
 use corecache_e2e::{kv_path, Server};
 
@@ -68,128 +72,13 @@ fn node(zk: &ZooKeeper, cluster: &str, id: &str, extra: &[&str]) -> Server {
     Server::start_with(&args)
 }
 
-fn status(s: &Server) -> serde_json::Value {
-    let r = s.get("/v1/status");
-    r.expect(200);
-    r.json()
-}
-
-fn members(st: &serde_json::Value) -> Vec<String> {
-    strings(&st["members"])
-}
-
-fn strings(v: &serde_json::Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|m| m.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// One partition's copies, from the status page's `replicas`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Copies {
-    primary: String,
-    configuration: Vec<String>,
-    in_sync: Vec<String>,
-    learners: Vec<String>,
-    epoch: u64,
-}
-
-/// Partition → its copies, from a status page.
-fn replicas(st: &serde_json::Value) -> BTreeMap<usize, Copies> {
-    let Some(map) = st["replicas"].as_object() else {
-        panic!("status has no replicas object: {st}")
-    };
-    map.iter()
-        .map(|(p, r)| {
-            let p: usize = p.parse().unwrap_or(usize::MAX);
-            let copies = Copies {
-                primary: r["primary"].as_str().unwrap_or("").to_string(),
-                configuration: strings(&r["configuration"]),
-                in_sync: strings(&r["in_sync"]),
-                learners: strings(&r["learners"]),
-                epoch: r["epoch"].as_u64().unwrap_or(0),
-            };
-            (p, copies)
-        })
-        .collect()
-}
-
-fn under_replicated(st: &serde_json::Value) -> u64 {
-    st["under_replicated_partitions"]
-        .as_u64()
-        .unwrap_or(u64::MAX)
-}
-
-/// Every partition appears once and has every one of `ids` in sync, and no learner.
-fn fully_replicated(st: &serde_json::Value, ids: &[&str]) -> bool {
-    let want: BTreeSet<&str> = ids.iter().copied().collect();
-    let r = replicas(st);
-    under_replicated(st) == 0
-        && r.keys().copied().eq(0..PARTITIONS)
-        && r.values().all(|c| {
-            c.learners.is_empty()
-                && c.in_sync.len() == ids.len()
-                && c.in_sync
-                    .iter()
-                    .map(String::as_str)
-                    .collect::<BTreeSet<_>>()
-                    == want
-        })
-}
-
-/// `id` is no partition's primary and in no partition's `in_sync` (it may still be a learner).
-fn out_of_sync_everywhere(st: &serde_json::Value, id: &str) -> bool {
-    replicas(st)
-        .values()
-        .all(|c| c.primary != id && !c.in_sync.iter().any(|n| n == id))
-}
-
-/// Waits until every node sees all of `ids` as members with every partition fully replicated.
-fn wait_fully_replicated(nodes: &[Server], ids: &[&str], limit: Duration) -> Duration {
-    let start = Instant::now();
-    for n in nodes {
-        wait_for("every partition in sync on 3 nodes", limit, || {
-            let st = status(n);
-            members(&st).len() == ids.len() && fully_replicated(&st, ids)
-        });
-    }
-    start.elapsed()
-}
-
-/// Polls until `f` holds, or panics with `what` after `limit`.
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return start.elapsed();
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out after {limit:?} waiting for {what}");
-}
-
 /// The partition of a key, as the cluster computes it.
 fn partition_of(k: &[u8]) -> usize {
-    (corecache_core::engine::format::hash64(k) % PARTITIONS as u64) as usize
+    cluster::partition_of(k, PARTITIONS)
 }
 
-/// One probe key per partition, with its value: the first `probe:{i}` that falls in it.
 fn probe_keys() -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut found: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
-    let mut i = 0usize;
-    while found.len() < PARTITIONS {
-        let k = format!("probe:{i}").into_bytes();
-        found.entry(partition_of(&k)).or_insert(k);
-        i += 1;
-    }
-    found
-        .into_iter()
-        .map(|(p, k)| (k, format!("probe-value-{p}").into_bytes()))
-        .collect()
+    cluster::probe_keys(PARTITIONS)
 }
 
 /// Writes every probe key through the nodes in turn, asserting 200.
@@ -514,10 +403,6 @@ fn finish_writer(stop: &AtomicBool, w: thread::JoinHandle<Ledger>, more: Duratio
         ledger.statuses
     );
     ledger
-}
-
-fn node_id(s: &Server) -> String {
-    status(s)["node_id"].as_str().unwrap_or("").to_string()
 }
 
 /// kill -9 a primary while a writer runs: within the session timeout + 3 s every partition

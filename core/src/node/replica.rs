@@ -47,6 +47,10 @@ pub(crate) const LEASE_MS: u64 = 2_000;
 /// A backup that has not caught up for this long is reported to the leader, which removes it
 /// from the configuration (writes wait for it until then).
 pub(crate) const LAG_TIMEOUT_MS: u64 = 2_000;
+/// How long a primary holds an answer waiting for its entry to commit before it answers
+/// "outcome unknown" (less than a forward's timeout, so that a forwarding node passes on this
+/// answer rather than its own).
+pub(crate) const COMMIT_WAIT_MS: u64 = 8_000;
 /// How often a primary repeats a report to the leader that the state does not show yet.
 const REPORT_EVERY_MS: u64 = 1_000;
 /// How often a primary looks for replicas that are behind.
@@ -240,8 +244,9 @@ pub(crate) struct PartRepl {
     acked: BTreeMap<String, u64>,
     /// As primary: per replica, the newest entry sent, and when something was last sent.
     sent: BTreeMap<String, (u64, u64)>,
-    /// As primary: answers durable here, waiting for their entry to commit, in `lsn` order.
-    pending: VecDeque<(u64, Target, Response)>,
+    /// As primary: answers durable here, waiting for their entry to commit, in `lsn` order,
+    /// with when they started waiting.
+    pending: VecDeque<(u64, Target, Response, u64)>,
     /// As primary: per replica, since when it has been behind without progress.
     behind_since: BTreeMap<String, u64>,
     /// As primary: learners that had every entry, waited for from then on (and reported
@@ -677,10 +682,11 @@ impl Node {
             return;
         }
         let mut touched = Vec::new();
+        let now = self.repl.now;
         for (p, lsn, target, response) in released {
             let part = self.repl.parts.entry(p).or_default();
             part.local_durable = part.local_durable.max(lsn);
-            part.pending.push_back((lsn, target, response));
+            part.pending.push_back((lsn, target, response, now));
             touched.push(p);
         }
         touched.dedup();
@@ -729,9 +735,9 @@ impl Node {
         while part
             .pending
             .front()
-            .is_some_and(|(l, _, _)| *l <= committed)
+            .is_some_and(|(l, _, _, _)| *l <= committed)
         {
-            if let Some((_, target, response)) = part.pending.pop_front() {
+            if let Some((_, target, response, _)) = part.pending.pop_front() {
                 let lost_lease = matches!(target, Target::Leased(_))
                     && !self.repl.leases.valid(p, self.repl.now);
                 if lost_lease {
@@ -1230,7 +1236,7 @@ impl Node {
         part.acked.clear();
         part.sent.clear();
         part.copies.clear();
-        for (_, target, _) in part.pending.drain(..) {
+        for (_, target, _, _) in part.pending.drain(..) {
             let e = err(
                 ErrorKind::OutcomeUnknown,
                 format!(
@@ -1280,6 +1286,53 @@ impl Node {
             }
             self.update_lease(p);
             self.advance_commit(p, out);
+            self.expire_pending(now, p, out);
+        }
+    }
+
+    /// As primary of `p`: answers that have waited [`COMMIT_WAIT_MS`] for their entry to reach
+    /// every copy go out as "outcome unknown" (the entry may still commit), so that no client
+    /// waits without bound, say while this primary is cut off from its backups and from the
+    /// leader that would drop them.
+    fn expire_pending(&mut self, now: u64, p: u16, out: &mut Vec<Output>) {
+        let waited: Vec<String> = self.waited_for(p);
+        let Some(part) = self.repl.parts.get_mut(&p) else {
+            return;
+        };
+        while part
+            .pending
+            .front()
+            .is_some_and(|(_, _, _, at)| now >= at + COMMIT_WAIT_MS)
+        {
+            let Some((lsn, target, _, at)) = part.pending.pop_front() else {
+                break;
+            };
+            let missing: Vec<String> = waited
+                .iter()
+                .filter(|n| part.acked.get(*n).is_none_or(|a| *a < lsn))
+                .cloned()
+                .collect();
+            let why = format!(
+                "partition {p}'s primary waited {} ms for entry {lsn} to reach its copies on {}",
+                now - at,
+                if missing.is_empty() {
+                    "every replica".to_string()
+                } else {
+                    missing.join(", ")
+                }
+            );
+            let e = if matches!(target, Target::Leased(_)) {
+                err(
+                    ErrorKind::Unavailable,
+                    format!("{why}; nothing was written, try again"),
+                )
+            } else {
+                err(
+                    ErrorKind::OutcomeUnknown,
+                    format!("{why}; the outcome is unknown"),
+                )
+            };
+            respond(target, e, out);
         }
     }
 

@@ -716,3 +716,41 @@ fn a_node_joining_a_replicated_cluster_gets_its_share_by_configuration_changes()
     let r = net.call(d, 900, put("j1", "after"));
     assert!(matches!(r, Response::Written { .. }), "{r:?}");
 }
+
+/// A primary whose backups (the leader among them) all fall silent cannot commit, and no one
+/// can drop them: the client is told "outcome unknown" after `COMMIT_WAIT_MS`, naming the
+/// copies it waited for, rather than waiting for ever.
+#[test]
+fn a_primary_that_cannot_commit_answers_outcome_unknown_in_bounded_time() {
+    let mut net = three_copies();
+    let (key, primary, backups) = key_not_led_by_the_leader(&net);
+    for b in &backups {
+        net.down.insert(*b);
+    }
+    net.deliver(
+        primary,
+        Input::Client {
+            id: 1,
+            request: put(&key, "v"),
+        },
+    );
+    net.run();
+    pass(&mut net, replica::COMMIT_WAIT_MS - 500);
+    assert!(
+        !net.replies.iter().any(|(_, id, _)| *id == 1),
+        "answered before the commit wait ran out"
+    );
+    pass(&mut net, 1_000);
+    let Some((_, _, reply)) = net.replies.iter().find(|(_, id, _)| *id == 1) else {
+        panic!("no answer after the commit wait");
+    };
+    match reply {
+        Response::Error { kind, message } => {
+            assert_eq!(*kind, ErrorKind::OutcomeUnknown, "{message}");
+            for b in &backups {
+                assert!(message.contains(&net.name(*b)), "{message}");
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+}

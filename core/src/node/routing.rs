@@ -2,7 +2,7 @@
 //! happens when the owner disagrees (`NotOwner`: the request waits for a newer map and is
 //! routed again), is down, or does not answer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::gate::{respond, Target};
 use super::reader::Routes;
@@ -11,7 +11,8 @@ use crate::cluster::ClusterState;
 use crate::proto::peer::PeerMessage;
 use crate::proto::{err, ErrorKind, Request, Response};
 
-/// How long a forwarded request may wait for its owner's answer.
+/// How long a forwarded request may wait for its owner's answer, counted for a client's request
+/// from when it arrived (so that waiting for a newer map first does not add to it).
 pub(crate) const FORWARD_TIMEOUT_MS: u64 = 10_000;
 /// How long a request waits for a newer partition map after `NotOwner`, and how often it retries.
 const PARK_TIMEOUT_MS: u64 = 5_000;
@@ -22,8 +23,9 @@ const PARK_RETRY_MS: u64 = 50;
 pub(crate) struct Forwarding {
     /// Ids for forwards, scan parts and hand-off steps (one sequence for all of them).
     pub(crate) next_id: u64,
-    /// By id; every forward gets the same timeout, so they expire in id order.
+    /// By id, and by deadline (a request that waited for a map first has less time left).
     pub(crate) forwards: BTreeMap<u64, Forwarded>,
+    pub(crate) by_deadline: BTreeSet<(u64, u64)>,
     pub(crate) scans: BTreeMap<u64, super::scan::ScanAgg>,
     /// Requests waiting for a newer partition map.
     pub(crate) parked: Vec<Parked>,
@@ -36,10 +38,28 @@ impl Forwarding {
         id
     }
 
-    /// Remembers forward `id` to `to`, expiring `FORWARD_TIMEOUT_MS` after `now`.
+    /// Remembers forward `id` to `to`, expiring `FORWARD_TIMEOUT_MS` after `now`, or for a
+    /// client's request after it arrived (its wait for a newer map, if any, counts).
     pub(crate) fn track(&mut self, id: u64, to: String, now: u64, kind: FwdKind) {
-        let deadline = now + FORWARD_TIMEOUT_MS;
+        let mut deadline = now + FORWARD_TIMEOUT_MS;
+        if let FwdKind::Single { give_up, .. } = &kind {
+            let arrived = give_up.saturating_sub(PARK_TIMEOUT_MS);
+            deadline = deadline.min(arrived + FORWARD_TIMEOUT_MS).max(now + 1);
+        }
+        self.by_deadline.insert((deadline, id));
         self.forwards.insert(id, Forwarded { to, deadline, kind });
+    }
+
+    /// Forgets forward `id` (answered, failed or expired) and returns it.
+    pub(crate) fn take(&mut self, id: u64) -> Option<Forwarded> {
+        let f = self.forwards.remove(&id)?;
+        self.by_deadline.remove(&(f.deadline, id));
+        Some(f)
+    }
+
+    /// The earliest deadline of a forward in flight.
+    pub(crate) fn next_deadline(&self) -> Option<u64> {
+        self.by_deadline.first().map(|(d, _)| *d)
     }
 }
 
@@ -239,7 +259,7 @@ impl Node {
 
     /// The owner answered a forward (or a scan part).
     pub(crate) fn on_forward_reply(&mut self, id: u64, response: Response, out: &mut Vec<Output>) {
-        if let Some(f) = self.fwd.forwards.remove(&id) {
+        if let Some(f) = self.fwd.take(id) {
             match f.kind {
                 FwdKind::Single { client, .. } => out.push(Output::Reply {
                     id: client,
@@ -252,7 +272,7 @@ impl Node {
 
     /// The node we forwarded to does not own the partition (any more, or yet).
     pub(crate) fn on_not_owner(&mut self, now: u64, id: u64, out: &mut Vec<Output>) {
-        let Some(f) = self.fwd.forwards.remove(&id) else {
+        let Some(f) = self.fwd.take(id) else {
             return;
         };
         match f.kind {
@@ -285,16 +305,15 @@ impl Node {
         self.fail_forwards(lost, |to| format!("lost the connection to node {to}"), out);
     }
 
-    /// Forwards whose owner did not answer in time. They are keyed by an increasing id and all
-    /// get the same timeout, so they expire in key order: look only at the front (every input
-    /// runs this; a scan of thousands of forwards in flight each time would not do).
+    /// Forwards whose owner did not answer in time: the front of the deadline index (every
+    /// input runs this; a scan of thousands of forwards in flight each time would not do).
     pub(crate) fn expire_forwards(&mut self, now: u64, out: &mut Vec<Output>) {
         let expired: Vec<u64> = self
             .fwd
-            .forwards
+            .by_deadline
             .iter()
-            .take_while(|(_, f)| f.deadline <= now)
-            .map(|(id, _)| *id)
+            .take_while(|(d, _)| *d <= now)
+            .map(|(_, id)| *id)
             .collect();
         self.fail_forwards(
             expired,
@@ -311,7 +330,7 @@ impl Node {
         out: &mut Vec<Output>,
     ) {
         for fid in ids {
-            if let Some(f) = self.fwd.forwards.remove(&fid) {
+            if let Some(f) = self.fwd.take(fid) {
                 let e = err(
                     ErrorKind::OutcomeUnknown,
                     format!("{}; the outcome is unknown", why(&f.to)),
@@ -350,5 +369,32 @@ impl Node {
                 self.fwd.parked.push(p);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forward_after_a_wait_for_a_map_keeps_the_time_its_request_came_with() {
+        let mut f = Forwarding::default();
+        let get = Request::Get { key: "k".into() };
+        // Came at 1,000 (gives up parking at 6,000), forwarded at 5,000 after waiting.
+        let single = FwdKind::Single {
+            client: 7,
+            request: get,
+            give_up: 1_000 + PARK_TIMEOUT_MS,
+        };
+        f.track(1, "b".into(), 5_000, single);
+        // A scan part sent at once at 2,000.
+        f.track(2, "c".into(), 2_000, FwdKind::ScanPart { scan: 3 });
+        assert_eq!(f.next_deadline(), Some(1_000 + FORWARD_TIMEOUT_MS));
+        assert!(f.take(1).is_some());
+        assert_eq!(f.next_deadline(), Some(2_000 + FORWARD_TIMEOUT_MS));
+        assert!(f.take(1).is_none(), "taken once");
+        assert!(f.take(2).is_some());
+        assert_eq!(f.next_deadline(), None);
+        assert!(f.by_deadline.is_empty() && f.forwards.is_empty());
     }
 }

@@ -4,7 +4,8 @@
 //! | deadline | owner | what fires |
 //! |---|---|---|
 //! | interval persist | [`super::gate`] | the periodic `Persist` under `sync = interval` |
-//! | forward timeout | [`super::routing`] | a forward unanswered for 10 s: outcome unknown |
+//! | forward timeout | [`super::routing`] | a forward unanswered 10 s after its request came: outcome unknown |
+//! | commit wait | [`super::replica`] | a primary's answer waiting 8 s for its copies: outcome unknown |
 //! | parked retry | [`super::routing`] | a request that met `NotOwner` or a frozen partition |
 //! | hand-off step | [`super::handoff`] | a copy step unanswered, `MoveReady` repeats |
 //! | clean-up | [`super::handoff`] | one chunk of a handed-away partition deleted per call |
@@ -18,7 +19,7 @@ impl Node {
     /// epoch), if nothing else arrives first.
     pub fn next_deadline(&self) -> Option<u64> {
         let persist = self.gate.deadline();
-        let forward = self.fwd.forwards.values().next().map(|f| f.deadline);
+        let forward = self.fwd.next_deadline();
         let parked = self.fwd.parked.iter().map(|p| p.retry_at).min();
         let moves = self.ho.incoming.values().map(|m| m.deadline).min();
         // Cleanup runs a chunk per call: come back at once while any is left.
