@@ -64,10 +64,20 @@ pub enum Bug {
     /// (a learner, perhaps a backup removed earlier, taken before any backup), which may lack
     /// acknowledged writes.
     PromoteOutsideConfig = 32768,
+    /// A primary commits (and answers) a write while its configuration has fewer copies in
+    /// sync than `min_insync_replicas`: a backup dropped below that floor, kept eligible for
+    /// promotion, may lack it.
+    CommitBelowFloor = 65536,
+    /// The leader keeps eligible replicas after the floor is met again: writes acknowledged
+    /// since then may be missing on the one it promotes.
+    KeepEligible = 131072,
+    /// A primary with no backups keeps serving reads while cut off from the coordinator: once
+    /// an eligible copy is promoted in its place and takes writes, it serves stale values.
+    LoneLeaseWithoutCoordinator = 262144,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 16] = [
+    pub const ALL: [Bug; 19] = [
         Bug::AckBeforeFsync,
         Bug::NoEpochBump,
         Bug::DropTombstoneEarly,
@@ -84,6 +94,9 @@ impl Bug {
         Bug::ReadWithoutLease,
         Bug::AckBeforeReplicas,
         Bug::PromoteOutsideConfig,
+        Bug::CommitBelowFloor,
+        Bug::KeepEligible,
+        Bug::LoneLeaseWithoutCoordinator,
     ];
 }
 

@@ -681,6 +681,7 @@ fn replicas_json(
                 "configuration": configuration,
                 "in_sync": in_sync,
                 "learners": r.learners,
+                "eligible": r.eligible,
                 "epoch": r.epoch,
             });
             (p.to_string(), entry)

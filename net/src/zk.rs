@@ -4,7 +4,7 @@
 //! ```text
 //! members/{node id}     ephemeral   {"id","http","peer"}     one per live node
 //! election/c-NNNNNNNNNN ephemeral+sequential   node id       candidacies
-//! state                 persistent  {"epoch","version","leader","owners":[...],"moving","leaving","replicas":[{"epoch","backups","learners"}]}
+//! state                 persistent  {"epoch","version","leader","owners":[...],"moving","leaving","disks","min_insync","replicas":[{"epoch","backups","learners","eligible"}]}
 //! ```
 //! Election is the ZooKeeper recipe: every node creates a sequential candidacy and watches only
 //! the candidacy just before its own (no herd when the leader dies); the lowest is elected. The
@@ -75,10 +75,12 @@ pub fn state_to_json(s: &ClusterState) -> Vec<u8> {
         "moving": s.moving.iter().map(|(p, to)| (p.to_string(), json!(to))).collect::<serde_json::Map<_, _>>(),
         "leaving": s.leaving,
         "disks": s.disks,
+        "min_insync": s.min_insync,
         "replicas": s.replicas.iter().map(|r| json!({
             "epoch": r.epoch,
             "backups": r.backups,
             "learners": r.learners,
+            "eligible": r.eligible,
         })).collect::<Vec<_>>(),
     })
     .to_string()
@@ -166,6 +168,7 @@ pub fn state_from_json(data: &[u8]) -> Result<ClusterState, String> {
         leaving,
         replicas,
         disks,
+        min_insync: v.get("min_insync").and_then(|x| x.as_u64()).unwrap_or(0) as usize,
         epoch: num("epoch")?,
         version: num("version")?,
         leader: v
@@ -199,6 +202,7 @@ fn part_from_json(v: &serde_json::Value) -> Result<PartReplicas, String> {
             .ok_or("cluster state replica entry has no number `epoch`")?,
         backups: names("backups")?,
         learners: names("learners")?,
+        eligible: names("eligible")?,
     })
 }
 
@@ -545,6 +549,7 @@ mod tests {
             leaving: vec!["n2".into()],
             replicas: Vec::new(),
             disks: [("n1".to_string(), 77u64)].into_iter().collect(),
+            min_insync: 2,
         };
         assert_eq!(state_from_json(&state_to_json(&s)).unwrap(), s);
         let mut r = s.clone();
@@ -553,11 +558,13 @@ mod tests {
                 epoch: 4,
                 backups: vec!["n2".into(), "n3".into()],
                 learners: vec![],
+                eligible: vec!["n4".into()],
             },
             PartReplicas {
                 epoch: 1,
                 backups: vec![],
                 learners: vec!["n1".into()],
+                eligible: vec![],
             },
         ];
         assert_eq!(state_from_json(&state_to_json(&r)).unwrap(), r);

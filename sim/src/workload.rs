@@ -105,6 +105,19 @@ async fn perform(
         OpKind::Incr(_) => None,
     };
     let ret = rec.tick();
+    if std::env::var("CORECACHE_TRACE_KEY").ok().as_deref() == Some(key) {
+        eprintln!(
+            "trace {} ms [{call}..{ret}] c{client} via {node} {kind:?} -> {:?}",
+            turmoil::sim_elapsed().unwrap_or_default().as_millis(),
+            answer.as_ref().map(|a| (
+                a.status,
+                String::from_utf8_lossy(&a.body)
+                    .chars()
+                    .take(120)
+                    .collect::<String>()
+            ))
+        );
+    }
     if let Some(n) = rec.in_flight.lock().get_mut(node) {
         *n -= 1;
     }

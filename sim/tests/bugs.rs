@@ -164,3 +164,8 @@ fn without_a_bug_the_same_replicated_seeds_pass() {
         }
     }
 }
+
+#[test]
+fn committing_below_min_insync_replicas_is_caught() {
+    check_replicated(Bug::CommitBelowFloor);
+}

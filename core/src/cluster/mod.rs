@@ -52,6 +52,10 @@ pub struct ClusterState {
     /// disk is another (it came back on an empty one) holds none of its old copies: it leaves
     /// every configuration, as a gone node does, and starts again as a learner.
     pub disks: BTreeMap<String, u64>,
+    /// The `min_insync_replicas` of the leader that last claimed an epoch (0: unknown). A
+    /// primary commits only with at least this many copies in sync (and its own setting), so
+    /// the leader knows that backups it drops below it miss no acknowledged write.
+    pub min_insync: usize,
 }
 
 /// One partition's configuration besides its primary (PacificA's term): the backups every
@@ -67,6 +71,11 @@ pub struct PartReplicas {
     pub backups: Vec<String>,
     /// Being built: sent every write, never waited for, never promoted.
     pub learners: Vec<String>,
+    /// Eligible (Kafka's KIP-966): backups dropped while the partition had fewer copies in
+    /// sync than [`ClusterState::insync_floor`]. Nothing is committed below that floor, so each
+    /// holds every acknowledged write: promotable, never waited for; cleared once the floor is
+    /// met again.
+    pub eligible: Vec<String>,
 }
 
 impl ClusterState {
@@ -98,6 +107,7 @@ impl ClusterState {
                         .map(|i| ids[(p + i) % ids.len()].to_string())
                         .collect(),
                     learners: Vec::new(),
+                    eligible: Vec::new(),
                 })
                 .collect()
         } else {
@@ -120,6 +130,18 @@ impl ClusterState {
                 BTreeMap::new()
             },
             replicas,
+            min_insync: 0,
+        }
+    }
+
+    /// The copies in sync (primary and backups) a partition needs to commit: the larger of
+    /// `configured` and the state's `min_insync`, but never more than the nodes the cluster has
+    /// given copies to (a cluster of one node commits alone). The leader asks with 0.
+    pub fn insync_floor(&self, configured: usize) -> usize {
+        let want = configured.max(self.min_insync);
+        match self.disks.len() {
+            0 => want,
+            n => want.min(n),
         }
     }
 
@@ -272,6 +294,7 @@ impl ClusterState {
                 let cands: Vec<String> = r
                     .backups
                     .iter()
+                    .chain(&r.eligible)
                     .chain(outside)
                     .filter(|b| alive(b))
                     .cloned()
@@ -324,6 +347,7 @@ impl ClusterState {
         let mut next = self.clone();
         let alive = |id: &String| live.contains(id);
         let kept = |id: &String| reserved.contains(id) && !live.contains(id);
+        let floor = self.insync_floor(0);
         for p in 0..next.replicas.len() {
             let pu = p as u16;
             let old = &self.replicas[p];
@@ -344,6 +368,7 @@ impl ClusterState {
                     .or_else(|| {
                         backups
                             .iter()
+                            .chain(&old.eligible)
                             .filter(|b| alive(b))
                             .filter_map(|b| positions.get(&(pu, b.clone())).map(|pos| (*pos, b)))
                             .max_by(|(a, x), (b, y)| a.cmp(b).then(y.cmp(x)))
@@ -389,9 +414,25 @@ impl ClusterState {
                     backups.push(n.clone());
                 }
             }
+            // Backups dropped while too few copies are in sync stay promotable: nothing can
+            // commit until the floor is met again, so they miss no acknowledged write.
+            let mut eligible: Vec<String> = old
+                .eligible
+                .iter()
+                .filter(|e| **e != primary)
+                .cloned()
+                .collect();
+            if 1 + backups.len() < floor {
+                for b in &old.backups {
+                    if !backups.contains(b) && *b != primary && !eligible.contains(b) {
+                        eligible.push(b.clone());
+                    }
+                }
+            }
             let r = &mut next.replicas[p];
             r.backups = backups;
             r.learners = learners;
+            r.eligible = eligible;
             next.owners[p] = primary;
         }
         let targets: Vec<&String> = live.iter().filter(|m| !self.leaving.contains(m)).collect();
@@ -436,6 +477,13 @@ impl ClusterState {
             }
         }
         next.balance_replicas(&targets, replication_factor);
+        // Enough copies in sync again: from now on writes commit without the eligible ones.
+        for r in &mut next.replicas {
+            let clear = !crate::bugs::on(crate::bugs::Bug::KeepEligible);
+            if clear && 1 + r.backups.len() >= floor {
+                r.eligible.clear();
+            }
+        }
         // Every change of a partition's primary or backups raises its epoch, once.
         for p in 0..next.replicas.len() {
             if next.owners[p] != self.owners[p]
@@ -638,14 +686,27 @@ impl ClusterState {
             ready,
             replication_factor,
         );
-        let changed = next.is_some();
+        let mut changed = next.is_some();
         let mut next = next.unwrap_or_else(|| self.clone());
+        // A member back on another disk lost the writes that made it eligible.
+        for m in members.iter().filter(|m| self.replaced(m)) {
+            for r in &mut next.replicas {
+                if r.eligible.contains(&m.id) {
+                    r.eligible.retain(|e| *e != m.id);
+                    if !changed {
+                        next.version += 1;
+                        changed = true;
+                    }
+                }
+            }
+        }
         let mut recorded = false;
         for m in members.iter().filter(|m| m.disk != 0) {
             let holds = (0..next.replicas.len()).any(|p| {
                 next.owners[p] == m.id
                     || next.replicas[p].backups.contains(&m.id)
                     || next.replicas[p].learners.contains(&m.id)
+                    || next.replicas[p].eligible.contains(&m.id)
             });
             match next.disks.get(&m.id) {
                 None => {}
@@ -971,6 +1032,68 @@ mod tests {
         leaving.leaving = ids(&["c"]);
         let (done, _) = settle_replicas(leaving, &ids(&["a", "b", "c"]), 2);
         assert_eq!(copies_held(&done, "c"), (0, 0), "{done:?}");
+    }
+
+    /// KIP-966's eligible replicas: backups dropped while too few copies are in sync can still
+    /// be promoted (nothing committed without them), and stop being eligible once the floor is
+    /// met again or they come back on another disk.
+    #[test]
+    fn backups_dropped_below_the_floor_stay_eligible_until_it_is_met_again() {
+        let mut s = ClusterState::initial("a", &[m("a"), m("b"), m("c")], 3, 3);
+        s.min_insync = 2;
+        let none = BTreeMap::new();
+        // Partition 0: primary a, backups b and c. Both go: a alone, below the floor of 2.
+        let alone = s.reconfigure(&ids(&["a"]), &none, &[], &[], 3).unwrap();
+        let r = &alone.replicas[0];
+        assert!(r.backups.is_empty(), "{r:?}");
+        assert_eq!(r.eligible, ids(&["b", "c"]));
+        // Then a goes too and b comes back: b is asked where its log ends, and promoted.
+        assert!(alone.orphaned(&ids(&["b"])).contains(&(0, ids(&["b"]))));
+        let pos: BTreeMap<(u16, String), (u64, u64)> = [((0, "b".to_string()), (1, 9))].into();
+        let b_leads = alone.reconfigure(&ids(&["b"]), &pos, &[], &[], 3).unwrap();
+        assert_eq!(b_leads.owners[0], "b");
+        assert_eq!(b_leads.replicas[0].eligible, ids(&["c"]));
+        // c comes back: a learner first (still eligible), a backup once ready, and then the
+        // floor is met: from then on writes commit without the eligible, so none are left.
+        let both = ids(&["b", "c"]);
+        let learning = b_leads.reconfigure(&both, &none, &[], &[], 3).unwrap();
+        assert!(learning.replicas[0].learners.contains(&"c".to_string()));
+        assert_eq!(learning.replicas[0].eligible, ids(&["c"]));
+        let ready = [(0u16, learning.part_epoch(0), "c".to_string())];
+        let synced = learning.reconfigure(&both, &none, &[], &ready, 3).unwrap();
+        assert_eq!(synced.replicas[0].backups, ids(&["c"]));
+        assert!(
+            synced.replicas[0].eligible.is_empty(),
+            "{:?}",
+            synced.replicas[0]
+        );
+        #[cfg(feature = "bugs")]
+        {
+            crate::bugs::enable(crate::bugs::Bug::KeepEligible);
+            let kept = learning.reconfigure(&both, &none, &[], &ready, 3).unwrap();
+            crate::bugs::clear();
+            assert_eq!(
+                kept.replicas[0].eligible,
+                ids(&["c"]),
+                "the test sees the bug"
+            );
+        }
+        // A member back on another disk is eligible no more.
+        let mut back = m("c");
+        back.disk = 99;
+        let mut recorded = alone.clone();
+        recorded.disks.insert("c".into(), 1);
+        let next = recorded
+            .reconfigure_members(&[m("a"), back], &[], &none, &[], &[], 3)
+            .unwrap();
+        assert!(
+            !next.replicas[0].eligible.contains(&"c".to_string()),
+            "{next:?}"
+        );
+        // Without a floor above one (an old state), nothing is eligible.
+        let old = ClusterState::initial("a", &[m("a"), m("b"), m("c")], 3, 3);
+        let n = old.reconfigure(&ids(&["a"]), &none, &[], &[], 3).unwrap();
+        assert!(n.replicas.iter().all(|r| r.eligible.is_empty()));
     }
 
     #[test]

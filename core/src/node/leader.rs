@@ -178,8 +178,22 @@ impl Leadership {
 impl Node {
     pub(crate) fn on_coordinator(&mut self, now: u64, event: CoordEvent, out: &mut Vec<Output>) {
         match event {
-            CoordEvent::Connected => self.lead.on_connected(),
-            CoordEvent::Disconnected | CoordEvent::Expired => self.lead.on_disconnected(),
+            CoordEvent::Connected => {
+                self.lead.on_connected();
+                if !self.repl.expired_since_state {
+                    self.on_coordinator_link(true);
+                }
+            }
+            CoordEvent::Disconnected => {
+                self.lead.on_disconnected();
+                self.on_coordinator_link(false);
+            }
+            CoordEvent::Expired => {
+                self.lead.on_disconnected();
+                // The state may have moved on without us: no lone reads until we see it.
+                self.repl.expired_since_state = true;
+                self.on_coordinator_link(false);
+            }
             CoordEvent::Elected => self.lead.on_elected(),
             CoordEvent::Members(members) => {
                 self.view.members = members;
@@ -196,6 +210,9 @@ impl Node {
                 self.lead.on_state(names_me);
                 self.view.state = state;
                 self.view.stamp = stamp;
+                if std::mem::take(&mut self.repl.expired_since_state) {
+                    self.repl.coordinator_ok = true;
+                }
                 self.on_map_change(now, out);
                 self.on_replica_map(out);
                 self.publish_routes();
@@ -349,7 +366,7 @@ impl Node {
             return;
         }
         let me = &self.cfg.node_id;
-        let state = match &self.view.state {
+        let mut state = match &self.view.state {
             None if self.view.members.len() < self.cfg.initial_members => return,
             None => ClusterState::initial(
                 me,
@@ -365,6 +382,8 @@ impl Node {
                 next
             }
         };
+        // What the primaries commit with from now on (see `ClusterState::min_insync`).
+        state.min_insync = self.cfg.min_insync_replicas;
         *claim_in_flight = true;
         out.push(Output::Coordinator(CoordCommand::WriteState {
             state,

@@ -296,6 +296,12 @@ pub(crate) struct Replication {
     /// wiped. It may have acknowledged entries it no longer has, so it offers no partition
     /// for promotion until it has caught up with that partition's primary.
     pub(crate) wiped: bool,
+    /// Connected to the coordinator, with a session that did not expire since the last state
+    /// seen. A primary with no backups serves reads only while this holds: nothing else
+    /// fences it, and the leader may promote an eligible copy once its session is gone.
+    pub(crate) coordinator_ok: bool,
+    /// The session expired and no state has been seen since.
+    pub(crate) expired_since_state: bool,
 }
 
 impl Replication {
@@ -329,6 +335,8 @@ impl Replication {
         }
         Ok(Replication {
             wiped: parts.is_empty(),
+            coordinator_ok: true,
+            expired_since_state: false,
             parts,
             ..Replication::empty(dirty, leases)
         })
@@ -353,6 +361,8 @@ impl Replication {
             now: 0,
             started_at: None,
             wiped: false,
+            coordinator_ok: true,
+            expired_since_state: false,
         }
     }
 
@@ -432,10 +442,7 @@ impl Node {
         let in_sync = 1 + st.backups(p).len();
         // Never more than the nodes the cluster has given copies to: a cluster of one node
         // (or two) takes writes until it has had more.
-        let floor = match st.disks.len() {
-            0 => self.cfg.min_insync_replicas,
-            n => self.cfg.min_insync_replicas.min(n),
-        };
+        let floor = st.insync_floor(self.cfg.min_insync_replicas);
         if in_sync < floor {
             return Err(err(
                 ErrorKind::Unavailable,
@@ -706,6 +713,17 @@ impl Node {
             .and_then(|s| s.part(p))
             .map(|r| (r.backups.clone(), r.learners.clone()))
             .unwrap_or_default();
+        // Nothing commits with fewer copies in sync than the floor: the leader keeps the
+        // backups it dropped below it eligible for promotion, trusting that they miss nothing
+        // acknowledged (the answers wait, and after `COMMIT_WAIT_MS` say "outcome unknown").
+        let floor = self
+            .view
+            .state
+            .as_ref()
+            .map_or(1, |s| s.insync_floor(self.cfg.min_insync_replicas));
+        if 1 + backups.len() < floor && !crate::bugs::on(crate::bugs::Bug::CommitBelowFloor) {
+            return;
+        }
         let Some(part) = self.repl.parts.get_mut(&p) else {
             return;
         };
@@ -1000,6 +1018,15 @@ impl Node {
         if !part.primary {
             return;
         }
+        // With none to wait for, only the coordinator fences this primary: the node hears
+        // `Disconnected` two thirds into its session, before the leader can see it gone.
+        let lone = if self.repl.coordinator_ok
+            || crate::bugs::on(crate::bugs::Bug::LoneLeaseWithoutCoordinator)
+        {
+            u64::MAX
+        } else {
+            0
+        };
         let until = members
             .iter()
             .map(|m| {
@@ -1008,8 +1035,23 @@ impl Node {
                     .map_or(0, |g| g + LEASE_MS - LEASE_MS / 10)
             })
             .min()
-            .unwrap_or(u64::MAX);
+            .unwrap_or(lone);
         self.repl.leases.set(p, part.serve_after, until);
+    }
+
+    /// The coordinator connection changed: every led partition's read window again.
+    pub(crate) fn on_coordinator_link(&mut self, ok: bool) {
+        self.repl.coordinator_ok = ok;
+        let led: Vec<u16> = self
+            .repl
+            .parts
+            .iter()
+            .filter(|(_, x)| x.primary)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in led {
+            self.update_lease(p);
+        }
     }
 
     /// Sends replica `to` the entries after the newest it was sent, read back from the log
@@ -1388,8 +1430,12 @@ impl Node {
     pub(crate) fn positions_of(&self, partitions: &[u16]) -> Vec<(u16, u64, u64, u64)> {
         // A node that may have lost entries it acknowledged offers none of its copies.
         let replaced = self.replaced_here();
+        // Nor does a partition whose copy is under way (its log was emptied for it).
         let trusted = |p: &u16| {
-            !replaced && (!self.repl.wiped || self.repl.parts.get(p).is_some_and(|x| x.caught_up))
+            let part = self.repl.parts.get(p);
+            !replaced
+                && part.is_none_or(|x| x.copying.is_none())
+                && (!self.repl.wiped || part.is_some_and(|x| x.caught_up))
         };
         partitions
             .iter()

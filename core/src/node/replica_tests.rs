@@ -754,3 +754,57 @@ fn a_primary_that_cannot_commit_answers_outcome_unknown_in_bounded_time() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A primary whose backups are both gone serves reads alone (a partition below
+/// `min_insync_replicas` keeps serving reads), but only while it holds its coordinator
+/// session: once it is cut off, the leader may promote one of the dropped backups, which are
+/// eligible, and nothing else would stop it serving stale values.
+#[test]
+fn a_primary_left_alone_serves_reads_only_while_it_reaches_the_coordinator() {
+    let mut net = three_copies();
+    // A key the leader (node 0) leads.
+    let key = (0..1000)
+        .map(|i| format!("l{i}"))
+        .find(|k| copies_of(&net, k).0 == 0)
+        .expect("a key the leader leads");
+    assert!(matches!(
+        net.call(0, 1, put(&key, "1")),
+        Response::Written { .. }
+    ));
+    lose(&mut net, 1);
+    lose(&mut net, 2);
+    pass(&mut net, 500);
+    let p = usize::from(net.nodes[0].partition_of(key.as_bytes()));
+    let r = net.nodes[0].cluster().replicas[p].clone();
+    assert!(r.backups.is_empty(), "{r:?}");
+    let read = |net: &Net| net.nodes[0].reader().read(net.now, get(&key));
+    assert!(
+        matches!(read(&net), Response::Value { .. }),
+        "alone, and connected: it serves reads"
+    );
+    net.input(0, Input::Coordinator(CoordEvent::Disconnected));
+    assert!(
+        matches!(read(&net), Response::Error { .. }),
+        "cut off from the coordinator: no reads"
+    );
+    #[cfg(feature = "bugs")]
+    {
+        crate::bugs::enable(crate::bugs::Bug::LoneLeaseWithoutCoordinator);
+        net.input(0, Input::Timeout);
+        pass(&mut net, 200);
+        let served = matches!(read(&net), Response::Value { .. });
+        crate::bugs::clear();
+        assert!(served, "the test sees the bug");
+    }
+    net.input(0, Input::Coordinator(CoordEvent::Connected));
+    pass(&mut net, 200);
+    assert!(
+        matches!(read(&net), Response::Value { .. }),
+        "connected again (the same session): reads again"
+    );
+    // A session that expired: no reads until the state is seen again.
+    net.input(0, Input::Coordinator(CoordEvent::Expired));
+    net.input(0, Input::Coordinator(CoordEvent::Connected));
+    pass(&mut net, 200);
+    assert!(matches!(read(&net), Response::Error { .. }));
+}
