@@ -742,6 +742,7 @@ fn with_two_of_three_nodes_gone_writes_are_refused_and_reads_go_on() {
     // Reads go on: every probe key, with its value (the new primary may wait out its lease
     // promise first, answering 503 meanwhile).
     let mut unread: BTreeSet<usize> = (0..probes.len()).collect();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
     let took = wait_for(
         "every probe key readable through the survivor",
         Duration::from_secs(10),
@@ -754,7 +755,13 @@ fn with_two_of_three_nodes_gone_writes_are_refused_and_reads_go_on() {
                         assert_eq!(&r.body, v, "{}: {r:?}", String::from_utf8_lossy(k));
                         false
                     }
-                    503 => true,
+                    503 => {
+                        let why = r.text();
+                        if seen.insert(why.clone()) {
+                            eprintln!("  {}: 503 {why}", String::from_utf8_lossy(k));
+                        }
+                        true
+                    }
                     _ => panic!(
                         "{}: GET answered neither 200 nor 503: {r:?}",
                         String::from_utf8_lossy(k)

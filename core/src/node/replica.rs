@@ -706,22 +706,33 @@ impl Node {
     /// by every backup, and sends the answers it covers.
     fn advance_commit(&mut self, p: u16, out: &mut Vec<Output>) {
         let me = self.cfg.node_id.clone();
-        let (backups, learners): (Vec<String>, Vec<String>) = self
+        let (backups, learners, eligible): (Vec<String>, Vec<String>, bool) = self
             .view
             .state
             .as_ref()
             .and_then(|s| s.part(p))
-            .map(|r| (r.backups.clone(), r.learners.clone()))
+            .map(|r| {
+                (
+                    r.backups.clone(),
+                    r.learners.clone(),
+                    !r.eligible.is_empty(),
+                )
+            })
             .unwrap_or_default();
-        // Nothing commits with fewer copies in sync than the floor: the leader keeps the
+        // Nothing commits with fewer copies in sync than the floor while the leader keeps
         // backups it dropped below it eligible for promotion, trusting that they miss nothing
         // acknowledged (the answers wait, and after `COMMIT_WAIT_MS` say "outcome unknown").
+        // With none eligible, no copy outside the configuration can be promoted, and a new
+        // primary alone commits what it took over, so that its reads go on.
         let floor = self
             .view
             .state
             .as_ref()
             .map_or(1, |s| s.insync_floor(self.cfg.min_insync_replicas));
-        if 1 + backups.len() < floor && !crate::bugs::on(crate::bugs::Bug::CommitBelowFloor) {
+        if eligible
+            && 1 + backups.len() < floor
+            && !crate::bugs::on(crate::bugs::Bug::CommitBelowFloor)
+        {
             return;
         }
         let Some(part) = self.repl.parts.get_mut(&p) else {
