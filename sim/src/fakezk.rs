@@ -97,6 +97,9 @@ pub struct StateWrite {
     pub owners: Vec<String>,
     /// Each partition's backups (empty without replicas).
     pub backups: Vec<Vec<String>>,
+    /// Each partition's learners and eligible copies.
+    pub learners: Vec<Vec<String>>,
+    pub eligible: Vec<Vec<String>>,
     /// When it was written (simulated milliseconds since the start).
     pub at_ms: u64,
 }
@@ -381,6 +384,8 @@ impl Server {
                     leader: st.leader,
                     writer,
                     backups: st.replicas.iter().map(|r| r.backups.clone()).collect(),
+                    learners: st.replicas.iter().map(|r| r.learners.clone()).collect(),
+                    eligible: st.replicas.iter().map(|r| r.eligible.clone()).collect(),
                     at_ms: turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as u64),
                     owners: st.owners,
                 });

@@ -561,6 +561,12 @@ fn failure(
                 if !w.backups.is_empty() {
                     let b: Vec<String> = w.backups.iter().map(|b| b.join("+")).collect();
                     line.push_str(&format!(" backups {b:?}"));
+                    for (name, lists) in [("learners", &w.learners), ("eligible", &w.eligible)] {
+                        if lists.iter().any(|l| !l.is_empty()) {
+                            let l: Vec<String> = lists.iter().map(|x| x.join("+")).collect();
+                            line.push_str(&format!(" {name} {l:?}"));
+                        }
+                    }
                 }
                 line
             })
