@@ -305,6 +305,15 @@ pub(crate) struct Replication {
 }
 
 impl Replication {
+    /// The partitions this node acts as primary of.
+    pub(crate) fn led(&self) -> Vec<u16> {
+        self.parts
+            .iter()
+            .filter(|(_, x)| x.primary)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
     /// The positions the engine holds (after a restart: where each partition's log ends).
     pub(crate) fn load(
         db: &Db,
@@ -1053,13 +1062,7 @@ impl Node {
     /// The coordinator connection changed: every led partition's read window again.
     pub(crate) fn on_coordinator_link(&mut self, ok: bool) {
         self.repl.coordinator_ok = ok;
-        let led: Vec<u16> = self
-            .repl
-            .parts
-            .iter()
-            .filter(|(_, x)| x.primary)
-            .map(|(p, _)| *p)
-            .collect();
+        let led = self.repl.led();
         for p in led {
             self.update_lease(p);
         }
@@ -1144,13 +1147,7 @@ impl Node {
         self.repl.next_check = 0;
         // What a primary knows of a node that left a partition's configuration is forgotten:
         // if it comes back (as a learner, perhaps on an empty disk), it starts from nothing.
-        let led: Vec<u16> = self
-            .repl
-            .parts
-            .iter()
-            .filter(|(_, x)| x.primary)
-            .map(|(p, _)| *p)
-            .collect();
+        let led = self.repl.led();
         for p in led {
             let replicas = self.replicas_of(p);
             let (epoch, learners) = st
@@ -1178,13 +1175,7 @@ impl Node {
             }
         }
         // The configuration may have shrunk: answers waiting for a removed backup can go.
-        let mine: Vec<u16> = self
-            .repl
-            .parts
-            .iter()
-            .filter(|(_, x)| x.primary)
-            .map(|(p, _)| *p)
-            .collect();
+        let mine = self.repl.led();
         for p in mine {
             self.advance_commit(p, out);
         }
@@ -1312,13 +1303,7 @@ impl Node {
         // At most every `CHECK_MS`, not after every input: a walk over every partition.
         self.repl.next_check = now + CHECK_MS;
         self.repl.any_behind = false;
-        let mine: Vec<u16> = self
-            .repl
-            .parts
-            .iter()
-            .filter(|(_, x)| x.primary)
-            .map(|(p, _)| *p)
-            .collect();
+        let mine = self.repl.led();
         for p in mine {
             self.report_replicas(now, p, out);
             for to in self.replicas_of(p) {
@@ -1348,15 +1333,20 @@ impl Node {
     /// waits without bound, say while this primary is cut off from its backups and from the
     /// leader that would drop them.
     fn expire_pending(&mut self, now: u64, p: u16, out: &mut Vec<Output>) {
+        let due = |part: &PartRepl| {
+            part.pending
+                .front()
+                .is_some_and(|(_, _, _, at)| now >= at + COMMIT_WAIT_MS)
+        };
+        // Every led partition, every `CHECK_MS`: nothing to look up unless an answer is due.
+        if !self.repl.parts.get(&p).is_some_and(due) {
+            return;
+        }
         let waited: Vec<String> = self.waited_for(p);
         let Some(part) = self.repl.parts.get_mut(&p) else {
             return;
         };
-        while part
-            .pending
-            .front()
-            .is_some_and(|(_, _, _, at)| now >= at + COMMIT_WAIT_MS)
-        {
+        while due(part) {
             let Some((lsn, target, _, at)) = part.pending.pop_front() else {
                 break;
             };
