@@ -19,6 +19,7 @@ use crate::coord::Coordinator;
 use crate::metrics::Metrics;
 use crate::peer::{PeerEvent, PeerNet};
 
+#[derive(Debug)]
 enum Msg {
     Client {
         request: Request,
@@ -186,6 +187,29 @@ impl Pending {
 }
 
 /// The request never reached the node task.
+/// `CORECACHE_TRACE_IO=FROM-TO` (node clock ms): every input and output of the node in that
+/// window goes to stderr, cut to 600 characters. A debugging aid for simulated runs.
+fn trace_window() -> Option<(u64, u64)> {
+    static WINDOW: std::sync::OnceLock<Option<(u64, u64)>> = std::sync::OnceLock::new();
+    *WINDOW.get_or_init(|| {
+        let v = std::env::var("CORECACHE_TRACE_IO").ok()?;
+        let (a, b) = v.split_once('-')?;
+        Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+    })
+}
+
+fn trace_line(node: &str, now: u64, dir: &str, what: &dyn std::fmt::Debug) {
+    let mut line = format!("{what:?}");
+    if line.len() > 600 {
+        let mut cut = 600;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+    }
+    eprintln!("io {now} {node} {dir} {line}");
+}
+
 fn stopped() -> Response {
     Response::Error {
         kind: ErrorKind::Unavailable,
@@ -355,7 +379,18 @@ impl NodeTask {
                 _ = shutdown.changed() => break,
                 _ = sleep_until(deadline) => None,
             };
-            self.feed(wall_ms(), msg);
+            let now = wall_ms();
+            let window = trace_window();
+            let traced = window.is_some_and(|(a, b)| (a..=b).contains(&now));
+            if traced && !matches!(msg, None | Some(Msg::Stats(_)) | Some(Msg::Cluster(_))) {
+                trace_line(self.node.config().node_id.as_str(), now, "in ", &msg);
+            }
+            self.feed(now, msg);
+            if traced {
+                for o in &self.out {
+                    trace_line(self.node.config().node_id.as_str(), now, "out", o);
+                }
+            }
             self.ready.store(self.node.ready(), Ordering::Release);
             self.carry_out();
         }

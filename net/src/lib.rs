@@ -231,7 +231,7 @@ pub async fn serve(
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
         ^ (u64::from(std::process::id()) << 32);
-    let disk = corecache_core::node::disk_identity(&db, fresh)?;
+    let (disk, restarted) = corecache_core::node::disk_identity(&db, fresh)?;
     let io = cluster_io(&cfg, &id, addr, disk).await?;
     parts.start(
         db,
@@ -245,6 +245,7 @@ pub async fn serve(
             min_insync_replicas: cfg.replication().1,
             replica_timeout_ms: cfg.replica_timeout_ms,
             disk_id: disk,
+            restarted,
             first_request_id: driver::first_request_id(),
             ..NodeConfig::default()
         },

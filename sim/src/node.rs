@@ -104,7 +104,7 @@ pub(crate) async fn node_main(
     let fresh = id.bytes().fold(crate::sim_now_ms(), |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     });
-    let disk = corecache_core::node::disk_identity(&db, fresh)?;
+    let (disk, restarted) = corecache_core::node::disk_identity(&db, fresh)?;
     let io = ClusterIo {
         coordinator: Box::new(fakezk::FakeCoordinator {
             session_timeout: cfg.session_timeout,
@@ -140,6 +140,7 @@ pub(crate) async fn node_main(
             log_retain: cfg.log_retain,
             replica_timeout_ms: cfg.replica_timeout_ms,
             disk_id: disk,
+            restarted,
             // A reply a peer held for this node's previous run must not match a request of
             // this one (replicated seed 859: a MSETNX answered with a stale reply's Written).
             first_request_id: crate::sim_now_ms() << 16,

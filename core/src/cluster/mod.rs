@@ -319,7 +319,9 @@ impl ClusterState {
     /// 4. A partition with fewer copies than `replication_factor` gets live nodes that hold
     ///    none as learners (the least loaded first, never a leaving node).
     ///
-    /// Every change of a partition's primary or backups raises its epoch.
+    /// Every change of a partition's primary or backups raises its epoch, and so does a
+    /// `lagging` report in which the primary names itself (it restarted, see
+    /// `Replication::fences` in `node::replica`).
     pub fn reconfigure(
         &self,
         live: &[String],
@@ -484,10 +486,17 @@ impl ClusterState {
                 r.eligible.clear();
             }
         }
-        // Every change of a partition's primary or backups raises its epoch, once.
+        // Every change of a partition's primary or backups raises its epoch, once; so does a
+        // primary's report naming itself (it restarted, and may have lost entries it sent in
+        // this epoch: its next ones must not share their numbers and epoch).
         for p in 0..next.replicas.len() {
+            let old = &self.replicas[p];
+            let refence = lagging
+                .iter()
+                .any(|(q, e, n)| usize::from(*q) == p && *e == old.epoch && *n == self.owners[p]);
             if next.owners[p] != self.owners[p]
-                || next.replicas[p].backups != self.replicas[p].backups
+                || next.replicas[p].backups != old.backups
+                || refence
             {
                 next.replicas[p].epoch = self.replicas[p].epoch + 1;
             }
@@ -1153,5 +1162,19 @@ mod tests {
         assert_eq!(n4.backups(0), &ids(&["b", "d"])[..]);
         assert_eq!(n4.part_epoch(0), 3);
         assert_eq!(n4.under_replicated(3), 2);
+        // A primary naming itself (it restarted) gets a new epoch and nothing else; a report
+        // of an older epoch changes nothing.
+        let n5 = n4
+            .reconfigure(&live, &none, &[(0, 3, "c".into())], &[], 3)
+            .unwrap();
+        assert_eq!((n5.owners[0].as_str(), n5.part_epoch(0)), ("c", 4));
+        assert_eq!(n5.backups(0), n4.backups(0));
+        assert_eq!(
+            n5.replicas[1], n4.replicas[1],
+            "other partitions keep theirs"
+        );
+        assert!(n5
+            .reconfigure(&live, &none, &[(0, 3, "c".into())], &[], 3)
+            .is_none());
     }
 }

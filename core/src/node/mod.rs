@@ -87,6 +87,11 @@ pub struct NodeConfig {
     /// This node's disk identity ([`disk_identity`]; 0: unknown, never checked). A node the
     /// state records with another disk serves none of the copies it lists it with.
     pub disk_id: u64,
+    /// An earlier run of this node used this disk ([`disk_identity`] found its identity
+    /// there). Entries that run sent as a primary but never made durable may sit in its
+    /// backups' logs under the same numbers: it leads none of the partitions it finds itself
+    /// primary of until the leader has raised their epochs (see `Replication::fences`).
+    pub restarted: bool,
     /// Log entries a replicated partition keeps behind its newest (a replica further behind
     /// is sent a copy of the partition). [`crate::proto::replog::LOG_RETAIN`]; the simulation
     /// sets fewer so that copies happen.
@@ -108,6 +113,7 @@ impl Default for NodeConfig {
             replica_timeout_ms: 60_000,
             log_retain: crate::proto::replog::LOG_RETAIN,
             disk_id: 0,
+            restarted: false,
             first_request_id: 0,
         }
     }
@@ -289,12 +295,13 @@ fn engine_err(e: Error) -> Response {
 /// The identity of the disk under `db`: made from `fresh` (which should differ every time a
 /// node starts on a new disk; it is masked to 53 bits, exact in JSON) and stored durably the
 /// first time, read back ever after. A node back under its old id on an empty disk has a new
-/// one, which is how the leader knows it lost its copies.
-pub fn disk_identity(db: &Db, fresh: u64) -> Result<u64, String> {
+/// one, which is how the leader knows it lost its copies. The flag says whether the identity
+/// was already there (an earlier run used this disk: [`NodeConfig::restarted`]).
+pub fn disk_identity(db: &Db, fresh: u64) -> Result<(u64, bool), String> {
     let key = crate::proto::replog::disk_key();
     match db.get(&key) {
         Ok(Some(raw)) => match <[u8; 8]>::try_from(raw.as_slice()) {
-            Ok(b) => Ok(u64::from_le_bytes(b)),
+            Ok(b) => Ok((u64::from_le_bytes(b), true)),
             Err(_) => Err(format!(
                 "the disk identity record is {} bytes long, not 8: the data directory is damaged",
                 raw.len()
@@ -305,7 +312,7 @@ pub fn disk_identity(db: &Db, fresh: u64) -> Result<u64, String> {
             db.put(key, id.to_le_bytes().to_vec())
                 .and_then(|_| db.persist())
                 .map_err(|e| format!("cannot record the disk identity: {e}"))?;
-            Ok(id)
+            Ok((id, false))
         }
         Err(e) => Err(format!("cannot read the disk identity: {e}")),
     }

@@ -132,6 +132,27 @@ impl Dirty {
             .collect()
     }
 
+    /// Like [`range`](Self::range), but an inherited key gives its value at the commit point
+    /// (the before-image of the first entry after it that wrote the key), which reads cannot
+    /// answer (the key's newest entry may have been acknowledged already) but a copy based at
+    /// the commit point can carry: the learner applies every entry after the base, so it ends
+    /// as the log does. (Replicated seed 610: a primary that could not commit what it
+    /// inherited could never copy its partition to a learner.)
+    pub(crate) fn range_at_commit(
+        &self,
+        lo: Bound<&[u8]>,
+        hi: Bound<&[u8]>,
+    ) -> Vec<(Vec<u8>, Before)> {
+        if self.len.load(Ordering::Acquire) == 0 {
+            return Vec::new();
+        }
+        self.map
+            .lock()
+            .range::<[u8], _>((lo, hi))
+            .map(|(k, d)| (k.clone(), d.before.clone()))
+            .collect()
+    }
+
     /// Entry `lsn` wrote `after` to `ikey`, whose value before was `before` (which is the
     /// committed one only if the key is not dirty already).
     fn insert(&self, ikey: Vec<u8>, lsn: u64, before: Before, after: Before) {
@@ -147,13 +168,14 @@ impl Dirty {
         self.len.store(m.len(), Ordering::Release);
     }
 
-    /// Marks `ikey` written by inherited entry `lsn`, which left `after` (a new primary's
-    /// tail, oldest entry first).
-    fn inherit(&self, ikey: Vec<u8>, lsn: u64, after: Before) {
+    /// Marks `ikey` written by inherited entry `lsn`, which left `after` and found `before`
+    /// (a new primary's tail, oldest entry first: the first entry's `before` is the key's
+    /// value at the commit point).
+    fn inherit(&self, ikey: Vec<u8>, lsn: u64, before: Before, after: Before) {
         let mut m = self.map.lock();
         m.entry(ikey)
             .or_insert(DirtyKey {
-                before: None,
+                before,
                 inherited: true,
                 writes: VecDeque::new(),
             })
@@ -238,6 +260,8 @@ pub(crate) struct PartRepl {
     pos: Position,
     /// As primary: entries up to this are durable here.
     local_durable: u64,
+    /// Log entries up to this are trimmed (none is left below the first one kept).
+    pub(crate) trimmed: u64,
     /// As primary: entries up to this are on every copy in sync; answers up to it are sent.
     committed: u64,
     /// As primary: per replica, the entries it acknowledged (absent: not heard from yet).
@@ -302,6 +326,18 @@ pub(crate) struct Replication {
     pub(crate) coordinator_ok: bool,
     /// The session expired and no state has been seen since.
     pub(crate) expired_since_state: bool,
+    /// After a restart on the same disk: partition → the epoch at or below which this node
+    /// must not lead it. The first state it sees after starting lists it as primary of these
+    /// at that epoch; in that epoch, its previous run may have sent entries it never made
+    /// durable here, which a backup still holds under the numbers this run would give its
+    /// next entries (with the same epoch, so the log check takes them for the same ones). It
+    /// asks the leader for a new epoch (a `ReplicaLagging` report naming itself) and leads
+    /// once the state shows one: its entries then differ by epoch, and backups undo the old.
+    pub(crate) fences: BTreeMap<u16, u64>,
+    /// Whether the fences were set (on the first state with replicas).
+    pub(crate) fences_set: bool,
+    /// When the fenced partitions were last reported to the leader.
+    pub(crate) fences_reported_at: u64,
 }
 
 impl Replication {
@@ -333,11 +369,21 @@ impl Replication {
             let pos = replog::decode_position(&v).map_err(|_| {
                 format!("the replication position of partition {p} does not decode")
             })?;
+            // Where the log starts: everything below its first entry is trimmed.
+            let (lo, hi) = replog::log_range(p);
+            let first = db
+                .scan(Bound::Included(&lo[..]), Bound::Excluded(&hi[..]))
+                .map_err(|e| e.to_string())?
+                .next()
+                .transpose()
+                .map_err(|e| e.to_string())?
+                .and_then(|(k, _)| replog::log_lsn(p, &k));
             parts.insert(
                 p,
                 PartRepl {
                     pos,
                     local_durable: pos.lsn,
+                    trimmed: first.map_or(pos.lsn, |f| f.saturating_sub(1)),
                     ..PartRepl::default()
                 },
             );
@@ -372,6 +418,9 @@ impl Replication {
             wiped: false,
             coordinator_ok: true,
             expired_since_state: false,
+            fences: BTreeMap::new(),
+            fences_set: false,
+            fences_reported_at: 0,
         }
     }
 
@@ -539,14 +588,28 @@ impl Node {
             replog::log_key(p, lsn),
             replog::encode_entry(pos.lsn_epoch, &logged),
         );
+        // The log keeps `log_retain` entries, and every entry after the commit point: a
+        // replica may have to undo those (from their before-images), and a learner's copy
+        // (based at the primary's commit point) needs all of them. Trimming only by count let
+        // a primary whose commit point was held by too few copies in sync lose the entries
+        // after it, and no learner could ever be copied the partition (replicated seed 610).
         let retain = self.cfg.log_retain.max(1);
-        if lsn > retain {
-            b.delete(replog::log_key(p, lsn - retain));
+        let keep_after = if crate::bugs::on(crate::bugs::Bug::TrimUncommitted) {
+            lsn.saturating_sub(retain)
+        } else {
+            lsn.saturating_sub(retain).min(pos.commit)
+        };
+        let trimmed = self.repl.parts.get(&p).map_or(0, |x| x.trimmed);
+        for old in (trimmed + 1).max(1)..=keep_after {
+            b.delete(replog::log_key(p, old));
         }
         b.put(replog::meta_key(p), replog::encode_position(&pos));
         let seq = self.db.write_deferred(b).map_err(engine_err)?;
         self.gate.applied(seq);
-        self.repl.parts.entry(p).or_default().pos = pos;
+        let part = self.repl.parts.entry(p).or_default();
+        part.pos = pos;
+        // (Only once the batch is in: a refused one trims nothing.)
+        part.trimmed = part.trimmed.max(keep_after);
         Ok(seq)
     }
 
@@ -1130,21 +1193,47 @@ impl Node {
         }
         let me = self.cfg.node_id.clone();
         let replaced = self.replaced_here();
+        if !self.repl.fences_set {
+            self.repl.fences_set = true;
+            if self.cfg.restarted && !crate::bugs::on(crate::bugs::Bug::RestartSameEpoch) {
+                for p in 0..st.owners.len() as u16 {
+                    if st.owners[usize::from(p)] == me {
+                        self.repl.fences.insert(p, st.part_epoch(p));
+                    }
+                }
+            }
+        }
+        // A fence is done once the partition has a newer epoch (or another primary). Leading
+        // it again then is no failover.
+        let retaken: Vec<u16> = self
+            .repl
+            .fences
+            .iter()
+            .filter(|(p, e)| st.part_epoch(**p) > **e && st.owners[usize::from(**p)] == me)
+            .map(|(p, _)| *p)
+            .collect();
+        self.repl
+            .fences
+            .retain(|p, e| st.part_epoch(*p) <= *e && st.owners[usize::from(*p)] == me);
         for p in 0..st.owners.len() as u16 {
             let owner = st.owners[usize::from(p)] == me;
-            let lead = owner && !replaced;
-            if owner && replaced {
-                // Listed as primary of copies this disk never had: answer nothing of it.
+            let fenced = self.repl.fences.contains_key(&p);
+            let lead = owner && !replaced && !fenced;
+            if owner && (replaced || fenced) {
+                // Listed as primary of copies this disk never had, or in an epoch this node
+                // may have written entries in that it lost: answer nothing of it.
                 self.repl.leases.set(p, u64::MAX, 0);
             }
             let was = self.repl.parts.get(&p).is_some_and(|x| x.primary);
             if lead && !was {
-                self.become_primary(p, out);
+                self.become_primary(p, !retaken.contains(&p), out);
             } else if !lead && was {
                 self.stop_leading(p, out);
             }
         }
         self.repl.next_check = 0;
+        self.repl.fences_reported_at = 0;
+        self.report_fences(out);
         // What a primary knows of a node that left a partition's configuration is forgotten:
         // if it comes back (as a learner, perhaps on an empty disk), it starts from nothing.
         let led = self.repl.led();
@@ -1218,12 +1307,15 @@ impl Node {
         }
     }
 
-    fn become_primary(&mut self, p: u16, out: &mut Vec<Output>) {
-        if self
-            .view
-            .state
-            .as_ref()
-            .is_some_and(|s| s.part_epoch(p) > 1)
+    /// `failover`: taking over from another primary (counted), not leading again after a
+    /// restart.
+    fn become_primary(&mut self, p: u16, failover: bool, out: &mut Vec<Output>) {
+        if failover
+            && self
+                .view
+                .state
+                .as_ref()
+                .is_some_and(|s| s.part_epoch(p) > 1)
         {
             self.repl.promotions += 1; // not the first primary of a new cluster
         }
@@ -1233,8 +1325,11 @@ impl Node {
         // no read until this primary has committed them.
         for lsn in pos.commit + 1..=pos.lsn {
             if let Some((_, ops)) = self.log_entry(p, lsn) {
-                for (k, after, _) in ops {
-                    self.repl.dirty.inherit(k, lsn, after.map(|v| (0, v)));
+                for (k, after, before) in ops {
+                    let before = before.map(|v| (0, v));
+                    self.repl
+                        .dirty
+                        .inherit(k, lsn, before, after.map(|v| (0, v)));
                 }
             }
         }
@@ -1302,6 +1397,7 @@ impl Node {
         }
         // At most every `CHECK_MS`, not after every input: a walk over every partition.
         self.repl.next_check = now + CHECK_MS;
+        self.report_fences(out);
         self.repl.any_behind = false;
         let mine = self.repl.led();
         for p in mine {
@@ -1448,6 +1544,24 @@ impl Node {
             .collect()
     }
 
+    /// Asks the leader (again, at most every [`REPORT_EVERY_MS`]) for a new epoch of each partition
+    /// this node is fenced from leading.
+    fn report_fences(&mut self, out: &mut Vec<Output>) {
+        let now = self.repl.now;
+        if self.repl.fences.is_empty()
+            || (self.repl.fences_reported_at != 0
+                && now < self.repl.fences_reported_at + REPORT_EVERY_MS)
+        {
+            return;
+        }
+        self.repl.fences_reported_at = now.max(1);
+        let me = self.cfg.node_id.clone();
+        let fences: Vec<(u16, u64)> = self.repl.fences.iter().map(|(p, e)| (*p, *e)).collect();
+        for (p, e) in fences {
+            self.report(true, p, e, me.clone(), out);
+        }
+    }
+
     /// Tells the leader (which may be this node) about a replica of partition `p`.
     fn report(&mut self, lagging: bool, p: u16, epoch: u64, node: String, out: &mut Vec<Output>) {
         let Some(leader) = self.view.state.as_ref().map(|s| s.leader.clone()) else {
@@ -1494,7 +1608,7 @@ impl Node {
     /// A primary of a replicated partition comes back every `CHECK_MS` (leases to renew).
     pub(crate) fn replication_deadline(&self) -> Option<u64> {
         let st = self.view.state.as_ref()?;
-        let leads = self.repl.parts.values().any(|x| x.primary);
+        let leads = self.repl.parts.values().any(|x| x.primary) || !self.repl.fences.is_empty();
         (!st.replicas.is_empty() && (leads || self.repl.next_check == 0))
             .then_some(self.repl.next_check)
     }

@@ -808,3 +808,75 @@ fn a_primary_left_alone_serves_reads_only_while_it_reaches_the_coordinator() {
     pass(&mut net, 200);
     assert!(matches!(read(&net), Response::Error { .. }));
 }
+
+/// The log keeps every entry after the commit point, however few entries it keeps otherwise:
+/// a replica may have to undo them, and a learner's copy (based at the commit point) needs
+/// them. Trimming by count alone left a primary held below `min_insync_replicas` without the
+/// entries after its commit point, and no learner could ever be copied its partition
+/// (replicated seed 610).
+#[test]
+fn the_log_keeps_every_entry_after_the_commit_point() {
+    let mut net = Net::replicated_retaining(&["a", "b", "c"], 8, 3, 2, 2);
+    net.input(0, Input::Coordinator(CoordEvent::Elected));
+    pass(&mut net, replica::LEASE_MS);
+    let (key, primary, backups) = key_not_led_by_the_leader(&net);
+    let p = net.nodes[0].partition_of(key.as_bytes());
+    let entry = |net: &Net, lsn: u64| {
+        net.node(primary)
+            .db()
+            .get_latest(&crate::proto::replog::log_key(p, lsn))
+            .ok()
+            .flatten()
+            .is_some()
+    };
+    for b in &backups {
+        net.down.insert(*b);
+    }
+    for id in 1..=5 {
+        net.deliver(
+            primary,
+            Input::Client {
+                id,
+                request: put(&key, &format!("v{id}")),
+            },
+        );
+        net.run();
+    }
+    pass(&mut net, 300);
+    let last = net.node(primary).repl.position(p).lsn;
+    assert!(last >= 5, "five entries written, the log ends at {last}");
+    assert!(
+        !net.replies.iter().any(|(_, id, _)| (1..=5).contains(id)),
+        "nothing can commit with both backups gone"
+    );
+    for lsn in 1..=last {
+        assert!(
+            entry(&net, lsn),
+            "entry {lsn} of {last} (none committed) was trimmed"
+        );
+    }
+    // Back in touch: everything commits, and trimming by count goes on.
+    net.down.clear();
+    pass(&mut net, 2 * replica::RESEND_MS);
+    for id in 6..=8 {
+        net.deliver(
+            primary,
+            Input::Client {
+                id,
+                request: put(&key, &format!("v{id}")),
+            },
+        );
+        net.run();
+        pass(&mut net, 200);
+    }
+    assert!(
+        net.replies.iter().any(|(_, id, _)| *id == 8),
+        "the last write was answered"
+    );
+    let last = net.node(primary).repl.position(p).lsn;
+    assert!(
+        !entry(&net, 1),
+        "entry 1 is still there after the commit point passed it"
+    );
+    assert!(entry(&net, last) && entry(&net, last - 1));
+}

@@ -90,6 +90,13 @@ pub fn meta_range() -> (Vec<u8>, Vec<u8>) {
     (lo, hi)
 }
 
+/// The entry number a log key of partition `p` names.
+pub fn log_lsn(p: u16, key: &[u8]) -> Option<u64> {
+    let prefix = log_key(p, 0);
+    let rest = key.strip_prefix(&prefix[..prefix.len() - 8])?;
+    Some(u64::from_be_bytes(rest.try_into().ok()?))
+}
+
 /// The partition a position key names.
 pub fn meta_partition(key: &[u8]) -> Option<u16> {
     match key {

@@ -160,14 +160,10 @@ impl Node {
             .ok()?;
         // Read after the snapshot, as the reader does: a write the snapshot holds is either
         // still dirty now or committed.
-        let dirty = self
-            .repl
-            .dirty
-            .range(
-                lo.as_ref().map(Vec::as_slice),
-                hi.as_ref().map(Vec::as_slice),
-            )
-            .ok()?;
+        let dirty = self.repl.dirty.range_at_commit(
+            lo.as_ref().map(Vec::as_slice),
+            hi.as_ref().map(Vec::as_slice),
+        );
         let mut items = Vec::new();
         let mut bytes = 0usize;
         for kv in VersionedScan::new(it, dirty) {
@@ -350,6 +346,7 @@ impl Node {
         if page.done {
             part.copying = None;
             part.pos = next;
+            part.trimmed = page.base.saturating_sub(1);
             part.caught_up = true;
             let target = Target::Ack {
                 to: from,
